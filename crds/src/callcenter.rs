@@ -1,0 +1,631 @@
+//! The CallCenter kind: one call center and everything its media nodes serve.
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{
+    DATE_PATTERN, DIALED_NUMBER_PATTERN, DTMF_DIGIT_PATTERN, E164_PATTERN, HOST_PATTERN,
+    NAME_PATTERN, PROMPT_PATTERN, ServiceLevelTarget,
+};
+
+/// A call center: SIP and media settings, trunks, entry numbers, voice menus, business hours,
+/// recording and the service-level target. The operator runs it as one media node, or two with
+/// `highAvailability.mode: HotStandby`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "switchboard.dev",
+    version = "v1alpha1",
+    kind = "CallCenter",
+    plural = "callcenters",
+    singular = "callcenter",
+    shortname = "cc",
+    category = "switchboard",
+    namespaced,
+    status = "CallCenterStatus",
+    doc = "A call center served by Switchboard media nodes.",
+    printcolumn(name = "Domain", type_ = "string", json_path = ".spec.sip.domain"),
+    printcolumn(
+        name = "HA",
+        type_ = "string",
+        json_path = ".spec.highAvailability.mode"
+    ),
+    printcolumn(name = "Active", type_ = "string", json_path = ".status.activeNode"),
+    printcolumn(
+        name = "Seats-Ready",
+        type_ = "integer",
+        json_path = ".status.seatsReady"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CallCenterSpec {
+    /// SIP signalling: domain, listening ports and the address phones and trunks are told to use.
+    pub sip: SipSpec,
+    /// RTP media ports. Every call leg takes two ports (RTP and RTCP) from this range.
+    #[serde(default)]
+    pub rtp: RtpSpec,
+    /// Audio codecs offered, in order of preference. G.711 µ-law (`PCMU`) and A-law (`PCMA`);
+    /// the node transcodes between legs that chose different ones.
+    #[serde(default = "default_codecs")]
+    #[schemars(length(min = 1, max = 2))]
+    pub codecs: Vec<Codec>,
+    /// High availability: a single node, or an active node with a hot standby that keeps
+    /// established calls up when the active one fails.
+    #[serde(default)]
+    pub high_availability: HighAvailabilitySpec,
+    /// SIP trunks to the telephone network (carrier or campus PBX).
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub trunks: Vec<TrunkSpec>,
+    /// Dialed numbers that enter the call center and where each one goes first.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub entry_points: Vec<EntryPoint>,
+    /// Voice menus (IVR) that entry points and other menus can send callers to.
+    #[serde(default)]
+    #[schemars(length(max = 128))]
+    pub ivr_menus: Vec<IvrMenu>,
+    /// Opening hours. Menus with an `afterHours` route use it outside these hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_hours: Option<BusinessHours>,
+    /// Call recording and where recordings are kept.
+    #[serde(default)]
+    pub recording: RecordingSpec,
+    /// Default service-level target of this center's queues (a Queue may set its own).
+    #[serde(default)]
+    pub service_level: ServiceLevelTarget,
+}
+
+/// SIP signalling settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SipSpec {
+    /// The SIP domain seats register to (the host part of `sip:1001@domain`).
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+    )]
+    pub domain: String,
+    /// UDP port for SIP.
+    #[serde(default = "default_sip_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub udp_port: u16,
+    /// TCP port for SIP.
+    #[serde(default = "default_sip_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub tcp_port: u16,
+    /// Address (IP or host name) written into Contact, Via and SDP so phones and trunks reach
+    /// the node, for example a campus LoadBalancer IP. Empty: the node's own address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), pattern(HOST_PATTERN))]
+    pub advertised_address: Option<String>,
+}
+
+fn default_sip_port() -> u16 {
+    5060
+}
+
+/// The RTP port range. Ports are used in even/odd pairs (RTP, RTCP), so the range holds
+/// `(maxPort - minPort + 1) / 2` call legs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minPort < self.maxPort").message("rtp.minPort must be below rtp.maxPort"))]
+pub struct RtpSpec {
+    /// Lowest RTP port (inclusive).
+    #[serde(default = "default_rtp_min")]
+    #[schemars(range(min = 1024, max = 65534))]
+    pub min_port: u16,
+    /// Highest RTP port (inclusive); must be above `minPort`.
+    #[serde(default = "default_rtp_max")]
+    #[schemars(range(min = 1025, max = 65535))]
+    pub max_port: u16,
+}
+
+fn default_rtp_min() -> u16 {
+    10000
+}
+fn default_rtp_max() -> u16 {
+    20000
+}
+
+impl Default for RtpSpec {
+    fn default() -> Self {
+        Self {
+            min_port: default_rtp_min(),
+            max_port: default_rtp_max(),
+        }
+    }
+}
+
+/// An audio codec, by its SDP encoding name.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum Codec {
+    /// G.711 µ-law (payload type 0).
+    #[serde(rename = "PCMU")]
+    Pcmu,
+    /// G.711 A-law (payload type 8).
+    #[serde(rename = "PCMA")]
+    Pcma,
+}
+
+fn default_codecs() -> Vec<Codec> {
+    vec![Codec::Pcmu, Codec::Pcma]
+}
+
+/// High-availability settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.renewIntervalSeconds < self.leaseDurationSeconds").message("highAvailability.renewIntervalSeconds must be below leaseDurationSeconds"))]
+pub struct HighAvailabilitySpec {
+    /// `None` runs one media node. `HotStandby` runs an active and a standby node; the
+    /// standby follows the active's state and takes over its calls when it fails.
+    #[serde(default)]
+    pub mode: HaMode,
+    /// How long the active node's Lease stays valid without renewal. A standby takes over at
+    /// most this long after the active stops renewing.
+    #[serde(default = "default_lease_duration")]
+    #[schemars(range(min = 2, max = 120))]
+    pub lease_duration_seconds: u32,
+    /// How often the active node renews its Lease; must be below `leaseDurationSeconds`.
+    #[serde(default = "default_lease_renew")]
+    #[schemars(range(min = 1, max = 60))]
+    pub renew_interval_seconds: u32,
+    /// On shutdown, how long a node lets established calls finish before it exits.
+    #[serde(default = "default_drain_timeout")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub drain_timeout_seconds: u32,
+}
+
+fn default_lease_duration() -> u32 {
+    6
+}
+fn default_lease_renew() -> u32 {
+    2
+}
+fn default_drain_timeout() -> u32 {
+    600
+}
+
+impl Default for HighAvailabilitySpec {
+    fn default() -> Self {
+        Self {
+            mode: HaMode::default(),
+            lease_duration_seconds: default_lease_duration(),
+            renew_interval_seconds: default_lease_renew(),
+            drain_timeout_seconds: default_drain_timeout(),
+        }
+    }
+}
+
+/// High-availability mode.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum HaMode {
+    /// One media node; a node failure drops its calls until Kubernetes restarts it.
+    #[default]
+    None,
+    /// Two media nodes: an active one and a hot standby that takes over live calls.
+    HotStandby,
+}
+
+/// A SIP trunk to a carrier or PBX.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrunkSpec {
+    /// Name of the trunk, unique within the call center.
+    #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
+    pub name: String,
+    /// The trunk's SIP peer.
+    pub peer: TrunkPeer,
+    /// Source addresses or CIDR blocks trusted as this trunk for inbound calls. Empty: the
+    /// peer host's own addresses.
+    #[serde(default)]
+    #[schemars(
+        length(max = 64),
+        inner(length(min = 2, max = 49), pattern(r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"))
+    )]
+    pub allowed_sources: Vec<String>,
+    /// Digest credentials the node answers with when the trunk challenges an outbound call
+    /// (a Secret with `username` and `password` keys, or the keys named here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<TrunkCredentials>,
+    /// Numbers (DIDs) this trunk delivers to the call center, in E.164 form.
+    #[serde(default)]
+    #[schemars(length(max = 1000), inner(pattern(E164_PATTERN)))]
+    pub inbound_numbers: Vec<String>,
+    /// Outbound dial-plan rules: a seat's dialed number that starts with `prefix` leaves
+    /// through this trunk.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub dial_prefixes: Vec<DialPrefix>,
+    /// Concurrent call channels (an E1 carries 30) and how they scale with traffic.
+    #[serde(default)]
+    pub channels: TrunkChannels,
+}
+
+/// Where a trunk's SIP peer is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrunkPeer {
+    /// Host name or IP address of the peer.
+    #[schemars(length(min = 1, max = 253), pattern(HOST_PATTERN))]
+    pub host: String,
+    /// SIP port of the peer.
+    #[serde(default = "default_sip_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// Transport to the peer.
+    #[serde(default)]
+    pub transport: SipTransport,
+}
+
+/// SIP transport.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum SipTransport {
+    #[default]
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "TCP")]
+    Tcp,
+}
+
+/// Digest credentials for a trunk, from a Secret in the call center's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrunkCredentials {
+    /// Name of the Secret.
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub secret_name: String,
+    /// Key of the user name in the Secret.
+    #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub username_key: String,
+    /// Key of the password in the Secret.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".to_string()
+}
+fn default_password_key() -> String {
+    "password".to_string()
+}
+
+/// An outbound dial-plan rule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DialPrefix {
+    /// Leading digits that select this trunk, for example `0` for an outside line.
+    #[schemars(length(min = 1, max = 8), pattern(r"^[0-9+]{1,8}$"))]
+    pub prefix: String,
+    /// How many leading digits to remove before the number is sent to the trunk.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 8))]
+    pub strip: u8,
+    /// Digits to put in front of the number after stripping, for example `+86`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), pattern(r"^\+?[0-9]{0,15}$"))]
+    pub prepend: Option<String>,
+}
+
+/// Channel capacity of a trunk. With `autoscaling`, the operator sizes `limit` from the
+/// offered traffic with Erlang B for `targetBlocking`, within `minChannels`..`maxChannels`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minChannels <= self.limit && self.limit <= self.maxChannels").message("trunk channels must satisfy minChannels <= limit <= maxChannels"))]
+pub struct TrunkChannels {
+    /// Concurrent calls allowed now. A call beyond it is refused with 503 and counted as
+    /// blocked.
+    #[serde(default = "default_channel_limit")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub limit: u32,
+    /// Lowest limit autoscaling may set.
+    #[serde(default = "default_min_channels")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub min_channels: u32,
+    /// Highest limit autoscaling may set (what the carrier contract allows).
+    #[serde(default = "default_channel_limit")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_channels: u32,
+    /// Let the operator size `limit` from the measured traffic.
+    #[serde(default)]
+    pub autoscaling: bool,
+    /// Target probability that a call finds every channel busy (Erlang B grade of service).
+    #[serde(default = "default_target_blocking")]
+    #[schemars(range(min = 0.0001, max = 0.5))]
+    pub target_blocking: f64,
+}
+
+fn default_channel_limit() -> u32 {
+    30
+}
+fn default_min_channels() -> u32 {
+    1
+}
+fn default_target_blocking() -> f64 {
+    0.01
+}
+
+impl Default for TrunkChannels {
+    fn default() -> Self {
+        Self {
+            limit: default_channel_limit(),
+            min_channels: default_min_channels(),
+            max_channels: default_channel_limit(),
+            autoscaling: false,
+            target_blocking: default_target_blocking(),
+        }
+    }
+}
+
+/// A dialed number that enters the call center.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryPoint {
+    /// The dialed number: E.164 as delivered by a trunk, or a short internal number seats dial.
+    #[schemars(pattern(DIALED_NUMBER_PATTERN))]
+    pub number: String,
+    /// Where a call to this number goes.
+    pub route: Route,
+}
+
+/// Where a call is sent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.action == 'Hangup' || self.action == 'Voicemail' || has(self.target)").message("target is required for actions Menu, Queue and Seat"))]
+pub struct Route {
+    /// What to do with the call.
+    pub action: RouteAction,
+    /// The menu, Queue or Seat name for `Menu`, `Queue` and `Seat`; for `Voicemail`, the
+    /// Seat whose mailbox takes the message (empty: the center's general mailbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
+    pub target: Option<String>,
+}
+
+/// What a route does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RouteAction {
+    /// Play an IVR menu of this call center.
+    Menu,
+    /// Put the caller in a Queue.
+    Queue,
+    /// Ring one Seat.
+    Seat,
+    /// Record a voicemail message.
+    Voicemail,
+    /// Play nothing more and hang up.
+    Hangup,
+}
+
+/// A voice menu: a prompt, then one DTMF key chooses where the call goes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IvrMenu {
+    /// Name of the menu, unique within the call center; routes refer to it.
+    #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
+    pub name: String,
+    /// Prompt played when the menu starts (an 8 kHz WAV in the prompt store).
+    #[schemars(length(min = 5, max = 255), pattern(PROMPT_PATTERN))]
+    pub prompt: String,
+    /// The keys callers can press.
+    #[serde(default)]
+    #[schemars(length(max = 12))]
+    pub options: Vec<MenuOption>,
+    /// Seconds to wait for a key after the prompt ends.
+    #[serde(default = "default_menu_timeout")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: u32,
+    /// How often the menu repeats after an invalid key or a timeout before `onFailure`.
+    #[serde(default = "default_menu_retries")]
+    #[schemars(range(min = 0, max = 10))]
+    pub max_retries: u32,
+    /// Prompt played after a key that is not an option.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 5, max = 255), pattern(PROMPT_PATTERN))]
+    pub invalid_prompt: Option<String>,
+    /// Prompt played when no key was pressed in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 5, max = 255), pattern(PROMPT_PATTERN))]
+    pub timeout_prompt: Option<String>,
+    /// Where the call goes when the retries are used up. Empty: hang up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<Route>,
+    /// Where the call goes outside business hours instead of playing this menu. Empty: the
+    /// menu plays at all hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_hours: Option<Route>,
+}
+
+fn default_menu_timeout() -> u32 {
+    5
+}
+fn default_menu_retries() -> u32 {
+    2
+}
+
+/// One key of a menu.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MenuOption {
+    /// The DTMF key: `0`-`9`, `*` or `#`.
+    #[schemars(pattern(DTMF_DIGIT_PATTERN))]
+    pub digit: String,
+    /// Where the key sends the call.
+    pub route: Route,
+}
+
+/// Opening hours in one time zone.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BusinessHours {
+    /// IANA time zone of the schedule, for example `Asia/Shanghai`.
+    #[schemars(length(min = 1, max = 64), pattern(r"^[A-Za-z][A-Za-z0-9_+/-]*$"))]
+    pub time_zone: String,
+    /// Weekly opening hours. A day without an entry is closed.
+    #[schemars(length(min = 1, max = 28))]
+    pub weekly: Vec<OpeningHours>,
+    /// Dates on which the center is closed all day.
+    #[serde(default)]
+    #[schemars(length(max = 366))]
+    pub holidays: Vec<Holiday>,
+}
+
+/// Opening hours on some days of the week.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpeningHours {
+    /// Days these hours apply to.
+    #[schemars(length(min = 1, max = 7))]
+    pub days: Vec<Weekday>,
+    /// Opening time `HH:MM` in the schedule's time zone.
+    #[schemars(pattern(crate::common::CLOCK_TIME_PATTERN))]
+    pub open: String,
+    /// Closing time `HH:MM` (or `24:00`); must be after `open`.
+    #[schemars(pattern(crate::common::CLOCK_TIME_PATTERN))]
+    pub close: String,
+}
+
+/// A day of the week.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Weekday {
+    Monday,
+    Tuesday,
+    Wednesday,
+    Thursday,
+    Friday,
+    Saturday,
+    Sunday,
+}
+
+/// A day the center is closed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Holiday {
+    /// The date, `YYYY-MM-DD`, in the schedule's time zone.
+    #[schemars(pattern(DATE_PATTERN))]
+    pub date: String,
+    /// What the day is, for people reading the schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub name: Option<String>,
+}
+
+/// Call recording.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingSpec {
+    /// `Never`, `Always` (every bridged call), or `OnDemand` (only seats whose
+    /// `recording` is `Always`).
+    #[serde(default)]
+    pub mode: RecordingMode,
+    /// Size of each media node's recording volume.
+    #[serde(default = "default_recording_size")]
+    pub storage_size: Quantity,
+    /// StorageClass of the recording volume. Empty: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub storage_class_name: Option<String>,
+    /// Days a recording (WAV and metadata) is kept before the node deletes it.
+    #[serde(default = "default_retention_days")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub retention_days: u32,
+}
+
+fn default_recording_size() -> Quantity {
+    Quantity("10Gi".to_string())
+}
+fn default_retention_days() -> u32 {
+    90
+}
+
+impl Default for RecordingSpec {
+    fn default() -> Self {
+        Self {
+            mode: RecordingMode::default(),
+            storage_size: default_recording_size(),
+            storage_class_name: None,
+            retention_days: default_retention_days(),
+        }
+    }
+}
+
+/// Which calls are recorded.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum RecordingMode {
+    #[default]
+    Never,
+    Always,
+    OnDemand,
+}
+
+/// Observed state of a call center.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallCenterStatus {
+    /// `Ready`, `Available`, `Progressing`, `Degraded` and `StandbyReady`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pod name of the node that serves calls now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_node: Option<String>,
+    /// Pod name of the hot standby, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_node: Option<String>,
+    /// Failovers since the call center was created.
+    #[serde(default)]
+    pub failover_count: u32,
+    /// When the last failover happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover_time: Option<Time>,
+    /// Generation of the node configuration the operator pushed last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_generation: Option<i64>,
+    /// Seats with at least one registered phone.
+    #[serde(default)]
+    pub seats_registered: u32,
+    /// Seats logged in and Ready for calls.
+    #[serde(default)]
+    pub seats_ready: u32,
+    /// Channels of each trunk.
+    #[serde(default)]
+    pub trunks: Vec<TrunkStatus>,
+}
+
+/// Observed channels of one trunk.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrunkStatus {
+    /// The trunk's name.
+    pub name: String,
+    /// Channel limit in force.
+    pub limit: u32,
+    /// Channels carrying a call now.
+    pub busy: u32,
+    /// Calls refused because every channel was busy, since the node started.
+    pub blocked: u64,
+    /// When `limit` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change_time: Option<Time>,
+}
