@@ -2,7 +2,7 @@
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::{CustomResource, KubeSchema};
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -119,9 +119,8 @@ fn default_sip_port() -> u16 {
 
 /// The RTP port range. Ports are used in even/odd pairs (RTP, RTCP), so the range holds
 /// `(maxPort - minPort + 1) / 2` call legs.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.minPort < self.maxPort").message("rtp.minPort must be below rtp.maxPort"))]
 pub struct RtpSpec {
     /// Lowest RTP port (inclusive).
     #[serde(default = "default_rtp_min")]
@@ -167,9 +166,8 @@ fn default_codecs() -> Vec<Codec> {
 }
 
 /// High-availability settings.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.renewIntervalSeconds < self.leaseDurationSeconds").message("highAvailability.renewIntervalSeconds must be below leaseDurationSeconds"))]
 pub struct HighAvailabilitySpec {
     /// `None` runs one media node. `HotStandby` runs an active and a standby node; the
     /// standby follows the active's state and takes over its calls when it fails.
@@ -328,9 +326,8 @@ pub struct DialPrefix {
 
 /// Channel capacity of a trunk. With `autoscaling`, the operator sizes `limit` from the
 /// offered traffic with Erlang B for `targetBlocking`, within `minChannels`..`maxChannels`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.minChannels <= self.limit && self.limit <= self.maxChannels").message("trunk channels must satisfy minChannels <= limit <= maxChannels"))]
 pub struct TrunkChannels {
     /// Concurrent calls allowed now. A call beyond it is refused with 503 and counted as
     /// blocked.
@@ -388,9 +385,8 @@ pub struct EntryPoint {
 }
 
 /// Where a call is sent.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.action == 'Hangup' || self.action == 'Voicemail' || has(self.target)").message("target is required for actions Menu, Queue and Seat"))]
 pub struct Route {
     /// What to do with the call.
     pub action: RouteAction,

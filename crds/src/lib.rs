@@ -10,12 +10,18 @@
 //! schema (derived with `schemars`) carries every rule a schema can express; [`validate`]
 //! carries the rules that relate several fields of one object (an RTP range whose minimum is
 //! below its maximum, a menu option naming a menu that exists). The operator's admission
-//! webhook and the media node's standalone loader both run [`validate`], and the same rules are
-//! also written as CEL `x-kubernetes-validations` for clusters new enough to run them.
+//! webhook and the media node's standalone loader both run [`validate`].
+//!
+//! The CRDs carry no CEL `x-kubernetes-validations`: the oldest API server we support (1.20)
+//! does not know the field and refuses such a CRD under server-side apply.
+
+// kube's `printcolumn(...)` attributes repeat keys such as `type_` by design.
+#![allow(clippy::duplicated_attributes)]
 
 pub mod callcenter;
 pub mod common;
 pub mod queue;
+pub mod reference;
 pub mod seat;
 pub mod validate;
 

@@ -1,7 +1,7 @@
 //! The Queue kind: one ACD queue of a call center.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, KubeSchema};
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -183,9 +183,8 @@ fn default_min_proficiency() -> u8 {
 }
 
 /// One overflow step, taken when a caller has waited `afterSeconds`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.action != 'Queue' || has(self.queue)").message("overflow step with action Queue needs queue"))]
 pub struct OverflowStep {
     /// Seconds of waiting after which this step applies.
     #[schemars(range(min = 1, max = 7200))]

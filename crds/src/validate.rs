@@ -91,13 +91,14 @@ pub fn call_center(spec: &CallCenterSpec) -> FieldErrors {
             );
         }
     }
-    if let Some(addr) = &spec.sip.advertised_address {
-        if addr.contains(':') && addr.parse::<IpAddr>().is_err() {
-            errs.push(
-                "spec.sip.advertisedAddress",
-                format!("Invalid value: {addr:?}: not a host name or IP address"),
-            );
-        }
+    if let Some(addr) = &spec.sip.advertised_address
+        && addr.contains(':')
+        && addr.parse::<IpAddr>().is_err()
+    {
+        errs.push(
+            "spec.sip.advertisedAddress",
+            format!("Invalid value: {addr:?}: not a host name or IP address"),
+        );
     }
 
     let mut seen_codecs = BTreeSet::new();
@@ -425,16 +426,16 @@ pub fn queue(spec: &QueueSpec, own_name: &str) -> FieldErrors {
     let last = spec.overflow.len().saturating_sub(1);
     for (i, step) in spec.overflow.iter().enumerate() {
         let path = format!("spec.overflow[{i}]");
-        if let Some(prev) = previous {
-            if step.after_seconds <= prev {
-                errs.push(
+        if let Some(prev) = previous
+            && step.after_seconds <= prev
+        {
+            errs.push(
                     format!("{path}.afterSeconds"),
                     format!(
                         "Invalid value: {}: steps must come in increasing afterSeconds (previous step: {prev})",
                         step.after_seconds
                     ),
                 );
-            }
         }
         previous = Some(step.after_seconds);
         if step.after_seconds >= spec.max_wait_seconds {
@@ -454,13 +455,13 @@ pub fn queue(spec: &QueueSpec, own_name: &str) -> FieldErrors {
                         "Invalid value: RelaxSkills needs spec.requiredSkills",
                     );
                 }
-                if let (Some(min), Some(strictest)) = (step.min_proficiency, strictest) {
-                    if min >= strictest {
-                        errs.push(
+                if let (Some(min), Some(strictest)) = (step.min_proficiency, strictest)
+                    && min >= strictest
+                {
+                    errs.push(
                             format!("{path}.minProficiency"),
                             format!("Invalid value: {min}: must be below the strictest requirement ({strictest})"),
                         );
-                    }
                 }
                 if step.queue.is_some() {
                     errs.push(

@@ -32,6 +32,17 @@ fn committed_crds_match_the_code() {
     );
 }
 
+#[test]
+fn the_api_reference_in_docs_matches_the_code() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/api.md");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == switchboard_crds::reference::markdown(),
+        "{} is stale: run `cargo run -p switchboard-crds --bin crdgen -- --markdown > docs/api.md`",
+        path.display()
+    );
+}
+
 /// Walks a schema and calls `f` with the path and node of every object schema.
 fn walk(path: &str, node: &serde_json::Value, f: &mut dyn FnMut(&str, &serde_json::Value)) {
     f(path, node);

@@ -1,1 +1,7 @@
-//! placeholder
+//! The Switchboard operator: controllers for CallCenter, Queue and Seat, and the validating
+//! admission webhook that enforces the API's cross-field rules on clusters whose API server
+//! does not run the CEL rules of the CRDs.
+
+pub mod metrics;
+pub mod server;
+pub mod webhook;

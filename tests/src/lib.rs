@@ -18,6 +18,7 @@ use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use kube::{Api, Client, Config, Discovery, ResourceExt};
 
 pub mod names;
+pub mod webhook;
 
 /// Field manager for everything the tests apply.
 pub const TEST_FIELD_MANAGER: &str = "switchboard-tests";

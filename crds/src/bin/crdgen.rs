@@ -1,4 +1,5 @@
-//! Prints the Switchboard CRDs as YAML, or writes one file per CRD with `--write DIR`.
+//! Prints the Switchboard CRDs as YAML, writes one file per CRD with `--write DIR`, or prints
+//! the Markdown field reference with `--markdown`.
 
 use std::process::ExitCode;
 
@@ -21,6 +22,10 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        [flag] if flag == "--markdown" => {
+            print!("{}", switchboard_crds::reference::markdown());
+            ExitCode::SUCCESS
+        }
         [flag, dir] if flag == "--write" => {
             for (name, yaml) in &files {
                 let path = std::path::Path::new(dir).join(name);
@@ -33,7 +38,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: crdgen [--write DIR]");
+            eprintln!("usage: crdgen [--write DIR | --markdown]");
             ExitCode::from(2)
         }
     }

@@ -49,9 +49,11 @@ fn the_base_spec_is_valid_and_defaults_are_filled_in() {
     assert_eq!(spec.sip.udp_port, 5060);
 }
 
+type Edit = Box<dyn FnOnce(&mut CallCenterSpec)>;
+
 #[test]
 fn every_cross_field_rule_names_its_field() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut CallCenterSpec)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "spec.rtp.maxPort",
             Box::new(|s| {

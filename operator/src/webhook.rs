@@ -1,0 +1,186 @@
+//! The validating admission webhook: runs `switchboard_crds::validate` on every CallCenter,
+//! Queue and Seat the API server is about to store, and denies the request with every broken
+//! rule named by its field.
+
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use serde::de::DeserializeOwned;
+use switchboard_crds::validate::{self, FieldErrors};
+use switchboard_crds::{CallCenterSpec, QueueSpec, SeatSpec};
+
+/// The path the API server posts AdmissionReviews to.
+pub const PATH: &str = "/validate";
+
+/// Why a request was denied, for the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Denied,
+    Malformed,
+}
+
+impl Verdict {
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Denied => "denied",
+            Verdict::Malformed => "malformed",
+        }
+    }
+}
+
+/// Answers one AdmissionReview. Pure: no I/O, so it is tested without a server.
+pub fn review(review: AdmissionReview<DynamicObject>) -> (AdmissionReview<DynamicObject>, Verdict) {
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                AdmissionResponse::invalid(format!("not an AdmissionReview request: {e}"))
+                    .into_review(),
+                Verdict::Malformed,
+            );
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    if !matches!(request.operation, Operation::Create | Operation::Update) {
+        return (response.into_review(), Verdict::Allowed);
+    }
+    let Some(object) = &request.object else {
+        return (response.into_review(), Verdict::Allowed);
+    };
+    let kind = request.kind.kind.as_str();
+    let name = if request.name.is_empty() {
+        object.metadata.name.clone().unwrap_or_default()
+    } else {
+        request.name.clone()
+    };
+    match check(kind, &name, object) {
+        Ok(()) => (response.into_review(), Verdict::Allowed),
+        Err(message) => {
+            let mut denied = response.deny(format!(
+                "{kind}.switchboard.dev {name:?} is invalid: {message}"
+            ));
+            denied.result.code = 422;
+            denied.result.reason = "Invalid".to_string();
+            (denied.into_review(), Verdict::Denied)
+        }
+    }
+}
+
+/// Validates the object of one kind; `Err` carries the message for the user.
+pub fn check(kind: &str, name: &str, object: &DynamicObject) -> Result<(), String> {
+    let spec = object
+        .data
+        .get("spec")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let errors: FieldErrors = match kind {
+        "CallCenter" => validate::call_center(&parse::<CallCenterSpec>(spec)?),
+        "Queue" => validate::queue(&parse::<QueueSpec>(spec)?, name),
+        "Seat" => validate::seat(&parse::<SeatSpec>(spec)?),
+        // The webhook is registered only for our kinds; anything else passes untouched.
+        _ => FieldErrors::default(),
+    };
+    errors.into_result().map_err(|e| e.to_string())
+}
+
+fn parse<T: DeserializeOwned>(spec: serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(spec).map_err(|e| format!("spec: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn admission(kind: &str, spec: serde_json::Value) -> AdmissionReview<DynamicObject> {
+        serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "switchboard.dev", "version": "v1alpha1", "kind": kind},
+                "resource": {"group": "switchboard.dev", "version": "v1alpha1", "resource": "x"},
+                "requestKind": {"group": "switchboard.dev", "version": "v1alpha1", "kind": kind},
+                "requestResource": {"group": "switchboard.dev", "version": "v1alpha1", "resource": "x"},
+                "name": "campus",
+                "namespace": "college",
+                "operation": "CREATE",
+                "userInfo": {"username": "admin"},
+                "object": {
+                    "apiVersion": "switchboard.dev/v1alpha1",
+                    "kind": kind,
+                    "metadata": {"name": "campus", "namespace": "college"},
+                    "spec": spec
+                },
+                "oldObject": null,
+                "dryRun": false,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+            }
+        }))
+        .expect("valid AdmissionReview")
+    }
+
+    fn response(r: &AdmissionReview<DynamicObject>) -> &AdmissionResponse {
+        r.response.as_ref().expect("a response")
+    }
+
+    #[test]
+    fn an_inverted_rtp_range_is_denied_naming_the_field() {
+        let spec = json!({"sip": {"domain": "cc.example.edu"}, "rtp": {"minPort": 20000, "maxPort": 10000}});
+        let (out, verdict) = review(admission("CallCenter", spec));
+        let resp = response(&out);
+        assert_eq!(verdict, Verdict::Denied);
+        assert!(!resp.allowed);
+        assert_eq!(resp.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert!(
+            resp.result.message.contains("spec.rtp.maxPort"),
+            "{}",
+            resp.result.message
+        );
+        assert!(
+            resp.result
+                .message
+                .starts_with("CallCenter.switchboard.dev \"campus\" is invalid")
+        );
+    }
+
+    #[test]
+    fn a_valid_call_center_is_allowed() {
+        let spec = json!({"sip": {"domain": "cc.example.edu"}});
+        let (out, verdict) = review(admission("CallCenter", spec));
+        assert_eq!(verdict, Verdict::Allowed);
+        assert!(response(&out).allowed);
+    }
+
+    #[test]
+    fn a_queue_overflowing_to_itself_is_denied() {
+        let spec = json!({"callCenter": "c", "overflow": [{"afterSeconds": 30, "action": "Queue", "queue": "campus"}]});
+        let (out, verdict) = review(admission("Queue", spec));
+        assert_eq!(verdict, Verdict::Denied);
+        assert!(
+            response(&out)
+                .result
+                .message
+                .contains("spec.overflow[0].queue")
+        );
+    }
+
+    #[test]
+    fn a_spec_of_the_wrong_shape_is_denied_not_a_panic() {
+        let (out, verdict) = review(admission("Seat", json!({"extension": 7})));
+        assert_eq!(verdict, Verdict::Denied);
+        assert!(response(&out).result.message.contains("spec:"));
+    }
+
+    #[test]
+    fn a_review_without_request_is_malformed() {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"
+        }))
+        .expect("parses");
+        let (out, verdict) = super::review(review);
+        assert_eq!(verdict, Verdict::Malformed);
+        assert!(!response(&out).allowed);
+    }
+}
