@@ -53,7 +53,12 @@ fn kubeconfig_from_script(script: &str) -> Result<PathBuf> {
         .filter_map(|l| l.trim().strip_prefix("export KUBECONFIG="))
         .next_back()
         .map(|p| PathBuf::from(p.trim_matches('"').trim_matches('\'')))
-        .ok_or_else(|| anyhow!("{} printed no `export KUBECONFIG=` line:\n{stdout}", path.display()))
+        .ok_or_else(|| {
+            anyhow!(
+                "{} printed no `export KUBECONFIG=` line:\n{stdout}",
+                path.display()
+            )
+        })
 }
 
 async fn client_for(kubeconfig: &Path) -> Result<Client> {
@@ -113,7 +118,10 @@ pub struct Applied {
 }
 
 /// Finds the API resource that serves a document's apiVersion and kind.
-async fn resource_for(client: &Client, gvk: &GroupVersionKind) -> Result<(ApiResource, ApiCapabilities)> {
+async fn resource_for(
+    client: &Client,
+    gvk: &GroupVersionKind,
+) -> Result<(ApiResource, ApiCapabilities)> {
     // Discovery is cheap against a local server; doing it per document keeps CRDs that were
     // applied a moment ago visible.
     let discovery = Discovery::new(client.clone())
@@ -160,7 +168,11 @@ pub async fn apply_value(
     };
     let params = PatchParams::apply(TEST_FIELD_MANAGER).force();
     let result = api.patch(&name, &params, &Patch::Apply(&obj)).await;
-    Ok(Applied { kind: gvk.kind, name, result })
+    Ok(Applied {
+        kind: gvk.kind,
+        name,
+        result,
+    })
 }
 
 /// Applies the committed CRDs from the chart and waits until the API server serves them.
@@ -183,15 +195,19 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     }
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in names {
-        wait_for(Duration::from_secs(60), &format!("CRD {name} Established"), || async {
-            let crd = crds.get(&name).await.ok()?;
-            let established = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        })
+        wait_for(
+            Duration::from_secs(60),
+            &format!("CRD {name} Established"),
+            || async {
+                let crd = crds.get(&name).await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            },
+        )
         .await?;
     }
     Ok(())
@@ -234,10 +250,17 @@ impl TestNamespace {
             "metadata": {"name": name, "labels": {"switchboard.dev/test": name}},
         }))?;
         let api: Api<Namespace> = Api::all(client.clone());
-        api.patch(&name, &PatchParams::apply(TEST_FIELD_MANAGER), &Patch::Apply(&ns))
-            .await
-            .with_context(|| format!("creating namespace {name}"))?;
-        Ok(Self { name, client: client.clone() })
+        api.patch(
+            &name,
+            &PatchParams::apply(TEST_FIELD_MANAGER),
+            &Patch::Apply(&ns),
+        )
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+        Ok(Self {
+            name,
+            client: client.clone(),
+        })
     }
 
     pub async fn delete(self) -> Result<()> {

@@ -25,8 +25,11 @@ impl NamespaceWebhook {
     /// registers a ValidatingWebhookConfiguration that sends the namespace's CallCenters,
     /// Queues and Seats to it (`failurePolicy: Fail`: an unreachable webhook rejects).
     pub async fn start(client: &Client, namespace: &str) -> Result<Self> {
-        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .context("generating the webhook certificate")?;
+        let cert = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+        ])
+        .context("generating the webhook certificate")?;
         let cert_pem = cert.cert.pem();
         let key_pem = cert.signing_key.serialize_pem();
         let metrics = Metrics::new()?;
@@ -70,10 +73,19 @@ impl NamespaceWebhook {
             }],
         }))?;
         let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-        api.patch(&name, &PatchParams::apply(TEST_FIELD_MANAGER).force(), &Patch::Apply(&config))
-            .await
-            .with_context(|| format!("registering webhook {name}"))?;
-        Ok(Self { name, addr, client: client.clone(), task })
+        api.patch(
+            &name,
+            &PatchParams::apply(TEST_FIELD_MANAGER).force(),
+            &Patch::Apply(&config),
+        )
+        .await
+        .with_context(|| format!("registering webhook {name}"))?;
+        Ok(Self {
+            name,
+            addr,
+            client: client.clone(),
+            task,
+        })
     }
 
     /// Unregisters the webhook and stops serving it.

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use switchboard_tests::webhook::NamespaceWebhook;
-use switchboard_tests::{TestNamespace, apply_yaml, control_plane, install_crds, repo_root, wait_for, yaml_documents};
+use switchboard_tests::{
+    TestNamespace, apply_yaml, control_plane, install_crds, repo_root, wait_for, yaml_documents,
+};
 
 fn example(name: &str) -> String {
     std::fs::read_to_string(repo_root().join("examples").join(name)).expect("example exists")
@@ -23,23 +25,27 @@ spec:
   sip: {domain: probe.example}
   rtp: {minPort: 20000, maxPort: 10000}
 "#;
-    wait_for(Duration::from_secs(30), "the webhook to be in force", || async {
-        let applied = apply_yaml(client, probe, ns).await.ok()?;
-        match &applied[0].result {
-            Err(e) if e.to_string().contains("spec.rtp.maxPort") => Some(()),
-            Ok(_) => {
-                // Accepted before the webhook was in force: remove it and try again.
-                let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
-                    client.clone(),
-                    ns,
-                    &kube::discovery::ApiResource::erase::<switchboard_crds::CallCenter>(&()),
-                );
-                let _ = api.delete("webhook-probe", &Default::default()).await;
-                None
+    wait_for(
+        Duration::from_secs(30),
+        "the webhook to be in force",
+        || async {
+            let applied = apply_yaml(client, probe, ns).await.ok()?;
+            match &applied[0].result {
+                Err(e) if e.to_string().contains("spec.rtp.maxPort") => Some(()),
+                Ok(_) => {
+                    // Accepted before the webhook was in force: remove it and try again.
+                    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+                        client.clone(),
+                        ns,
+                        &kube::discovery::ApiResource::erase::<switchboard_crds::CallCenter>(&()),
+                    );
+                    let _ = api.delete("webhook-probe", &Default::default()).await;
+                    None
+                }
+                Err(_) => None,
             }
-            Err(_) => None,
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -47,9 +53,16 @@ spec:
 async fn crds_install_and_are_served_with_names_and_category() -> Result<()> {
     let client = control_plane().await?;
     install_crds(&client).await?;
-    let discovery = kube::Discovery::new(client.clone()).filter(&["switchboard.dev"]).run().await?;
+    let discovery = kube::Discovery::new(client.clone())
+        .filter(&["switchboard.dev"])
+        .run()
+        .await?;
     let group = discovery.get("switchboard.dev").expect("group served");
-    let mut kinds: Vec<String> = group.recommended_resources().into_iter().map(|(ar, _)| ar.kind).collect();
+    let mut kinds: Vec<String> = group
+        .recommended_resources()
+        .into_iter()
+        .map(|(ar, _)| ar.kind)
+        .collect();
     kinds.sort();
     assert_eq!(kinds, vec!["CallCenter", "Queue", "Seat"]);
     // Applying the same CRDs again is a no-op, not a conflict.
@@ -74,10 +87,17 @@ async fn every_example_applies_cleanly_with_the_webhook_in_force() -> Result<()>
             }
         }
         // The API server filled in the schema's defaults.
-        let center = applied.iter().find(|a| a.kind == "CallCenter").expect("a CallCenter");
+        let center = applied
+            .iter()
+            .find(|a| a.kind == "CallCenter")
+            .expect("a CallCenter");
         let stored = center.result.as_ref().expect("applied");
         assert!(stored.data["spec"]["sip"]["udpPort"].as_u64().is_some());
-        assert!(stored.data["spec"]["recording"]["retentionDays"].as_u64().is_some());
+        assert!(
+            stored.data["spec"]["recording"]["retentionDays"]
+                .as_u64()
+                .is_some()
+        );
         webhook.stop().await?;
         ns.delete().await?;
     }
@@ -94,10 +114,14 @@ struct Invalid {
 }
 
 fn center(spec: &str) -> String {
-    format!("apiVersion: switchboard.dev/v1alpha1\nkind: CallCenter\nmetadata: {{name: bad}}\nspec:\n{spec}")
+    format!(
+        "apiVersion: switchboard.dev/v1alpha1\nkind: CallCenter\nmetadata: {{name: bad}}\nspec:\n{spec}"
+    )
 }
 fn queue(spec: &str) -> String {
-    format!("apiVersion: switchboard.dev/v1alpha1\nkind: Queue\nmetadata: {{name: bad-queue}}\nspec:\n  callCenter: campus\n{spec}")
+    format!(
+        "apiVersion: switchboard.dev/v1alpha1\nkind: Queue\nmetadata: {{name: bad-queue}}\nspec:\n  callCenter: campus\n{spec}"
+    )
 }
 fn seat(spec: &str) -> String {
     format!(
@@ -155,7 +179,10 @@ async fn invalid_manifests_are_rejected_naming_the_field() -> Result<()> {
                 let message = e.to_string();
                 for want in case.expect {
                     if !message.contains(want) {
-                        failures.push(format!("{}: rejection lacks {want:?}: {message}", case.what));
+                        failures.push(format!(
+                            "{}: rejection lacks {want:?}: {message}",
+                            case.what
+                        ));
                     }
                 }
             }
@@ -163,6 +190,12 @@ async fn invalid_manifests_are_rejected_naming_the_field() -> Result<()> {
     }
     webhook.stop().await?;
     ns.delete().await?;
-    assert!(failures.is_empty(), "{} of {} cases wrong:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
     Ok(())
 }
