@@ -63,6 +63,21 @@ impl fmt::Display for FieldErrors {
 
 impl std::error::Error for FieldErrors {}
 
+/// Reports every key that an earlier item already had, at the field `field(index)`.
+fn check_unique<T: Ord + fmt::Debug>(
+    keys: impl IntoIterator<Item = T>,
+    field: impl Fn(usize) -> String,
+    errs: &mut FieldErrors,
+) {
+    let mut seen = BTreeSet::new();
+    for (i, key) in keys.into_iter().enumerate() {
+        let message = format!("Duplicate value: {key:?}");
+        if !seen.insert(key) {
+            errs.push(field(i), message);
+        }
+    }
+}
+
 /// Checks a CallCenter spec.
 pub fn call_center(spec: &CallCenterSpec) -> FieldErrors {
     let mut errs = FieldErrors::default();
@@ -101,15 +116,7 @@ pub fn call_center(spec: &CallCenterSpec) -> FieldErrors {
         );
     }
 
-    let mut seen_codecs = BTreeSet::new();
-    for (i, codec) in spec.codecs.iter().enumerate() {
-        if !seen_codecs.insert(*codec) {
-            errs.push(
-                format!("spec.codecs[{i}]"),
-                format!("Duplicate value: {codec:?}"),
-            );
-        }
-    }
+    check_unique(&spec.codecs, |i| format!("spec.codecs[{i}]"), &mut errs);
 
     let ha = &spec.high_availability;
     if ha.renew_interval_seconds >= ha.lease_duration_seconds {
@@ -135,27 +142,23 @@ pub fn call_center(spec: &CallCenterSpec) -> FieldErrors {
     check_trunks(spec, &mut errs);
 
     let menus: BTreeSet<&str> = spec.ivr_menus.iter().map(|m| m.name.as_str()).collect();
-    let mut numbers = BTreeSet::new();
+    check_unique(
+        spec.entry_points.iter().map(|e| e.number.as_str()),
+        |i| format!("spec.entryPoints[{i}].number"),
+        &mut errs,
+    );
     for (i, entry) in spec.entry_points.iter().enumerate() {
-        let path = format!("spec.entryPoints[{i}]");
-        if !numbers.insert(entry.number.as_str()) {
-            errs.push(
-                format!("{path}.number"),
-                format!("Duplicate value: {:?}", entry.number),
-            );
-        }
-        check_route(&entry.route, &format!("{path}.route"), &menus, &mut errs);
+        let path = format!("spec.entryPoints[{i}].route");
+        check_route(&entry.route, &path, &menus, &mut errs);
     }
 
-    let mut menu_names = BTreeSet::new();
+    check_unique(
+        spec.ivr_menus.iter().map(|m| m.name.as_str()),
+        |i| format!("spec.ivrMenus[{i}].name"),
+        &mut errs,
+    );
     for (i, menu) in spec.ivr_menus.iter().enumerate() {
         let path = format!("spec.ivrMenus[{i}]");
-        if !menu_names.insert(menu.name.as_str()) {
-            errs.push(
-                format!("{path}.name"),
-                format!("Duplicate value: {:?}", menu.name),
-            );
-        }
         let prompts = [
             ("prompt", Some(&menu.prompt)),
             ("invalidPrompt", menu.invalid_prompt.as_ref()),
@@ -166,16 +169,14 @@ pub fn call_center(spec: &CallCenterSpec) -> FieldErrors {
                 check_prompt(p, &format!("{path}.{field}"), &mut errs);
             }
         }
-        let mut digits = BTreeSet::new();
+        check_unique(
+            menu.options.iter().map(|o| o.digit.as_str()),
+            |j| format!("{path}.options[{j}].digit"),
+            &mut errs,
+        );
         for (j, option) in menu.options.iter().enumerate() {
-            let opath = format!("{path}.options[{j}]");
-            if !digits.insert(option.digit.as_str()) {
-                errs.push(
-                    format!("{opath}.digit"),
-                    format!("Duplicate value: {:?}", option.digit),
-                );
-            }
-            check_route(&option.route, &format!("{opath}.route"), &menus, &mut errs);
+            let opath = format!("{path}.options[{j}].route");
+            check_route(&option.route, &opath, &menus, &mut errs);
         }
         if let Some(route) = &menu.on_failure {
             check_route(route, &format!("{path}.onFailure"), &menus, &mut errs);
@@ -206,17 +207,15 @@ pub fn call_center(spec: &CallCenterSpec) -> FieldErrors {
 }
 
 fn check_trunks(spec: &CallCenterSpec, errs: &mut FieldErrors) {
-    let mut names = BTreeSet::new();
+    check_unique(
+        spec.trunks.iter().map(|t| t.name.as_str()),
+        |i| format!("spec.trunks[{i}].name"),
+        errs,
+    );
     let mut inbound: BTreeMap<&str, usize> = BTreeMap::new();
     let mut prefixes: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, trunk) in spec.trunks.iter().enumerate() {
         let path = format!("spec.trunks[{i}]");
-        if !names.insert(trunk.name.as_str()) {
-            errs.push(
-                format!("{path}.name"),
-                format!("Duplicate value: {:?}", trunk.name),
-            );
-        }
         let ch = &trunk.channels;
         if ch.min_channels > ch.max_channels {
             errs.push(
@@ -412,15 +411,11 @@ fn is_quantity(s: &str) -> bool {
 /// Checks a Queue spec.
 pub fn queue(spec: &QueueSpec, own_name: &str) -> FieldErrors {
     let mut errs = FieldErrors::default();
-    let mut skills = BTreeSet::new();
-    for (i, skill) in spec.required_skills.iter().enumerate() {
-        if !skills.insert(skill.name.as_str()) {
-            errs.push(
-                format!("spec.requiredSkills[{i}].name"),
-                format!("Duplicate value: {:?}", skill.name),
-            );
-        }
-    }
+    check_unique(
+        spec.required_skills.iter().map(|s| s.name.as_str()),
+        |i| format!("spec.requiredSkills[{i}].name"),
+        &mut errs,
+    );
     let strictest = spec.required_skills.iter().map(|s| s.min_proficiency).max();
     let mut previous: Option<u32> = None;
     let last = spec.overflow.len().saturating_sub(1);
@@ -514,24 +509,16 @@ pub fn queue(spec: &QueueSpec, own_name: &str) -> FieldErrors {
 /// Checks a Seat spec.
 pub fn seat(spec: &SeatSpec) -> FieldErrors {
     let mut errs = FieldErrors::default();
-    let mut queues = BTreeSet::new();
-    for (i, membership) in spec.queues.iter().enumerate() {
-        if !queues.insert(membership.name.as_str()) {
-            errs.push(
-                format!("spec.queues[{i}].name"),
-                format!("Duplicate value: {:?}", membership.name),
-            );
-        }
-    }
-    let mut skills = BTreeSet::new();
-    for (i, skill) in spec.skills.iter().enumerate() {
-        if !skills.insert(skill.name.as_str()) {
-            errs.push(
-                format!("spec.skills[{i}].name"),
-                format!("Duplicate value: {:?}", skill.name),
-            );
-        }
-    }
+    check_unique(
+        spec.queues.iter().map(|q| q.name.as_str()),
+        |i| format!("spec.queues[{i}].name"),
+        &mut errs,
+    );
+    check_unique(
+        spec.skills.iter().map(|s| s.name.as_str()),
+        |i| format!("spec.skills[{i}].name"),
+        &mut errs,
+    );
     errs
 }
 

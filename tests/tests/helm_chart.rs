@@ -28,6 +28,10 @@ const NS: &str = "switchboard-system";
 /// The object names with the default release name "switchboard" (the release name already
 /// contains the chart name, so it is the full name).
 const FULLNAME: &str = "switchboard";
+/// The verbs the operator needs on the objects it owns.
+const MANAGE: &[&str] = &[
+    "get", "list", "watch", "create", "update", "patch", "delete",
+];
 const RUNBOOKS: &str = "https://runbooks.example.invalid/switchboard";
 
 // ---------------------------------------------------------------------------------------------
@@ -402,55 +406,13 @@ fn default_values_render_the_operator_and_nothing_optional() -> Result<()> {
             "callcenters/scale",
             &["get", "patch", "update"],
         ),
-        (
-            "apps",
-            "statefulsets",
-            &[
-                "get", "list", "watch", "create", "update", "patch", "delete",
-            ],
-        ),
-        (
-            "",
-            "services",
-            &[
-                "get", "list", "watch", "create", "update", "patch", "delete",
-            ],
-        ),
-        (
-            "",
-            "configmaps",
-            &[
-                "get", "list", "watch", "create", "update", "patch", "delete",
-            ],
-        ),
-        (
-            "",
-            "serviceaccounts",
-            &[
-                "get", "list", "watch", "create", "update", "patch", "delete",
-            ],
-        ),
-        (
-            "policy",
-            "poddisruptionbudgets",
-            &[
-                "get", "list", "watch", "create", "update", "patch", "delete",
-            ],
-        ),
-        (
-            "rbac.authorization.k8s.io",
-            "roles",
-            &[
-                "get", "list", "watch", "create", "update", "patch", "delete",
-            ],
-        ),
-        (
-            "rbac.authorization.k8s.io",
-            "rolebindings",
-            &[
-                "get", "list", "watch", "create", "update", "patch", "delete",
-            ],
-        ),
+        ("apps", "statefulsets", MANAGE),
+        ("", "services", MANAGE),
+        ("", "configmaps", MANAGE),
+        ("", "serviceaccounts", MANAGE),
+        ("policy", "poddisruptionbudgets", MANAGE),
+        ("rbac.authorization.k8s.io", "roles", MANAGE),
+        ("rbac.authorization.k8s.io", "rolebindings", MANAGE),
         ("", "secrets", &["get", "list", "watch"]),
         ("events.k8s.io", "events", &["create", "patch"]),
         // Its own leader election, and everything the media nodes' Role grants.
