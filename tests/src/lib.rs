@@ -195,18 +195,35 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     }
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in names {
-        wait_for(
+        let crd = wait_for(
             Duration::from_secs(60),
             &format!("CRD {name} Established"),
             || async {
                 let crd = crds.get(&name).await.ok()?;
                 let established = crd
-                    .status?
-                    .conditions?
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .as_ref()?
                     .iter()
                     .any(|c| c.type_ == "Established" && c.status == "True");
-                established.then_some(())
+                established.then_some(crd)
             },
+        )
+        .await?;
+        // Established comes a moment before discovery lists the new resource; tests resolve
+        // kinds through discovery, so wait for that too.
+        let version = crd
+            .spec
+            .versions
+            .first()
+            .map(|v| v.name.clone())
+            .unwrap_or_default();
+        let gvk = GroupVersionKind::gvk(&crd.spec.group, &version, &crd.spec.names.kind);
+        wait_for(
+            Duration::from_secs(60),
+            &format!("discovery to serve {name}"),
+            || async { resource_for(client, &gvk).await.ok().map(|_| ()) },
         )
         .await?;
     }
