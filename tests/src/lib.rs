@@ -75,11 +75,7 @@ async fn client_for(kubeconfig: &Path) -> Result<Client> {
 /// `SWITCHBOARD_KUBECONFIG` names an already running one; otherwise `tests/controlplane/up`
 /// starts one or reuses the one it started before.
 pub async fn control_plane() -> Result<Client> {
-    let path = match std::env::var_os("SWITCHBOARD_KUBECONFIG") {
-        Some(p) => PathBuf::from(p),
-        None => kubeconfig_from_script("tests/controlplane/up")?,
-    };
-    client_for(&path).await
+    client_for(&control_plane_kubeconfig()?).await
 }
 
 /// The kubeconfig path of the real single-node cluster (pods really run), from
@@ -287,5 +283,34 @@ impl TestNamespace {
             .await
             .with_context(|| format!("deleting namespace {}", self.name))?;
         Ok(())
+    }
+}
+
+/// The kubectl v1.20.2 built with the test Kubernetes (`tests/k8s/build-kubernetes`).
+pub fn kubectl() -> Result<PathBuf> {
+    let script = repo_root().join("tests/k8s/build-kubernetes");
+    let output = Command::new(&script)
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let dir = stdout
+        .lines()
+        .last()
+        .ok_or_else(|| anyhow!("{} printed no directory", script.display()))?;
+    Ok(PathBuf::from(dir.trim()).join("kubectl"))
+}
+
+/// The kubeconfig of the shared test control plane, as [`control_plane`] finds it.
+pub fn control_plane_kubeconfig() -> Result<PathBuf> {
+    match std::env::var_os("SWITCHBOARD_KUBECONFIG") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => kubeconfig_from_script("tests/controlplane/up"),
     }
 }

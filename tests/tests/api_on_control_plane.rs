@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Result;
 use switchboard_tests::webhook::NamespaceWebhook;
 use switchboard_tests::{
-    TestNamespace, apply_yaml, control_plane, install_crds, repo_root, wait_for, yaml_documents,
+    TestNamespace, apply_yaml, control_plane, control_plane_kubeconfig, install_crds, kubectl,
+    repo_root, wait_for, yaml_documents,
 };
 
 fn example(name: &str) -> String {
@@ -101,6 +102,77 @@ async fn every_example_applies_cleanly_with_the_webhook_in_force() -> Result<()>
         webhook.stop().await?;
         ns.delete().await?;
     }
+    Ok(())
+}
+
+/// Runs kubectl v1.20.2 against the test control plane and returns its standard output.
+fn run_kubectl(args: &[&str]) -> Result<String> {
+    let output = std::process::Command::new(kubectl()?)
+        .env("KUBECONFIG", control_plane_kubeconfig()?)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn kubectl_explains_fields_and_shows_the_columns() -> Result<()> {
+    let client = control_plane().await?;
+    install_crds(&client).await?;
+    // The API server publishes each new CRD's OpenAPI a moment after it is established.
+    let explain = |field: &'static str, want: &'static [&'static str]| {
+        wait_for(Duration::from_secs(60), field, move || async move {
+            let out = run_kubectl(&["explain", field]).ok()?;
+            want.iter().all(|w| out.contains(w)).then_some(out)
+        })
+    };
+    explain(
+        "callcenters.spec.rtp.minPort",
+        &["Lowest RTP port", "integer"],
+    )
+    .await?;
+    explain("seat.spec.role", &["Supervisor", "team-leader"]).await?;
+    explain("queue.spec.strategy", &["How the next agent is chosen"]).await?;
+
+    let ns = TestNamespace::create(&client, "kubectl").await?;
+    for a in apply_yaml(&client, &example("minimal.yaml"), &ns.name).await? {
+        a.result?;
+    }
+    let queues = run_kubectl(&["get", "queues", "-n", &ns.name])?;
+    let header = queues.lines().next().unwrap_or_default();
+    for column in [
+        "NAME", "CENTER", "WAITING", "LONGEST", "READY", "SL%", "AGE",
+    ] {
+        assert!(
+            header.contains(column),
+            "kubectl get queues lacks {column}: {queues}"
+        );
+    }
+    assert!(queues.contains("support"), "{queues}");
+    let seats = run_kubectl(&["get", "st", "-n", &ns.name])?;
+    for column in ["EXTENSION", "ROLE", "STATE", "REGISTERED"] {
+        assert!(
+            seats.lines().next().unwrap_or_default().contains(column),
+            "{seats}"
+        );
+    }
+    let all = run_kubectl(&["get", "switchboard", "-n", &ns.name, "-o", "name"])?;
+    for object in [
+        "callcenter.switchboard.dev/minimal",
+        "queue.switchboard.dev/support",
+        "seat.switchboard.dev/agent-1001",
+    ] {
+        assert!(
+            all.contains(object),
+            "the switchboard category lacks {object}: {all}"
+        );
+    }
+    ns.delete().await?;
     Ok(())
 }
 

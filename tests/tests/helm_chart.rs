@@ -19,8 +19,8 @@ use kube::core::GroupVersionKind;
 use kube::{Api, Client, Config, Discovery};
 use serde_json::{Value, json};
 use switchboard_tests::{
-    TEST_FIELD_MANAGER, TestNamespace, apply_yaml, control_plane, install_crds, names, repo_root,
-    wait_for, yaml_documents,
+    TEST_FIELD_MANAGER, TestNamespace, apply_yaml, control_plane, control_plane_kubeconfig,
+    install_crds, names, repo_root, wait_for, yaml_documents,
 };
 
 /// Release namespace for the render-only tests.
@@ -1015,30 +1015,6 @@ fn prometheus_rules_pass_promtool() -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // (d) A real API server
-
-/// The kubeconfig of the shared control plane, found the way `control_plane()` finds it; used
-/// to act as the operator's ServiceAccount through impersonation.
-fn control_plane_kubeconfig() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SWITCHBOARD_KUBECONFIG") {
-        return Ok(PathBuf::from(p));
-    }
-    let script = repo_root().join("tests/controlplane/up");
-    let out = Command::new(&script)
-        .output()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    ensure!(
-        out.status.success(),
-        "{} failed:\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("export KUBECONFIG="))
-        .next_back()
-        .map(|p| PathBuf::from(p.trim_matches('"').trim_matches('\'')))
-        .ok_or_else(|| anyhow!("{} printed no kubeconfig", script.display()))
-}
 
 async fn impersonating(user: &str) -> Result<Client> {
     let kc = Kubeconfig::read_from(control_plane_kubeconfig()?)?;
