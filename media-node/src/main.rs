@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-
-mod config;
+use media_node::config;
 
 #[derive(Parser)]
 #[command(name = "media-node", version, about = "Switchboard media node")]

@@ -1,0 +1,1 @@
+//! Call recording (stereo WAV, crash-safe, JSON sidecar) and call detail records.

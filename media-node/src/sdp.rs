@@ -1,0 +1,1 @@
+//! SDP (RFC 4566) offers and answers for G.711 audio with RFC 4733 telephone-events.

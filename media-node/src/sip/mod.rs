@@ -1,0 +1,1 @@
+//! SIP over UDP and TCP: transport, transactions, registrar with digest authentication.
