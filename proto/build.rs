@@ -1,0 +1,12 @@
+//! Compiles the .proto files with protox (a protobuf compiler in Rust), so a fresh machine
+//! builds without a system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/switchboard/node/v1/node.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! The gRPC contract between the Switchboard operator and its media nodes.
+//!
+//! One package, `switchboard.node.v1` (`proto/switchboard/node/v1/node.proto`), compiled at
+//! build time without a system `protoc`. Both the operator (client) and the media node
+//! (server) depend on this crate, so they cannot drift apart.
+
+pub mod node {
+    pub mod v1 {
+        tonic::include_proto!("switchboard.node.v1");
+
+        impl ConfigSnapshot {
+            /// A snapshot of `config_yaml` at `generation`, with its hash filled in.
+            pub fn new(generation: i64, config_yaml: Vec<u8>) -> Self {
+                let config_hash = super::super::config_hash(&config_yaml);
+                Self {
+                    generation,
+                    config_hash,
+                    config_yaml,
+                }
+            }
+
+            /// Whether `config_hash` matches the bytes: a node refuses a snapshot that does not.
+            pub fn is_intact(&self) -> bool {
+                super::super::config_hash(&self.config_yaml) == self.config_hash
+            }
+        }
+    }
+}
+
+/// Lowercase hex MD5 of a serialized configuration (an integrity check, not a security
+/// measure: the channel itself is what must be trusted).
+pub fn config_hash(bytes: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    hex::encode(Md5::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node::v1::*;
+
+    #[test]
+    fn a_snapshot_carries_the_hash_of_its_bytes() {
+        let snap = ConfigSnapshot::new(7, b"callCenter: campus\n".to_vec());
+        assert_eq!(snap.config_hash.len(), 32);
+        assert!(snap.is_intact());
+        let mut torn = snap.clone();
+        torn.config_yaml.truncate(5);
+        assert!(!torn.is_intact());
+    }
+}
