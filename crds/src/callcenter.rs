@@ -1,5 +1,8 @@
 //! The CallCenter kind: one call center and everything its media nodes serve.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
@@ -86,6 +89,9 @@ pub struct CallCenterSpec {
     /// Default service-level target of this center's queues (a Queue may set its own).
     #[serde(default)]
     pub service_level: ServiceLevelTarget,
+    /// How the media-node pods run: image, scheduling, resources and networking mode.
+    #[serde(default)]
+    pub nodes: NodesSpec,
 }
 
 /// SIP signalling settings.
@@ -573,6 +579,68 @@ pub enum RecordingMode {
     OnDemand,
 }
 
+/// How the operator runs this center's media-node pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodesSpec {
+    /// Media-node container image, for example `registry.campus.edu/switchboard/media-node:0.1.0`.
+    /// Empty: the image the operator was installed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512), pattern(r"^[^\s]+$"))]
+    pub image: Option<String>,
+    /// When the kubelet pulls the media-node image.
+    #[serde(default)]
+    pub image_pull_policy: ImagePullPolicy,
+    /// Run media nodes in the host's network namespace: SIP and every RTP port are opened on
+    /// the Kubernetes node's own address, with no Service or NAT in between. This is the
+    /// campus-cluster option for phones and trunks outside the cluster that cannot reach pod
+    /// IPs. The SIP ports and the metrics port 9090 become host ports, so one host runs at
+    /// most one media node using them: with `HotStandby` the two nodes need two hosts, and
+    /// centers sharing hosts need distinct SIP ports and RTP ranges. Default: pod networking,
+    /// where in-cluster peers reach RTP on the pod IP and SIP through the center's Service.
+    #[serde(default)]
+    pub host_network: bool,
+    /// CPU and memory requests and limits of the media-node container. Empty: none set (the
+    /// namespace's defaults apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels a media-node pod requires, for example to keep media on the hosts that
+    /// have the campus voice VLAN.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the media-node pods tolerate, for example hosts reserved for voice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
+    /// Extra annotations on the media-node pods (for example for a network plugin). Keys the
+    /// operator sets itself win over these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+/// When the kubelet pulls an image (the Kubernetes `imagePullPolicy`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ImagePullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull only when the host does not have the image yet.
+    #[default]
+    IfNotPresent,
+    /// Never pull; the image must be on the host already (air-gapped campus clusters).
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The value of a container's `imagePullPolicy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
 /// Observed state of a call center.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -624,4 +692,62 @@ pub struct TrunkStatus {
     /// When `limit` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change_time: Option<Time>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_default_to_pod_networking_and_if_not_present() {
+        let spec: CallCenterSpec =
+            serde_json::from_value(serde_json::json!({"sip": {"domain": "cc.example.edu"}}))
+                .expect("minimal spec");
+        assert_eq!(spec.nodes, NodesSpec::default());
+        assert!(!spec.nodes.host_network);
+        assert_eq!(spec.nodes.image_pull_policy, ImagePullPolicy::IfNotPresent);
+        assert_eq!(spec.nodes.image, None);
+        // Empty optional fields stay out of the serialised spec.
+        let json = serde_json::to_value(&spec.nodes).expect("serialises");
+        assert_eq!(
+            json,
+            serde_json::json!({"imagePullPolicy": "IfNotPresent", "hostNetwork": false})
+        );
+    }
+
+    #[test]
+    fn nodes_read_every_field() {
+        let nodes: NodesSpec = serde_json::from_value(serde_json::json!({
+            "image": "registry.campus.example.edu/media-node:0.1.0",
+            "imagePullPolicy": "Never",
+            "hostNetwork": true,
+            "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}},
+            "nodeSelector": {"campus.example.edu/voice-vlan": "true"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "voice", "effect": "NoSchedule"}],
+            "podAnnotations": {"k8s.v1.cni.cncf.io/networks": "voice-vlan"}
+        }))
+        .expect("full nodes spec");
+        assert_eq!(nodes.image_pull_policy.as_str(), "Never");
+        assert!(nodes.host_network);
+        assert_eq!(
+            nodes
+                .resources
+                .and_then(|r| r.requests)
+                .map(|r| r["cpu"].0.clone()),
+            Some("500m".to_string())
+        );
+        assert_eq!(nodes.node_selector.len(), 1);
+        assert_eq!(nodes.tolerations[0].value.as_deref(), Some("voice"));
+        assert_eq!(
+            nodes.pod_annotations["k8s.v1.cni.cncf.io/networks"],
+            "voice-vlan"
+        );
+    }
+
+    #[test]
+    fn an_unknown_pull_policy_is_refused() {
+        let r: Result<NodesSpec, _> =
+            serde_json::from_value(serde_json::json!({"imagePullPolicy": "Sometimes"}));
+        assert!(r.is_err());
+    }
 }

@@ -2,6 +2,8 @@
 //! admission webhook that enforces the API's cross-field rules on clusters whose API server
 //! does not run the CEL rules of the CRDs.
 
+pub mod builders;
 pub mod metrics;
+pub mod node_config;
 pub mod server;
 pub mod webhook;
