@@ -3,6 +3,8 @@
 //! does not run the CEL rules of the CRDs.
 
 pub mod builders;
+pub mod controller;
+pub mod leader;
 pub mod metrics;
 pub mod node_config;
 pub mod server;

@@ -1,6 +1,6 @@
 //! The operator's Prometheus metrics.
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 /// Every metric of the operator, registered in one registry that `/metrics` serves.
 #[derive(Clone)]
@@ -8,6 +8,12 @@ pub struct Metrics {
     pub registry: Registry,
     /// Admission reviews answered, by kind and verdict.
     pub admission_reviews: IntCounterVec,
+    /// Reconciles, by kind and outcome (`ok`, `error`).
+    pub reconciles: IntCounterVec,
+    /// Failed reconciles, by kind and error class.
+    pub reconcile_errors: IntCounterVec,
+    /// Reconcile duration, by kind.
+    pub reconcile_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -21,9 +27,39 @@ impl Metrics {
             &["kind", "verdict"],
         )?;
         registry.register(Box::new(admission_reviews.clone()))?;
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "switchboard_operator_reconciles_total",
+                "Reconciles, by kind and outcome.",
+            ),
+            &["kind", "outcome"],
+        )?;
+        registry.register(Box::new(reconciles.clone()))?;
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new(
+                "switchboard_operator_reconcile_errors_total",
+                "Failed reconciles, by kind and error class.",
+            ),
+            &["kind", "error"],
+        )?;
+        registry.register(Box::new(reconcile_errors.clone()))?;
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchboard_operator_reconcile_duration_seconds",
+                "Time one reconcile took, by kind.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["kind"],
+        )?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
         Ok(Self {
             registry,
             admission_reviews,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
         })
     }
 

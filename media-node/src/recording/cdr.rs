@@ -1,0 +1,255 @@
+//! Call detail records: one JSON object per line, one line per call (recorded or not),
+//! appended and handed to the operating system as each call ends.
+//!
+//! Fields of a line (camelCase JSON; absent optional fields are `null`):
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `callId` | string | SIP Call-ID of the caller's leg |
+//! | `from` | string | calling party (URI or number) |
+//! | `to` | string | dialed number or extension |
+//! | `direction` | `inbound` \| `outbound` \| `internal` | trunk → seat, seat → trunk, seat → seat |
+//! | `trunk` | string? | trunk used, if any |
+//! | `seat` | string? | seat that took or placed the call |
+//! | `queue` | string? | ACD queue the call waited in |
+//! | `offeredAt` | RFC 3339 | INVITE received |
+//! | `answeredAt` | RFC 3339? | 200 OK for the INVITE |
+//! | `endedAt` | RFC 3339 | call ended (BYE, CANCEL, error or timeout) |
+//! | `outcome` | `answered` \| `abandoned` \| `busy` \| `noAnswer` \| `failed` \| `blocked` | how the call ended |
+//! | `hangupCause` | string? | SIP status or reason, e.g. `"BYE"`, `"486 Busy Here"` |
+//! | `hangupSide` | `caller` \| `called` \| `node` ? | which party ended the call |
+//! | `recording` | string? | recording file name when the call was recorded |
+//! | `node` | string | media node that handled the call |
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::sidecar::HangupSide;
+use super::{RecordingError, failed, io_failed};
+
+/// Which way the call went.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CallDirection {
+    Inbound,
+    Outbound,
+    Internal,
+}
+
+/// How the call ended.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CallOutcome {
+    /// Answered and then hung up by either side.
+    Answered,
+    /// The caller hung up before an answer.
+    Abandoned,
+    /// The called side was busy.
+    Busy,
+    /// Nobody answered in time.
+    NoAnswer,
+    /// Not found, unavailable or an error.
+    Failed,
+    /// Refused at the trunk's channel limit.
+    Blocked,
+}
+
+/// One call detail record (see the module documentation for the field list).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallDetailRecord {
+    pub call_id: String,
+    pub from: String,
+    pub to: String,
+    pub direction: CallDirection,
+    pub trunk: Option<String>,
+    pub seat: Option<String>,
+    pub queue: Option<String>,
+    pub offered_at: DateTime<Utc>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub ended_at: DateTime<Utc>,
+    pub outcome: CallOutcome,
+    pub hangup_cause: Option<String>,
+    pub hangup_side: Option<HangupSide>,
+    pub recording: Option<String>,
+    pub node: String,
+}
+
+#[derive(Debug)]
+struct CdrFile {
+    file: File,
+    /// A failed write may have left a partial line; the next record starts on a new line
+    /// so only the failed record is lost.
+    line_broken: bool,
+}
+
+/// Appends CDR lines to one file; shareable across call tasks.
+#[derive(Debug)]
+pub struct CdrWriter {
+    path: PathBuf,
+    inner: Mutex<CdrFile>,
+}
+
+impl CdrWriter {
+    /// Opens (or creates) the CDR file for appending.
+    pub fn open(path: &Path) -> Result<Self, RecordingError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io_failed("open", path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            inner: Mutex::new(CdrFile {
+                file,
+                line_broken: false,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one call's line with a single write (an `O_APPEND` write lands whole).
+    pub fn append(&self, record: &CallDetailRecord) -> Result<(), RecordingError> {
+        let mut line = serde_json::to_vec(record).map_err(|source| {
+            failed(RecordingError::Encode {
+                path: self.path.clone(),
+                source,
+            })
+        })?;
+        line.push(b'\n');
+        let mut inner = self.inner.lock();
+        if inner.line_broken {
+            line.insert(0, b'\n');
+        }
+        let result = inner
+            .file
+            .write_all(&line)
+            .and_then(|()| inner.file.flush());
+        inner.line_broken = result.is_err();
+        result.map_err(|e| io_failed("append CDR to", &self.path, e))
+    }
+
+    /// Forces appended lines to stable storage (on drain and shutdown).
+    pub fn sync(&self) -> Result<(), RecordingError> {
+        self.inner
+            .lock()
+            .file
+            .sync_data()
+            .map_err(|e| io_failed("sync", &self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn record(call_id: &str, outcome: CallOutcome) -> CallDetailRecord {
+        let offered = Utc.with_ymd_and_hms(2026, 11, 22, 9, 30, 0).unwrap();
+        let answered =
+            (outcome == CallOutcome::Answered).then(|| offered + chrono::Duration::seconds(8));
+        CallDetailRecord {
+            call_id: call_id.into(),
+            from: "+4930123456".into(),
+            to: "1000".into(),
+            direction: CallDirection::Inbound,
+            trunk: Some("carrier-a".into()),
+            seat: answered.map(|_| "agent-07".into()),
+            queue: Some("sales".into()),
+            offered_at: offered,
+            answered_at: answered,
+            ended_at: offered + chrono::Duration::seconds(90),
+            outcome,
+            hangup_cause: Some("BYE".into()),
+            hangup_side: Some(HangupSide::Called),
+            recording: answered.map(|_| format!("{call_id}.wav")),
+            node: "campus-media-0".into(),
+        }
+    }
+
+    #[test]
+    fn appends_one_line_per_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.jsonl");
+        let cdr = CdrWriter::open(&path).unwrap();
+        cdr.append(&record("c1", CallOutcome::Answered)).unwrap();
+        cdr.append(&record("c2", CallOutcome::Abandoned)).unwrap();
+        // Flushed per call: visible before any sync or close.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let first: CallDetailRecord = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(first, record("c1", CallOutcome::Answered));
+        let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(second["outcome"], "abandoned");
+        assert_eq!(second["recording"], serde_json::Value::Null);
+        assert_eq!(second["hangupSide"], "called");
+        assert_eq!(second["direction"], "inbound");
+        assert_eq!(second["offeredAt"], "2026-11-22T09:30:00Z");
+        cdr.sync().unwrap();
+        drop(cdr);
+        // Reopening appends rather than truncating.
+        let again = CdrWriter::open(&path).unwrap();
+        again.append(&record("c3", CallOutcome::Blocked)).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+    }
+
+    #[test]
+    fn concurrent_calls_never_interleave_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.jsonl");
+        let cdr = std::sync::Arc::new(CdrWriter::open(&path).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let cdr = cdr.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        cdr.append(&record(&format!("t{t}-{i}"), CallOutcome::Answered))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 200);
+        for line in text.lines() {
+            serde_json::from_str::<CallDetailRecord>(line).unwrap();
+        }
+    }
+
+    #[test]
+    fn open_failure_names_the_file_and_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-dir").join("cdr.jsonl");
+        let before = crate::recording::RECORDING_FAILURES.get();
+        let err = CdrWriter::open(&path).unwrap_err();
+        assert!(err.to_string().contains("cdr.jsonl"), "{err}");
+        assert!(crate::recording::RECORDING_FAILURES.get() > before);
+    }
+
+    /// A full disk: /dev/full accepts the open and fails every write.
+    #[test]
+    fn write_failure_is_reported_and_counted() {
+        let full = Path::new("/dev/full");
+        if !full.exists() {
+            return;
+        }
+        let cdr = CdrWriter::open(full).unwrap();
+        let before = crate::recording::RECORDING_FAILURES.get();
+        let err = cdr.append(&record("c1", CallOutcome::Failed)).unwrap_err();
+        assert!(err.to_string().contains("/dev/full"), "{err}");
+        assert!(crate::recording::RECORDING_FAILURES.get() > before);
+        assert!(cdr.inner.lock().line_broken);
+    }
+}

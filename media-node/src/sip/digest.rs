@@ -1,0 +1,724 @@
+//! HTTP digest authentication for SIP (RFC 2617, RFC 7616, RFC 3261 §22), MD5 only, for a
+//! registrar that never holds a password: seats' credentials reach the node as HA1 hashes.
+//!
+//! Nonces are stateless: a nonce carries its issue time and a random salt, authenticated with
+//! HMAC-MD5 under a per-process secret. The node therefore keeps no table of issued nonces (a
+//! flood of unauthenticated REGISTERs costs no memory), a forged nonce is refused, and an expired
+//! one is answered with a fresh challenge marked `stale=true` so the phone retries silently
+//! instead of prompting for a password. Replay of a `qop=auth` response is refused by tracking
+//! the highest nonce-count accepted per nonce ([`NonceCounts`]); only nonces that already passed
+//! a full digest check are tracked, so that table is bounded by genuine registrations.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use md5::{Digest, Md5};
+use rand::RngCore;
+
+/// How long a nonce stays valid after it was issued. Phones refresh their registration well
+/// inside this and simply retry on `stale=true`.
+pub const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Longest `Authorization` header value we look at; anything longer is refused unparsed.
+const MAX_AUTHORIZATION_LEN: usize = 4096;
+
+/// Salt bytes in a nonce: makes every challenge unique even within one second.
+const NONCE_SALT_LEN: usize = 8;
+/// Bytes of the HMAC kept in a nonce (the full MD5 output).
+const NONCE_MAC_LEN: usize = 16;
+/// Issue time (8 bytes) + salt + MAC, hex encoded.
+const NONCE_HEX_LEN: usize = 2 * (8 + NONCE_SALT_LEN + NONCE_MAC_LEN);
+
+/// `HA1 = MD5(username ":" realm ":" password)`, lower-case hex: the only form in which a seat's
+/// secret is kept by the node.
+pub fn ha1(username: &str, realm: &str, password: &str) -> String {
+    md5_hex(&[
+        username.as_bytes(),
+        b":",
+        realm.as_bytes(),
+        b":",
+        password.as_bytes(),
+    ])
+}
+
+fn md5_hex(parts: &[&[u8]]) -> String {
+    let mut hasher = Md5::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// HMAC-MD5 (RFC 2104). MD5 is broken for collisions, not as a MAC key-derivation; HMAC-MD5
+/// remains sound for authenticating our own nonces and needs no extra dependency.
+fn hmac_md5(key: &[u8; 64], message: &[&[u8]]) -> [u8; 16] {
+    let mut inner_pad = [0x36u8; 64];
+    let mut outer_pad = [0x5cu8; 64];
+    for (i, k) in key.iter().enumerate() {
+        inner_pad[i] ^= k;
+        outer_pad[i] ^= k;
+    }
+    let mut inner = Md5::new();
+    inner.update(inner_pad);
+    for part in message {
+        inner.update(part);
+    }
+    let inner_hash = inner.finalize();
+    let mut outer = Md5::new();
+    outer.update(outer_pad);
+    outer.update(inner_hash);
+    outer.finalize().into()
+}
+
+/// Constant-time comparison, so a wrong response does not leak how many leading characters of
+/// the expected one it got right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Why an `Authorization` header cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorizationError {
+    #[error("the Authorization header is longer than {MAX_AUTHORIZATION_LEN} bytes")]
+    TooLong,
+    #[error("the authentication scheme is not Digest")]
+    NotDigest,
+    #[error("malformed Digest parameters: {0}")]
+    Malformed(&'static str),
+    #[error("the Digest parameter {0:?} is missing")]
+    Missing(&'static str),
+    #[error("unsupported algorithm {0:?} (only MD5)")]
+    UnsupportedAlgorithm(String),
+    #[error("unsupported qop {0:?} (only auth)")]
+    UnsupportedQop(String),
+}
+
+/// The parameters of a `Digest` `Authorization` (or `Proxy-Authorization`) header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestCredentials {
+    pub username: String,
+    pub realm: String,
+    pub nonce: String,
+    pub uri: String,
+    pub response: String,
+    /// `Some("auth")` when the client used quality of protection; `None` for RFC 2069 style.
+    pub qop: Option<String>,
+    /// Nonce-count, present with `qop`.
+    pub nc: Option<u32>,
+    pub cnonce: Option<String>,
+    pub opaque: Option<String>,
+}
+
+/// Parses an `Authorization` header value: `Digest name=value, name="quoted, value", ...`.
+/// Parameter names are case-insensitive; quoted strings may contain commas and `\"` escapes.
+/// Never panics, whatever the input.
+pub fn parse_authorization(value: &str) -> Result<DigestCredentials, AuthorizationError> {
+    if value.len() > MAX_AUTHORIZATION_LEN {
+        return Err(AuthorizationError::TooLong);
+    }
+    let value = value.trim_start();
+    let (scheme, rest) = match value.find(|c: char| c.is_ascii_whitespace()) {
+        Some(i) => (&value[..i], &value[i..]),
+        None => (value, ""),
+    };
+    if !scheme.eq_ignore_ascii_case("Digest") {
+        return Err(AuthorizationError::NotDigest);
+    }
+    let params = parse_params(rest)?;
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let required = |name: &'static str| get(name).ok_or(AuthorizationError::Missing(name));
+
+    if let Some(algorithm) = get("algorithm")
+        && !algorithm.eq_ignore_ascii_case("MD5")
+    {
+        return Err(AuthorizationError::UnsupportedAlgorithm(algorithm));
+    }
+    let qop = get("qop");
+    let (nc, cnonce) = match &qop {
+        None => (None, None),
+        Some(q) if q.eq_ignore_ascii_case("auth") => {
+            let nc_text = required("nc")?;
+            // RFC 2617: nc is exactly 8 hex digits.
+            if nc_text.len() != 8 {
+                return Err(AuthorizationError::Malformed("nc is not 8 hex digits"));
+            }
+            let nc = u32::from_str_radix(&nc_text, 16)
+                .map_err(|_| AuthorizationError::Malformed("nc is not 8 hex digits"))?;
+            (Some(nc), Some(required("cnonce")?))
+        }
+        Some(other) => return Err(AuthorizationError::UnsupportedQop(other.clone())),
+    };
+    Ok(DigestCredentials {
+        username: required("username")?,
+        realm: required("realm")?,
+        nonce: required("nonce")?,
+        uri: required("uri")?,
+        response: required("response")?,
+        qop: qop.map(|q| q.to_ascii_lowercase()),
+        nc,
+        cnonce,
+        opaque: get("opaque"),
+    })
+}
+
+/// Splits `a=b, c="d, e"` into name/value pairs (values unquoted).
+fn parse_params(input: &str) -> Result<Vec<(String, String)>, AuthorizationError> {
+    let mut params = Vec::new();
+    let mut chars = input.chars().peekable();
+    loop {
+        // Skip separators between parameters.
+        while chars
+            .peek()
+            .is_some_and(|c| c.is_ascii_whitespace() || *c == ',')
+        {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut name = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_ascii_whitespace() || c == ',' {
+                break;
+            }
+            name.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') || name.is_empty() {
+            return Err(AuthorizationError::Malformed("expected name=value"));
+        }
+        while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut closed = false;
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some(escaped) => value.push(escaped),
+                        None => break,
+                    },
+                    '"' => {
+                        closed = true;
+                        break;
+                    }
+                    other => value.push(other),
+                }
+            }
+            if !closed {
+                return Err(AuthorizationError::Malformed("unterminated quoted string"));
+            }
+            // Only whitespace may follow a quoted value before the next comma.
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if !c.is_ascii_whitespace() {
+                    return Err(AuthorizationError::Malformed("text after a quoted value"));
+                }
+                chars.next();
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+            value.truncate(value.trim_end().len());
+        }
+        params.push((name, value));
+    }
+    Ok(params)
+}
+
+/// The expected `response` for the given credentials, method and HA1 (RFC 2617 §3.2.2.1).
+pub fn expected_response(credentials: &DigestCredentials, method: &str, ha1_hex: &str) -> String {
+    let ha2 = md5_hex(&[method.as_bytes(), b":", credentials.uri.as_bytes()]);
+    match (&credentials.qop, credentials.nc, &credentials.cnonce) {
+        (Some(qop), Some(nc), Some(cnonce)) => {
+            let nc = format!("{nc:08x}");
+            md5_hex(&[
+                ha1_hex.as_bytes(),
+                b":",
+                credentials.nonce.as_bytes(),
+                b":",
+                nc.as_bytes(),
+                b":",
+                cnonce.as_bytes(),
+                b":",
+                qop.as_bytes(),
+                b":",
+                ha2.as_bytes(),
+            ])
+        }
+        _ => md5_hex(&[
+            ha1_hex.as_bytes(),
+            b":",
+            credentials.nonce.as_bytes(),
+            b":",
+            ha2.as_bytes(),
+        ]),
+    }
+}
+
+/// Whether the client's `response` matches HA1 (compared in constant time, case-insensitively
+/// as hex).
+pub fn verify_response(credentials: &DigestCredentials, method: &str, ha1_hex: &str) -> bool {
+    let expected = expected_response(credentials, method, ha1_hex);
+    constant_time_eq(
+        expected.as_bytes(),
+        credentials.response.to_ascii_lowercase().as_bytes(),
+    )
+}
+
+/// What a nonce presented by a client turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceStatus {
+    /// Issued by this process and still within its lifetime.
+    Valid,
+    /// Issued by this process but too old: challenge again with `stale=true`.
+    Stale,
+    /// Not issued by this process (forged, corrupted or from before a restart).
+    Forged,
+}
+
+/// Issues and checks stateless nonces: `hex(issued_secs ‖ salt ‖ HMAC-MD5(secret, issued ‖ salt))`.
+pub struct NonceIssuer {
+    secret: [u8; 64],
+    /// Issue times are seconds since this instant (a monotonic clock: immune to wall-clock jumps).
+    epoch: Instant,
+    lifetime: Duration,
+}
+
+impl NonceIssuer {
+    /// A new issuer with a random per-process secret.
+    pub fn new(epoch: Instant, lifetime: Duration) -> Self {
+        let mut secret = [0u8; 64];
+        rand::rng().fill_bytes(&mut secret);
+        Self::with_secret(secret, epoch, lifetime)
+    }
+
+    /// An issuer with a given secret (tests; or several workers sharing one secret).
+    pub fn with_secret(secret: [u8; 64], epoch: Instant, lifetime: Duration) -> Self {
+        Self {
+            secret,
+            epoch,
+            lifetime,
+        }
+    }
+
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// A fresh nonce issued at `now`.
+    pub fn issue(&self, now: Instant) -> String {
+        let issued = now.saturating_duration_since(self.epoch).as_secs();
+        let mut salt = [0u8; NONCE_SALT_LEN];
+        rand::rng().fill_bytes(&mut salt);
+        let issued_bytes = issued.to_be_bytes();
+        let mac = hmac_md5(&self.secret, &[&issued_bytes, &salt]);
+        let mut nonce = String::with_capacity(NONCE_HEX_LEN);
+        for byte in issued_bytes.iter().chain(&salt).chain(&mac) {
+            let _ = write!(nonce, "{byte:02x}");
+        }
+        nonce
+    }
+
+    /// Checks a nonce a client sent back at `now`.
+    pub fn check(&self, nonce: &str, now: Instant) -> NonceStatus {
+        if nonce.len() != NONCE_HEX_LEN {
+            return NonceStatus::Forged;
+        }
+        let Ok(bytes) = hex::decode(nonce) else {
+            return NonceStatus::Forged;
+        };
+        let (issued_bytes, rest) = bytes.split_at(8);
+        let (salt, mac) = rest.split_at(NONCE_SALT_LEN);
+        let expected = hmac_md5(&self.secret, &[issued_bytes, salt]);
+        if !constant_time_eq(&expected, mac) {
+            return NonceStatus::Forged;
+        }
+        let mut issued = [0u8; 8];
+        issued.copy_from_slice(issued_bytes);
+        let issued = Duration::from_secs(u64::from_be_bytes(issued));
+        let age_now = now.saturating_duration_since(self.epoch);
+        match age_now.checked_sub(issued) {
+            // A nonce "from the future" can only come from a clock we do not have: refuse.
+            None => NonceStatus::Forged,
+            Some(age) if age > self.lifetime => NonceStatus::Stale,
+            Some(_) => NonceStatus::Valid,
+        }
+    }
+}
+
+/// The `WWW-Authenticate` header value for a challenge.
+pub fn challenge(realm: &str, nonce: &str, stale: bool) -> String {
+    let mut value = format!(
+        "Digest realm=\"{}\", nonce=\"{nonce}\", algorithm=MD5, qop=\"auth\"",
+        realm.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    if stale {
+        value.push_str(", stale=true");
+    }
+    value
+}
+
+/// Replay protection for `qop=auth`: the highest nonce-count accepted per nonce. A response is
+/// accepted only with a nonce-count above every one accepted before for that nonce, so a
+/// captured REGISTER cannot be replayed. Entries leave with their nonce's lifetime.
+pub struct NonceCounts {
+    seen: HashMap<String, (u32, Instant)>,
+    max_entries: usize,
+}
+
+/// What [`NonceCounts::accept`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCountCheck {
+    Fresh,
+    Replayed,
+    /// The table is full of live nonces: treat the nonce as stale so the client gets a new one
+    /// (only reachable with more concurrent genuine registrations than the bound).
+    Full,
+}
+
+impl NonceCounts {
+    pub fn new(max_entries: usize) -> Self {
+        Self {
+            seen: HashMap::new(),
+            max_entries,
+        }
+    }
+
+    /// Records `nc` for `nonce` if it is higher than any before. `expires` is when the nonce
+    /// itself stops being valid (after that the nonce is refused as stale anyway).
+    pub fn accept(
+        &mut self,
+        nonce: &str,
+        nc: u32,
+        expires: Instant,
+        now: Instant,
+    ) -> NonceCountCheck {
+        if let Some((highest, _)) = self.seen.get_mut(nonce) {
+            if nc <= *highest {
+                return NonceCountCheck::Replayed;
+            }
+            *highest = nc;
+            return NonceCountCheck::Fresh;
+        }
+        if self.seen.len() >= self.max_entries {
+            self.sweep(now);
+            if self.seen.len() >= self.max_entries {
+                return NonceCountCheck::Full;
+            }
+        }
+        self.seen.insert(nonce.to_string(), (nc, expires));
+        NonceCountCheck::Fresh
+    }
+
+    /// Forgets nonces whose lifetime is over.
+    pub fn sweep(&mut self, now: Instant) {
+        self.seen.retain(|_, (_, expires)| *expires > now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// RFC 2617 §3.5: Mufasa / "Circle Of Life" / testrealm@host.com.
+    const RFC_AUTHORIZATION: &str = r#"Digest username="Mufasa",
+                 realm="testrealm@host.com",
+                 nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093",
+                 uri="/dir/index.html",
+                 qop=auth,
+                 nc=00000001,
+                 cnonce="0a4f113b",
+                 response="6629fae49393a05397450978507c4ef1",
+                 opaque="5ccc069c403ebaf9f0171e9517f40e41""#;
+
+    fn rfc_ha1() -> String {
+        ha1("Mufasa", "testrealm@host.com", "Circle Of Life")
+    }
+
+    #[test]
+    fn rfc2617_example_verifies_with_qop_auth() {
+        let creds = parse_authorization(RFC_AUTHORIZATION).unwrap();
+        assert_eq!(creds.username, "Mufasa");
+        assert_eq!(creds.realm, "testrealm@host.com");
+        assert_eq!(creds.uri, "/dir/index.html");
+        assert_eq!(creds.qop.as_deref(), Some("auth"));
+        assert_eq!(creds.nc, Some(1));
+        assert_eq!(creds.cnonce.as_deref(), Some("0a4f113b"));
+        assert_eq!(
+            creds.opaque.as_deref(),
+            Some("5ccc069c403ebaf9f0171e9517f40e41")
+        );
+        assert_eq!(
+            expected_response(&creds, "GET", &rfc_ha1()),
+            "6629fae49393a05397450978507c4ef1"
+        );
+        assert!(verify_response(&creds, "GET", &rfc_ha1()));
+    }
+
+    #[test]
+    fn wrong_password_or_method_does_not_verify() {
+        let creds = parse_authorization(RFC_AUTHORIZATION).unwrap();
+        let wrong = ha1("Mufasa", "testrealm@host.com", "Circle of Life");
+        assert!(!verify_response(&creds, "GET", &wrong));
+        assert!(!verify_response(&creds, "POST", &rfc_ha1()));
+    }
+
+    #[test]
+    fn response_compared_case_insensitively() {
+        let mut creds = parse_authorization(RFC_AUTHORIZATION).unwrap();
+        creds.response = creds.response.to_ascii_uppercase();
+        assert!(verify_response(&creds, "GET", &rfc_ha1()));
+    }
+
+    #[test]
+    fn verifies_without_qop() {
+        // RFC 2069 compatibility: response = MD5(HA1:nonce:HA2).
+        let ha1 = rfc_ha1();
+        let ha2 = md5_hex(&[b"REGISTER:sip:localhost"]);
+        let response = md5_hex(&[ha1.as_bytes(), b":abc:", ha2.as_bytes()]);
+        let header = format!(
+            r#"digest USERNAME="Mufasa", Realm="testrealm@host.com", nonce="abc", uri="sip:localhost", response="{response}""#
+        );
+        let creds = parse_authorization(&header).unwrap();
+        assert_eq!(creds.qop, None);
+        assert_eq!(creds.nc, None);
+        assert!(verify_response(&creds, "REGISTER", &ha1));
+        assert!(!verify_response(&creds, "INVITE", &ha1));
+    }
+
+    #[test]
+    fn ha1_matches_known_value() {
+        // md5("Mufasa:testrealm@host.com:Circle Of Life")
+        assert_eq!(rfc_ha1(), "939e7578ed9e3c518a452acee763bce9");
+    }
+
+    #[test]
+    fn quoted_values_keep_commas_and_escapes() {
+        let creds = parse_authorization(
+            r#"Digest username="a,b", realm="r \"x\"", nonce="n", uri="sip:x,y", response="0""#,
+        )
+        .unwrap();
+        assert_eq!(creds.username, "a,b");
+        assert_eq!(creds.realm, r#"r "x""#);
+        assert_eq!(creds.uri, "sip:x,y");
+    }
+
+    #[test]
+    fn malformed_headers_are_refused() {
+        use AuthorizationError::*;
+        let cases: &[(&str, AuthorizationError)] = &[
+            ("Basic QWxhZGRpbjpvcGVu", NotDigest),
+            ("", NotDigest),
+            (
+                r#"Digest username="a"#,
+                Malformed("unterminated quoted string"),
+            ),
+            ("Digest =x", Malformed("expected name=value")),
+            ("Digest username", Malformed("expected name=value")),
+            (
+                r#"Digest username="a"x, realm=r"#,
+                Malformed("text after a quoted value"),
+            ),
+            (
+                r#"Digest username=a, realm=r, nonce=n, uri=u"#,
+                Missing("response"),
+            ),
+            (
+                r#"Digest username=a, realm=r, nonce=n, uri=u, response=x, algorithm=SHA-256"#,
+                UnsupportedAlgorithm("SHA-256".into()),
+            ),
+            (
+                r#"Digest username=a, realm=r, nonce=n, uri=u, response=x, qop=auth-int, nc=00000001, cnonce=c"#,
+                UnsupportedQop("auth-int".into()),
+            ),
+            (
+                r#"Digest username=a, realm=r, nonce=n, uri=u, response=x, qop=auth, cnonce=c"#,
+                Missing("nc"),
+            ),
+            (
+                r#"Digest username=a, realm=r, nonce=n, uri=u, response=x, qop=auth, nc=1, cnonce=c"#,
+                Malformed("nc is not 8 hex digits"),
+            ),
+            (
+                r#"Digest username=a, realm=r, nonce=n, uri=u, response=x, qop=auth, nc=0000000g, cnonce=c"#,
+                Malformed("nc is not 8 hex digits"),
+            ),
+            (
+                r#"Digest username=a, realm=r, nonce=n, uri=u, response=x, qop=auth, nc=00000001"#,
+                Missing("cnonce"),
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                parse_authorization(input).as_ref(),
+                Err(expected),
+                "{input}"
+            );
+        }
+        let long = format!("Digest username=\"{}\"", "a".repeat(MAX_AUTHORIZATION_LEN));
+        assert_eq!(parse_authorization(&long), Err(TooLong));
+    }
+
+    fn issuer(epoch: Instant) -> NonceIssuer {
+        NonceIssuer::with_secret([7u8; 64], epoch, Duration::from_secs(300))
+    }
+
+    #[test]
+    fn nonce_is_valid_until_its_lifetime_then_stale() {
+        let epoch = Instant::now();
+        let issuer = issuer(epoch);
+        let issued_at = epoch + Duration::from_secs(1000);
+        let nonce = issuer.issue(issued_at);
+        assert_eq!(nonce.len(), NONCE_HEX_LEN);
+        assert_eq!(issuer.check(&nonce, issued_at), NonceStatus::Valid);
+        assert_eq!(
+            issuer.check(&nonce, issued_at + Duration::from_secs(300)),
+            NonceStatus::Valid
+        );
+        assert_eq!(
+            issuer.check(&nonce, issued_at + Duration::from_secs(301)),
+            NonceStatus::Stale
+        );
+        // Before its issue time: a clock we never had.
+        assert_eq!(
+            issuer.check(&nonce, epoch + Duration::from_secs(10)),
+            NonceStatus::Forged
+        );
+    }
+
+    #[test]
+    fn nonces_are_unique() {
+        let epoch = Instant::now();
+        let issuer = issuer(epoch);
+        assert_ne!(issuer.issue(epoch), issuer.issue(epoch));
+    }
+
+    #[test]
+    fn forged_or_tampered_nonces_are_refused() {
+        let epoch = Instant::now();
+        let issuer = issuer(epoch);
+        let nonce = issuer.issue(epoch);
+        // Another process (another secret) issued it.
+        let other = NonceIssuer::with_secret([8u8; 64], epoch, Duration::from_secs(300));
+        assert_eq!(other.check(&nonce, epoch), NonceStatus::Forged);
+        // Moving the issue time forward to extend its life breaks the MAC.
+        let mut tampered = nonce.clone().into_bytes();
+        tampered[15] = if tampered[15] == b'1' { b'2' } else { b'1' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(issuer.check(&tampered, epoch), NonceStatus::Forged);
+        for junk in [
+            "",
+            "zz",
+            &"g".repeat(NONCE_HEX_LEN),
+            "dcd98b7102dd2f0e8b11d0f600bfb0c093",
+        ] {
+            assert_eq!(issuer.check(junk, epoch), NonceStatus::Forged, "{junk}");
+        }
+    }
+
+    #[test]
+    fn challenge_header_is_well_formed() {
+        let value = challenge("local\"host", "abc", true);
+        assert_eq!(
+            value,
+            r#"Digest realm="local\"host", nonce="abc", algorithm=MD5, qop="auth", stale=true"#
+        );
+        assert!(!challenge("r", "n", false).contains("stale"));
+    }
+
+    #[test]
+    fn nonce_count_replay_is_refused() {
+        let now = Instant::now();
+        let expires = now + Duration::from_secs(300);
+        let mut counts = NonceCounts::new(10);
+        assert_eq!(counts.accept("n1", 1, expires, now), NonceCountCheck::Fresh);
+        assert_eq!(
+            counts.accept("n1", 1, expires, now),
+            NonceCountCheck::Replayed
+        );
+        assert_eq!(counts.accept("n1", 2, expires, now), NonceCountCheck::Fresh);
+        assert_eq!(
+            counts.accept("n1", 1, expires, now),
+            NonceCountCheck::Replayed
+        );
+        // Another nonce has its own count.
+        assert_eq!(counts.accept("n2", 1, expires, now), NonceCountCheck::Fresh);
+        assert_eq!(counts.len(), 2);
+        counts.sweep(expires);
+        assert!(counts.is_empty());
+    }
+
+    #[test]
+    fn nonce_count_table_is_bounded() {
+        let now = Instant::now();
+        let mut counts = NonceCounts::new(2);
+        let later = now + Duration::from_secs(10);
+        assert_eq!(counts.accept("a", 1, later, now), NonceCountCheck::Fresh);
+        assert_eq!(counts.accept("b", 1, later, now), NonceCountCheck::Fresh);
+        assert_eq!(counts.accept("c", 1, later, now), NonceCountCheck::Full);
+        // Once the old nonces expire there is room again.
+        assert_eq!(
+            counts.accept("c", 1, later + Duration::from_secs(20), later),
+            NonceCountCheck::Fresh
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parse_authorization_never_panics(input in ".*") {
+            let _ = parse_authorization(&input);
+        }
+
+        #[test]
+        fn parse_digest_params_never_panics(input in r#"Digest [a-z=", \\]{0,200}"#) {
+            let _ = parse_authorization(&input);
+        }
+
+        #[test]
+        fn nonce_check_never_panics(input in ".*") {
+            let epoch = Instant::now();
+            let _ = issuer(epoch).check(&input, epoch);
+        }
+
+        #[test]
+        fn quoted_values_round_trip(user in "[ -~]{0,40}") {
+            let quoted = user.replace('\\', "\\\\").replace('"', "\\\"");
+            let header = format!(
+                r#"Digest username="{quoted}", realm="r", nonce="n", uri="u", response="x""#
+            );
+            let creds = parse_authorization(&header).unwrap();
+            prop_assert_eq!(creds.username, user);
+        }
+    }
+}

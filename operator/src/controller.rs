@@ -1,0 +1,544 @@
+//! The CallCenter controller. One reconcile per CallCenter, as a pipeline:
+//! 1. gather the CallCenter's Queues, Seats and the Secrets of its namespace;
+//! 2. build the node config and every child object (pure: [`crate::node_config`],
+//!    [`crate::builders`]);
+//! 3. apply the children with server-side apply under one field manager;
+//! 4. write status (only when it changed) and an Event for every cross-object problem.
+//!
+//! Queues, Seats and Secrets are watched and mapped to the CallCenters they affect, so a change
+//! to one Queue produces a new config generation without touching anything else.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
+use kube::discovery::ApiResource;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use switchboard_crds::common::{condition, conditions, set_condition};
+use switchboard_crds::{CallCenter, CallCenterStatus, Queue, Seat};
+
+use crate::builders::{
+    BuildError, BuildOptions, CONFIG_GENERATION_ANNOTATION, CONFIG_HASH_ANNOTATION, Children,
+    PodDisruptionBudgetObject, build_children,
+};
+use crate::metrics::Metrics;
+use crate::node_config::{NodeConfigError, build_node_config};
+
+/// The field manager of everything the operator applies.
+pub const FIELD_MANAGER: &str = "switchboard-operator";
+
+/// Why a reconcile failed; the label goes on `switchboard_operator_reconcile_errors_total`.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("building the children: {0}")]
+    Build(#[from] BuildError),
+    #[error("the CallCenter cannot be served: {0}")]
+    InvalidCallCenter(#[from] NodeConfigError),
+    #[error("serialising {what}: {source}")]
+    Serialize {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+impl ReconcileError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube(_) => "kube",
+            ReconcileError::Build(_) => "build",
+            ReconcileError::InvalidCallCenter(_) => "invalid",
+            ReconcileError::Serialize { .. } => "serialize",
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub options: BuildOptions,
+    pub metrics: Metrics,
+    /// One recorder for the process: it remembers recent Events and turns repeats into a
+    /// series instead of new objects.
+    pub recorder: Recorder,
+    /// Watch only this namespace (`--watch-namespace`); `None` watches every namespace.
+    pub watch_namespace: Option<String>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        options: BuildOptions,
+        metrics: Metrics,
+        watch_namespace: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self {
+            client,
+            options,
+            metrics,
+            recorder,
+            watch_namespace,
+        }
+    }
+}
+
+/// Runs the CallCenter controller until the stream ends (shutdown).
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let ns = &ctx.watch_namespace;
+    let centers: Api<CallCenter> = scoped(&client, ns);
+    let to_center = |namespace: Option<String>, center: &str| {
+        namespace.map(|ns| ObjectRef::<CallCenter>::new(center).within(&ns))
+    };
+    Controller::new(centers, watcher::Config::default())
+        .owns(
+            scoped::<StatefulSet>(&client, ns),
+            watcher::Config::default(),
+        )
+        .owns(scoped::<ConfigMap>(&client, ns), watcher::Config::default())
+        .owns(scoped::<Service>(&client, ns), watcher::Config::default())
+        .watches(
+            scoped::<Queue>(&client, ns),
+            watcher::Config::default(),
+            move |q| to_center(q.namespace(), &q.spec.call_center),
+        )
+        .watches(
+            scoped::<Seat>(&client, ns),
+            watcher::Config::default(),
+            move |s| to_center(s.namespace(), &s.spec.call_center),
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(callcenter = %object, "reconciled"),
+                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// An Api over one namespace, or over all of them.
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn reconcile(center: Arc<CallCenter>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_center(&center, &ctx).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconciles
+        .with_label_values(&["CallCenter", outcome])
+        .inc();
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&["CallCenter"])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+fn error_policy(center: Arc<CallCenter>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&["CallCenter", error.metric_label()])
+        .inc();
+    tracing::warn!(callcenter = %center.name_any(), error = %error, "reconcile failed; retrying");
+    // Backoff: the controller also requeues on any watched change.
+    Action::requeue(Duration::from_secs(30))
+}
+
+async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, ReconcileError> {
+    let namespace = center.namespace().unwrap_or_default();
+    let client = &ctx.client;
+    let lp = ListParams::default();
+    let queues = Api::<Queue>::namespaced(client.clone(), &namespace)
+        .list(&lp)
+        .await?
+        .items;
+    let seats = Api::<Seat>::namespaced(client.clone(), &namespace)
+        .list(&lp)
+        .await?
+        .items;
+    let secrets: BTreeMap<String, Secret> = Api::<Secret>::namespaced(client.clone(), &namespace)
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .map(|s| (s.name_any(), s))
+        .collect();
+
+    // The generation goes up only when the content changes: compare with the ConfigMap the
+    // nodes run.
+    let previous_generation = center
+        .status
+        .as_ref()
+        .and_then(|s| s.config_generation)
+        .unwrap_or(0);
+    let recorder = &ctx.recorder;
+    let (config, problems) =
+        match build_node_config(center, &queues, &seats, &secrets, previous_generation) {
+            Ok(built) => built,
+            Err(e) => {
+                publish(
+                    recorder,
+                    center,
+                    EventType::Warning,
+                    "InvalidCallCenter",
+                    &e.to_string(),
+                )
+                .await;
+                write_status(client, center, |status, now| {
+                    mark(
+                        status,
+                        center,
+                        conditions::READY,
+                        "False",
+                        "InvalidCallCenter",
+                        &e.to_string(),
+                        now,
+                    );
+                    mark(
+                        status,
+                        center,
+                        conditions::DEGRADED,
+                        "True",
+                        "InvalidCallCenter",
+                        &e.to_string(),
+                        now,
+                    );
+                })
+                .await?;
+                return Err(e.into());
+            }
+        };
+    let rendered = config.render().map_err(BuildError::from)?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let names = crate::builders::ChildNames::new(&center.name_any());
+    let running = config_maps.get_opt(&names.config_map).await?;
+    let running_hash = running.as_ref().and_then(|cm| {
+        cm.metadata
+            .annotations
+            .as_ref()?
+            .get(CONFIG_HASH_ANNOTATION)
+            .cloned()
+    });
+    let generation = if running_hash.as_deref() == Some(rendered.hash.as_str()) {
+        running
+            .as_ref()
+            .and_then(|cm| {
+                cm.metadata
+                    .annotations
+                    .as_ref()?
+                    .get(CONFIG_GENERATION_ANNOTATION)?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(previous_generation.max(1))
+    } else {
+        previous_generation + 1
+    };
+    let config = crate::node_config::NodeConfig {
+        generation,
+        ..config
+    };
+    let children = build_children(center, &config, &ctx.options)?;
+    apply_children(client, &namespace, &children).await?;
+
+    for problem in &problems {
+        publish(
+            recorder,
+            center,
+            EventType::Warning,
+            problem.reason.as_str(),
+            &problem.to_string(),
+        )
+        .await;
+    }
+    let ready_replicas = Api::<StatefulSet>::namespaced(client.clone(), &namespace)
+        .get_opt(&names.stateful_set)
+        .await?
+        .and_then(|s| s.status)
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let wanted = children.stateful_set.spec.replicas.unwrap_or(1);
+    write_status(client, center, |status, now| {
+        status.config_generation = Some(generation);
+        let problem_text = summarize(&problems);
+        if problems.is_empty() {
+            mark(
+                status,
+                center,
+                conditions::DEGRADED,
+                "False",
+                "NoProblems",
+                "every Queue and Seat resolves",
+                now,
+            );
+        } else {
+            mark(
+                status,
+                center,
+                conditions::DEGRADED,
+                "True",
+                "ObjectsLeftOut",
+                &problem_text,
+                now,
+            );
+        }
+        let serving = format!(
+            "{ready_replicas} of {wanted} media node(s) ready, config generation {generation}"
+        );
+        if ready_replicas >= wanted {
+            mark(
+                status,
+                center,
+                conditions::PROGRESSING,
+                "False",
+                "RolledOut",
+                &serving,
+                now,
+            );
+            mark(
+                status,
+                center,
+                conditions::AVAILABLE,
+                "True",
+                "NodesReady",
+                &serving,
+                now,
+            );
+            mark(
+                status,
+                center,
+                conditions::READY,
+                "True",
+                "NodesReady",
+                &serving,
+                now,
+            );
+        } else {
+            mark(
+                status,
+                center,
+                conditions::PROGRESSING,
+                "True",
+                "WaitingForNodes",
+                &serving,
+                now,
+            );
+            let available = if ready_replicas > 0 { "True" } else { "False" };
+            mark(
+                status,
+                center,
+                conditions::AVAILABLE,
+                available,
+                "WaitingForNodes",
+                &serving,
+                now,
+            );
+            mark(
+                status,
+                center,
+                conditions::READY,
+                "False",
+                "WaitingForNodes",
+                &serving,
+                now,
+            );
+        }
+    })
+    .await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+fn summarize(problems: &[crate::node_config::Problem]) -> String {
+    let shown: Vec<String> = problems.iter().take(5).map(ToString::to_string).collect();
+    let more = problems.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{}; and {more} more", shown.join("; "))
+    } else {
+        shown.join("; ")
+    }
+}
+
+fn mark(
+    status: &mut CallCenterStatus,
+    center: &CallCenter,
+    type_: &str,
+    value: &str,
+    reason: &str,
+    message: &str,
+    now: &Time,
+) {
+    let generation = center.metadata.generation;
+    set_condition(
+        &mut status.conditions,
+        condition(type_, value, reason, message, generation, now.clone()),
+    );
+}
+
+/// Applies `edit` to the current status and patches it only when something changed, so a busy
+/// center does not write status on every requeue.
+async fn write_status(
+    client: &Client,
+    center: &CallCenter,
+    edit: impl FnOnce(&mut CallCenterStatus, &Time),
+) -> Result<(), ReconcileError> {
+    let before = center.status.clone().unwrap_or_default();
+    let mut after = before.clone();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    edit(&mut after, &now);
+    after.observed_generation = center.metadata.generation;
+    if after == before {
+        return Ok(());
+    }
+    let api: Api<CallCenter> =
+        Api::namespaced(client.clone(), &center.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": CallCenter::api_version(&()),
+        "kind": CallCenter::kind(&()),
+        "status": after,
+    });
+    api.patch_status(
+        &center.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(
+    recorder: &Recorder,
+    center: &CallCenter,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &center.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish an Event");
+    }
+}
+
+async fn apply_children(
+    client: &Client,
+    namespace: &str,
+    children: &Children,
+) -> Result<(), ReconcileError> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    apply(
+        Api::<ServiceAccount>::namespaced(client.clone(), namespace),
+        &children.service_account,
+        &params,
+    )
+    .await?;
+    apply(
+        Api::<Role>::namespaced(client.clone(), namespace),
+        &children.role,
+        &params,
+    )
+    .await?;
+    apply(
+        Api::<RoleBinding>::namespaced(client.clone(), namespace),
+        &children.role_binding,
+        &params,
+    )
+    .await?;
+    apply(
+        Api::<ConfigMap>::namespaced(client.clone(), namespace),
+        &children.config_map,
+        &params,
+    )
+    .await?;
+    for service in [
+        &children.headless_service,
+        &children.sip_service,
+        &children.metrics_service,
+    ] {
+        apply(
+            Api::<Service>::namespaced(client.clone(), namespace),
+            service,
+            &params,
+        )
+        .await?;
+    }
+    apply(
+        Api::<StatefulSet>::namespaced(client.clone(), namespace),
+        &children.stateful_set,
+        &params,
+    )
+    .await?;
+    match &children.pod_disruption_budget {
+        PodDisruptionBudgetObject::V1(pdb) => {
+            let api = Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(
+                client.clone(),
+                namespace,
+            );
+            apply(api, pdb, &params).await?;
+        }
+        PodDisruptionBudgetObject::V1beta1(pdb) => {
+            let ar = ApiResource {
+                group: "policy".into(),
+                version: "v1beta1".into(),
+                api_version: "policy/v1beta1".into(),
+                kind: "PodDisruptionBudget".into(),
+                plural: "poddisruptionbudgets".into(),
+            };
+            let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &ar);
+            api.patch(&pdb.name_any(), &params, &Patch::Apply(pdb))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn apply<K>(api: Api<K>, object: &K, params: &PatchParams) -> Result<(), ReconcileError>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    // Server-side apply needs apiVersion and kind in the body; typed objects omit them.
+    let mut body = serde_json::to_value(object).map_err(|source| ReconcileError::Serialize {
+        what: "a child object",
+        source,
+    })?;
+    body["apiVersion"] = K::api_version(&()).into();
+    body["kind"] = K::kind(&()).into();
+    api.patch(&object.name_any(), params, &Patch::Apply(&body))
+        .await?;
+    Ok(())
+}

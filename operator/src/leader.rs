@@ -1,0 +1,206 @@
+//! Leader election through a coordination.k8s.io Lease, so two operator replicas can run and
+//! only one reconciles. The holder renews the Lease; another replica takes it over only after
+//! it expired. A leader that cannot renew in time stops (the process exits and restarts as a
+//! follower) rather than risk two writers.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+
+/// Lease timing.
+#[derive(Clone, Debug)]
+pub struct LeaseTiming {
+    /// How long a Lease is valid after its last renewal.
+    pub duration: Duration,
+    /// How often the leader renews, and how often a follower retries.
+    pub renew_every: Duration,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the Lease should become for `me` at `now`, or `None` when another holder's Lease is
+/// still valid. Pure, so every case is tested without a server.
+pub fn claim(
+    current: Option<&LeaseSpec>,
+    me: &str,
+    now: Timestamp,
+    timing: &LeaseTiming,
+) -> Option<LeaseSpec> {
+    let seconds = i32::try_from(timing.duration.as_secs()).unwrap_or(i32::MAX);
+    let fresh = |transitions: i32| LeaseSpec {
+        holder_identity: Some(me.to_string()),
+        lease_duration_seconds: Some(seconds),
+        acquire_time: Some(MicroTime(now)),
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(transitions),
+        ..LeaseSpec::default()
+    };
+    let Some(spec) = current else {
+        return Some(fresh(0));
+    };
+    let transitions = spec.lease_transitions.unwrap_or(0);
+    match spec.holder_identity.as_deref() {
+        Some(holder) if holder == me => Some(LeaseSpec {
+            renew_time: Some(MicroTime(now)),
+            lease_duration_seconds: Some(seconds),
+            ..spec.clone()
+        }),
+        None | Some("") => Some(fresh(transitions + 1)),
+        Some(_) => {
+            let renewed = spec.renew_time.as_ref().map(|t| t.0)?;
+            let valid_for = SignedDuration::from_secs(i64::from(
+                spec.lease_duration_seconds.unwrap_or(seconds),
+            ));
+            let expired = renewed
+                .checked_add(valid_for)
+                .map(|end| end < now)
+                .unwrap_or(true);
+            expired.then(|| fresh(transitions + 1))
+        }
+    }
+}
+
+/// Tries once to take or renew the Lease; `Ok(true)` when `me` holds it afterwards.
+pub async fn try_acquire(
+    api: &Api<Lease>,
+    name: &str,
+    me: &str,
+    timing: &LeaseTiming,
+) -> Result<bool, kube::Error> {
+    let now = Timestamp::now();
+    match api.get_opt(name).await? {
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.to_string()),
+                    ..ObjectMeta::default()
+                },
+                spec: claim(None, me, now, timing),
+            };
+            match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        Some(mut lease) => match claim(lease.spec.as_ref(), me, now, timing) {
+            None => Ok(false),
+            Some(spec) => {
+                lease.spec = Some(spec);
+                // The resourceVersion in `lease` makes this a compare-and-swap: a replica that
+                // raced us gets 409 and stays a follower.
+                match api.replace(name, &PostParams::default(), &lease).await {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        },
+    }
+}
+
+/// Waits until this replica leads.
+pub async fn acquire(api: &Api<Lease>, name: &str, me: &str, timing: &LeaseTiming) {
+    loop {
+        match try_acquire(api, name, me, timing).await {
+            Ok(true) => return,
+            Ok(false) => tracing::debug!(lease = name, "another replica leads; waiting"),
+            Err(e) => tracing::warn!(lease = name, error = %e, "cannot read the leader Lease"),
+        }
+        tokio::time::sleep(timing.renew_every).await;
+    }
+}
+
+/// Renews the Lease until a renewal fails for longer than the Lease is valid; then returns,
+/// and the caller stops leading.
+pub async fn keep(api: &Api<Lease>, name: &str, me: &str, timing: &LeaseTiming) -> String {
+    let mut last_renewal = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(timing.renew_every).await;
+        match try_acquire(api, name, me, timing).await {
+            Ok(true) => last_renewal = tokio::time::Instant::now(),
+            Ok(false) => return format!("Lease {name} was taken by another replica"),
+            Err(e) => tracing::warn!(lease = name, error = %e, "cannot renew the leader Lease"),
+        }
+        // Give up before the Lease can expire, so a new leader never overlaps with us.
+        if last_renewal.elapsed() + timing.renew_every >= timing.duration {
+            return format!("Lease {name} not renewed for {:?}", last_renewal.elapsed());
+        }
+    }
+}
+
+/// The Lease API of the operator's own namespace.
+pub fn lease_api(client: Client, namespace: &str) -> Api<Lease> {
+    Api::namespaced(client, namespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).expect("valid")
+    }
+
+    fn held_by(holder: &str, renewed: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(at(renewed))),
+            acquire_time: Some(MicroTime(at(0))),
+            lease_transitions: Some(3),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_missing_lease_is_taken() {
+        let spec = claim(None, "a", at(0), &LeaseTiming::default()).expect("taken");
+        assert_eq!(spec.holder_identity.as_deref(), Some("a"));
+        assert_eq!(spec.lease_transitions, Some(0));
+    }
+
+    #[test]
+    fn the_holder_renews_without_a_transition() {
+        let spec =
+            claim(Some(&held_by("a", 0)), "a", at(5), &LeaseTiming::default()).expect("renewed");
+        assert_eq!(spec.renew_time, Some(MicroTime(at(5))));
+        assert_eq!(spec.acquire_time, Some(MicroTime(at(0))));
+        assert_eq!(spec.lease_transitions, Some(3));
+    }
+
+    #[test]
+    fn a_valid_lease_of_another_replica_is_left_alone() {
+        assert_eq!(
+            claim(Some(&held_by("a", 0)), "b", at(15), &LeaseTiming::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn an_expired_lease_is_taken_over_with_a_transition() {
+        let spec =
+            claim(Some(&held_by("a", 0)), "b", at(16), &LeaseTiming::default()).expect("taken");
+        assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+        assert_eq!(spec.lease_transitions, Some(4));
+        assert_eq!(spec.acquire_time, Some(MicroTime(at(16))));
+    }
+
+    #[test]
+    fn a_released_lease_is_taken() {
+        let mut released = held_by("a", 0);
+        released.holder_identity = None;
+        assert!(claim(Some(&released), "b", at(1), &LeaseTiming::default()).is_some());
+    }
+}

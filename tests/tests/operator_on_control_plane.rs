@@ -1,0 +1,212 @@
+//! The CallCenter controller against a real kube-apiserver: it creates every child with an
+//! owner reference, writes status, pushes a new config generation when a Queue changes, and
+//! reports a cross-object problem without stopping the rest of the center.
+//! (There is no kubelet on this control plane: pods never run, so the center stays
+//! Progressing; the end-to-end tests on the single-node cluster cover running nodes.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use switchboard_crds::CallCenter;
+use switchboard_operator::builders::{BuildOptions, CONFIG_GENERATION_ANNOTATION};
+use switchboard_operator::controller::{self, Context};
+use switchboard_operator::metrics::Metrics;
+use switchboard_tests::{
+    TestNamespace, apply_yaml, control_plane, install_crds, repo_root, wait_for,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn start_controller(client: &Client, ns: &str) -> Result<tokio::task::JoinHandle<()>> {
+    let version = client.apiserver_version().await?;
+    let options = BuildOptions {
+        default_image: "switchboard-media-node:test".into(),
+        server_minor_version: version.minor.trim_end_matches('+').parse()?,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        options,
+        Metrics::new()?,
+        Some(ns.to_string()),
+    ));
+    Ok(tokio::spawn(controller::run(ctx)))
+}
+
+async fn config_generation(config_maps: &Api<ConfigMap>) -> Option<String> {
+    let cm = config_maps.get_opt("minimal-node-config").await.ok()??;
+    cm.metadata
+        .annotations?
+        .get(CONFIG_GENERATION_ANNOTATION)
+        .cloned()
+}
+
+#[tokio::test]
+async fn reconcile_creates_children_and_follows_queue_changes() -> Result<()> {
+    let client = control_plane().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "operator").await?;
+    let controller = start_controller(&client, &ns.name).await?;
+    let minimal = std::fs::read_to_string(repo_root().join("examples/minimal.yaml"))?;
+    for a in apply_yaml(&client, &minimal, &ns.name).await? {
+        a.result?;
+    }
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let centers: Api<CallCenter> = Api::namespaced(client.clone(), &ns.name);
+    // The objects arrive one by one, so the first generations may hold only some of them; wait
+    // for the one that serves both seats. Status is written after every child is applied.
+    let (generation, status) = wait_for(WAIT, "a config with both seats", || async {
+        let cm = config_maps.get_opt("minimal-node-config").await.ok()??;
+        let yaml = cm.data.as_ref()?.get("node-config.yaml")?.clone();
+        let generation: i64 = cm
+            .metadata
+            .annotations?
+            .get(CONFIG_GENERATION_ANNOTATION)?
+            .parse()
+            .ok()?;
+        let status = centers.get("minimal").await.ok()?.status?;
+        (yaml.contains("agent-1002")
+            && yaml.contains("agent-1001")
+            && status.config_generation == Some(generation))
+        .then_some((generation, status))
+    })
+    .await?;
+    assert!(generation >= 1);
+    let center = centers.get("minimal").await?;
+    let uid = center.uid().unwrap_or_default();
+    let owned_by_center =
+        |refs: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>| {
+            refs.is_some_and(|r| r.iter().any(|o| o.uid == uid && o.controller == Some(true)))
+        };
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns.name)
+        .get("minimal-media")
+        .await?;
+    assert_eq!(sts.spec.replicas, Some(1));
+    assert!(owned_by_center(sts.metadata.owner_references.as_ref()));
+    let services = Api::<Service>::namespaced(client.clone(), &ns.name);
+    for name in [
+        "minimal-sip",
+        "minimal-media-headless",
+        "minimal-media-metrics",
+    ] {
+        let svc = services.get(name).await?;
+        assert!(
+            owned_by_center(svc.metadata.owner_references.as_ref()),
+            "{name}"
+        );
+    }
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+        .get("minimal-media")
+        .await?;
+    Api::<Role>::namespaced(client.clone(), &ns.name)
+        .get("minimal-media")
+        .await?;
+    Api::<RoleBinding>::namespaced(client.clone(), &ns.name)
+        .get("minimal-media")
+        .await?;
+    let cm = config_maps.get("minimal-node-config").await?;
+    let yaml = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("node-config.yaml"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !yaml.contains("practice-1001"),
+        "a seat password reached the node config"
+    );
+
+    let cond = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| c.status.clone())
+    };
+    assert_eq!(cond("Degraded").as_deref(), Some("False"));
+    assert_eq!(
+        cond("Progressing").as_deref(),
+        Some("True"),
+        "no kubelet here: the node never becomes ready"
+    );
+
+    // A Queue change is a new generation; nothing else needs to change.
+    let queues: Api<switchboard_crds::Queue> = Api::namespaced(client.clone(), &ns.name);
+    queues
+        .patch(
+            "support",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"strategy": "RingAll"}})),
+        )
+        .await?;
+    let next = (generation + 1).to_string();
+    wait_for(WAIT, "the next config generation", || async {
+        (config_generation(&config_maps).await.as_deref() == Some(next.as_str())).then_some(())
+    })
+    .await?;
+    let cm = config_maps.get("minimal-node-config").await?;
+    assert!(
+        cm.data
+            .and_then(|d| d.get("node-config.yaml").cloned())
+            .unwrap_or_default()
+            .contains("RingAll")
+    );
+
+    // A duplicate extension is reported; the center keeps its config for the other seats.
+    let duplicate = r#"
+apiVersion: switchboard.dev/v1alpha1
+kind: Seat
+metadata: {name: zz-agent-copy}
+spec:
+  callCenter: minimal
+  extension: "1001"
+  displayName: Copy
+  credentials: {name: minimal-seat-passwords, key: "1001"}
+"#;
+    for a in apply_yaml(&client, duplicate, &ns.name).await? {
+        a.result?;
+    }
+    let degraded = wait_for(WAIT, "Degraded=True", || async {
+        let s = centers.get("minimal").await.ok()?.status?;
+        s.conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True")
+    })
+    .await?;
+    assert!(
+        degraded.message.contains("zz-agent-copy"),
+        "{}",
+        degraded.message
+    );
+    assert!(
+        degraded.message.contains("extension"),
+        "{}",
+        degraded.message
+    );
+
+    // HotStandby runs two media nodes.
+    centers
+        .patch(
+            "minimal",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"spec": {"highAvailability": {"mode": "HotStandby"}}}),
+            ),
+        )
+        .await?;
+    let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), &ns.name);
+    wait_for(WAIT, "two replicas", || async {
+        (statefulsets.get("minimal-media").await.ok()?.spec.replicas == Some(2)).then_some(())
+    })
+    .await?;
+
+    controller.abort();
+    ns.delete().await?;
+    Ok(())
+}
