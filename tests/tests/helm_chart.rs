@@ -290,6 +290,16 @@ fn default_values_render_the_operator_and_nothing_optional() -> Result<()> {
         "RUST_LOG is not the default level"
     );
     ensure!(
+        env_value(c, "SWITCHBOARD_MEDIA_NODE_IMAGE") == Some("switchboard-media-node:0.1.0"),
+        "SWITCHBOARD_MEDIA_NODE_IMAGE is not the default media-node image at the appVersion"
+    );
+    ensure!(
+        !c["env"].as_array().is_some_and(|e| e
+            .iter()
+            .any(|v| v["name"] == json!("SWITCHBOARD_WATCH_NAMESPACE"))),
+        "SWITCHBOARD_WATCH_NAMESPACE set without watchNamespace: the operator must watch all namespaces"
+    );
+    ensure!(
         c["ports"] == json!([{"name": "http-metrics", "containerPort": 8080, "protocol": "TCP"}])
     );
     ensure!(c["livenessProbe"]["httpGet"] == json!({"path": "/healthz", "port": "http-metrics"}));
@@ -533,6 +543,12 @@ fn opt_ins_render_when_enabled() -> Result<()> {
             "replicas=2",
             "--set",
             r"logLevel=debug\,switchboard_operator=trace",
+            "--set",
+            "mediaNode.image.repository=registry.example.com:5000/telephony/media-node",
+            "--set",
+            "mediaNode.image.tag=1.2.3",
+            "--set",
+            "watchNamespace=call-centers",
         ]
         .map(String::from),
     );
@@ -578,6 +594,17 @@ fn opt_ins_render_when_enabled() -> Result<()> {
         c["args"]
     );
     ensure!(env_value(c, "RUST_LOG") == Some("debug,switchboard_operator=trace"));
+    ensure!(
+        env_value(c, "SWITCHBOARD_MEDIA_NODE_IMAGE")
+            == Some("registry.example.com:5000/telephony/media-node:1.2.3"),
+        "SWITCHBOARD_MEDIA_NODE_IMAGE {:?}",
+        env_value(c, "SWITCHBOARD_MEDIA_NODE_IMAGE")
+    );
+    ensure!(
+        env_value(c, "SWITCHBOARD_WATCH_NAMESPACE") == Some("call-centers"),
+        "SWITCHBOARD_WATCH_NAMESPACE {:?}",
+        env_value(c, "SWITCHBOARD_WATCH_NAMESPACE")
+    );
     ensure!(
         c["ports"].as_array().is_some_and(|p| p
             .contains(&json!({"name": "https-webhook", "containerPort": 8443, "protocol": "TCP"}))),
@@ -787,6 +814,16 @@ fn invalid_values_are_rejected_by_the_schema_naming_the_field() -> Result<()> {
         ),
         ("webhook.caBundle", &["webhook.caBundle=not base64!"]),
         ("alerts.runbookBaseUrl", &["alerts.runbookBaseUrl=ftp://x"]),
+        (
+            "mediaNode.image.repository",
+            &["mediaNode.image.repository=Media Node"],
+        ),
+        ("mediaNode.image.tag", &["mediaNode.image.tag=:bad"]),
+        (
+            "mediaNode.image: Additional property pullPolicy is not allowed",
+            &["mediaNode.image.pullPolicy=Never"],
+        ),
+        ("watchNamespace", &["watchNamespace=Not_A_Namespace"]),
     ];
     let mut failures = Vec::new();
     for (needle, sets) in cases {

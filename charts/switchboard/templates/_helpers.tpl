@@ -71,6 +71,13 @@ The operator image reference.
 {{- end }}
 
 {{/*
+The default media-node image reference, given to the operator.
+*/}}
+{{- define "switchboard.mediaNodeImage" -}}
+{{- printf "%s:%s" .Values.mediaNode.image.repository (default .Chart.AppVersion .Values.mediaNode.image.tag) }}
+{{- end }}
+
+{{/*
 The kubernetes.io/tls Secret with the webhook's serving certificate.
 */}}
 {{- define "switchboard.webhookCertSecret" -}}

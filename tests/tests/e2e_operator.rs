@@ -1,0 +1,691 @@
+//! End to end on the real single-node cluster (`tests/cluster/up`): the operator and media-node
+//! binaries become images (`tests/images/build --no-build`), the rendered Helm chart installs
+//! the operator, a CallCenter from `examples/minimal.yaml` becomes a running media-node pod
+//! with its recording volume, and deleting the CallCenter garbage-collects what it owned.
+//!
+//! Needs the workspace binaries built first (`cargo build --workspace --bins`, as `tests/run`
+//! does): cargo cannot run inside `cargo test`, whose build-directory lock it would wait for.
+//!
+//! Isolation: the release lives in one fresh namespace, the CallCenter in a second one that
+//! the operator is told to watch (`watchNamespace`), so this operator never touches other
+//! tests' objects. Cluster-scoped objects (ClusterRole, ClusterRoleBinding, the hostPath
+//! PersistentVolume) carry unique names and are deleted at the end, pass or fail.
+//!
+//! The media node must become Ready (it runs from the operator's node-config.yaml and serves
+//! `/readyz` on 9090), and seat 1001 of the example must register with SIPp (digest
+//! authentication, `tests/sip/register.xml`) over UDP through the SIP Service's ClusterIP, from
+//! this machine into the cluster's in-machine service network.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Event, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+    ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use switchboard_crds::CallCenter;
+use switchboard_operator::builders::ChildNames;
+use switchboard_tests::{
+    TEST_FIELD_MANAGER, TestNamespace, apply_yaml, install_crds, names, repo_root, wait_for,
+    yaml_documents,
+};
+
+/// The CallCenter of `examples/minimal.yaml`.
+const CENTER: &str = "minimal";
+/// Its SIP port (the CRD's default; minimal.yaml does not set one).
+const SIP_PORT: u16 = 5060;
+/// Image tag `tests/images/build` gives both images.
+const TAG: &str = "e2e";
+const OPERATOR_READY_LIMIT: Duration = Duration::from_secs(180);
+const NODE_LIMIT: Duration = Duration::from_secs(240);
+const GC_LIMIT: Duration = Duration::from_secs(120);
+const SIPP_LIMIT: Duration = Duration::from_secs(60);
+
+/// Where cargo put the workspace binaries: the profile directory this test binary runs from
+/// (`<target>/<profile>/deps/e2e_operator-<hash>`).
+fn binary_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("{} has no grandparent directory", exe.display()))
+}
+
+/// Images the already built binaries into the cluster's containerd; returns
+/// (operator, media node) image references.
+async fn import_images(state_dir: &Path, bin_dir: &Path) -> Result<(String, String)> {
+    let script = repo_root().join("tests/images/build");
+    let output = tokio::process::Command::new(&script)
+        .args(["--no-build", "--tag", TAG, "--bin-dir"])
+        .arg(bin_dir)
+        .env("SWITCHBOARD_CLUSTER_DIR", state_dir)
+        .output()
+        .await
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    ensure!(
+        output.status.success(),
+        "{} failed ({}):\n{}",
+        script.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let refs: Vec<&str> = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match refs.as_slice() {
+        [operator, node] => Ok((operator.to_string(), node.to_string())),
+        _ => bail!(
+            "{} printed {refs:?}, want two image references",
+            script.display()
+        ),
+    }
+}
+
+fn render_chart(release: &str, namespace: &str, watch: &str) -> Result<String> {
+    let renderer = repo_root().join("tests/helm/render");
+    let sets = [
+        format!("image.repository=switchboard-operator,image.tag={TAG},image.pullPolicy=Never"),
+        format!("mediaNode.image.repository=switchboard-media-node,mediaNode.image.tag={TAG}"),
+        format!("watchNamespace={watch}"),
+        "logLevel=info,switchboard_operator=debug".replace(',', "\\,"),
+    ];
+    let mut cmd = std::process::Command::new(&renderer);
+    cmd.arg("--chart")
+        .arg(repo_root().join("charts/switchboard"))
+        .args(["--release", release, "--namespace", namespace]);
+    for s in &sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {}", renderer.display()))?;
+    ensure!(
+        out.status.success(),
+        "rendering the chart failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).context("rendered chart is not UTF-8")
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status.as_ref().is_some_and(|s| {
+        s.phase.as_deref() == Some("Running")
+            && s.conditions
+                .as_ref()
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })
+}
+
+/// Has the container's process been started from the image at least once (running now, or
+/// exited after it started)? A pod stuck on its image, its volumes or its security context
+/// never gets this far.
+fn container_started(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                let now = c.state.as_ref();
+                let last = c.last_state.as_ref();
+                now.is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+                    || last.is_some_and(|s| s.terminated.is_some())
+            })
+        })
+}
+
+/// Everything that helps to tell why a wait failed.
+async fn diagnose(client: &Client, namespaces: &[&str]) -> String {
+    let mut out = String::new();
+    for ns in namespaces {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        for pod in pods
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let status = pod.status.as_ref().map(|s| {
+                json!({
+                    "phase": s.phase,
+                    "conditions": s.conditions,
+                    "containerStatuses": s.container_statuses,
+                })
+            });
+            let _ = writeln!(
+                out,
+                "--- pod {ns}/{name}: {}",
+                serde_json::to_string(&status).unwrap_or_default()
+            );
+            for previous in [false, true] {
+                let lp = LogParams {
+                    tail_lines: Some(40),
+                    previous,
+                    ..LogParams::default()
+                };
+                if let Ok(log) = pods.logs(&name, &lp).await
+                    && !log.is_empty()
+                {
+                    let which = if previous { "previous" } else { "current" };
+                    let _ = writeln!(out, "--- log of {ns}/{name} ({which}):\n{log}");
+                }
+            }
+        }
+        let events: Api<Event> = Api::namespaced(client.clone(), ns);
+        for e in events
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            let _ = writeln!(
+                out,
+                "--- event {ns}: {} {} {}: {}",
+                e.type_.unwrap_or_default(),
+                e.involved_object.name.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default()
+            );
+        }
+    }
+    out
+}
+
+/// A static hostPath PersistentVolume reserved for the recording claim of node 0, since the
+/// cluster has no provisioner.
+fn recordings_volume(name: &str, class: &str, path: &Path, namespace: &str, claim: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name, "labels": {"switchboard.dev/test": namespace}},
+        "spec": {
+            "capacity": {"storage": "10Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": class,
+            "hostPath": {"path": path.to_string_lossy(), "type": "Directory"},
+            // Only this test's claim can bind it.
+            "claimRef": {"namespace": namespace, "name": claim},
+        },
+    })
+}
+
+/// `examples/minimal.yaml` with the recordings on `class`.
+fn minimal_example(class: &str) -> Result<String> {
+    let path = repo_root().join("examples/minimal.yaml");
+    let yaml =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = String::new();
+    let mut found = false;
+    for mut doc in yaml_documents(&yaml)? {
+        if doc["kind"] == json!("CallCenter") {
+            ensure!(
+                doc["metadata"]["name"] == json!(CENTER),
+                "{path:?}: CallCenter is not {CENTER}"
+            );
+            doc["spec"]["recording"]["storageClassName"] = json!(class);
+            found = true;
+        }
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&doc)?);
+    }
+    ensure!(found, "{} has no CallCenter", path.display());
+    Ok(out)
+}
+
+async fn apply_all(client: &Client, yaml: &str, namespace: &str) -> Result<()> {
+    let applied = apply_yaml(client, yaml, namespace).await?;
+    let rejected: Vec<String> = applied
+        .iter()
+        .filter_map(|a| {
+            a.result
+                .as_ref()
+                .err()
+                .map(|e| format!("{} {}: {e}", a.kind, a.name))
+        })
+        .collect();
+    ensure!(
+        rejected.is_empty(),
+        "the API server rejected:\n{}",
+        rejected.join("\n")
+    );
+    Ok(())
+}
+
+/// SIPp REGISTER of seat 1001 (digest auth, then un-register) against `target` over UDP.
+async fn sipp_register(target: IpAddr) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let scenario = repo_root().join("tests/sip/register.xml");
+    let mut child = tokio::process::Command::new("sipp")
+        .arg(format!("{target}:{SIP_PORT}"))
+        .arg("-sf")
+        .arg(&scenario)
+        .args(["-t", "u1", "-key", "domain", "localhost"])
+        .args(["-m", "1", "-timeout", "20s", "-timeout_error"])
+        .args(["-nostdin", "-trace_err"])
+        .current_dir(work.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start sipp (Debian package sip-tester)")?;
+    let status = match tokio::time::timeout(SIPP_LIMIT, child.wait()).await {
+        Ok(status) => status?,
+        Err(_) => {
+            child.kill().await.ok();
+            bail!("sipp did not finish within {SIPP_LIMIT:?}");
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut output = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use tokio::io::AsyncReadExt as _;
+        let _ = err.read_to_string(&mut output).await;
+    }
+    for entry in std::fs::read_dir(work.path())?.flatten() {
+        if let Ok(text) = std::fs::read_to_string(entry.path()) {
+            let _ = write!(output, "\n--- {}\n{text}", entry.path().display());
+        }
+    }
+    bail!("sipp register.xml against {target}:{SIP_PORT}/udp failed with {status}:\n{output}")
+}
+
+/// The children of the CallCenter this test checks, as (kind, name).
+fn children(names: &ChildNames) -> Vec<(&'static str, String)> {
+    vec![
+        ("StatefulSet", names.stateful_set.clone()),
+        ("Service", names.sip_service.clone()),
+        ("Service", names.headless_service.clone()),
+        ("Service", names.metrics_service.clone()),
+        ("ConfigMap", names.config_map.clone()),
+        ("ServiceAccount", names.service_account.clone()),
+        ("Role", names.role.clone()),
+        ("RoleBinding", names.role_binding.clone()),
+    ]
+}
+
+/// Which of `children` exist in `namespace`.
+async fn children_present(
+    client: &Client,
+    namespace: &str,
+    children: &[(&'static str, String)],
+) -> Result<Vec<String>> {
+    let mut present = Vec::new();
+    for (kind, name) in children {
+        let c = client.clone();
+        let found = match *kind {
+            "StatefulSet" => Api::<StatefulSet>::namespaced(c, namespace)
+                .get_opt(name)
+                .await?
+                .is_some(),
+            "Service" => Api::<Service>::namespaced(c, namespace)
+                .get_opt(name)
+                .await?
+                .is_some(),
+            "ConfigMap" => Api::<ConfigMap>::namespaced(c, namespace)
+                .get_opt(name)
+                .await?
+                .is_some(),
+            "ServiceAccount" => Api::<ServiceAccount>::namespaced(c, namespace)
+                .get_opt(name)
+                .await?
+                .is_some(),
+            "Role" => Api::<Role>::namespaced(c, namespace)
+                .get_opt(name)
+                .await?
+                .is_some(),
+            "RoleBinding" => Api::<RoleBinding>::namespaced(c, namespace)
+                .get_opt(name)
+                .await?
+                .is_some(),
+            other => bail!("no lookup for {other}"),
+        };
+        if found {
+            present.push(format!("{kind} {name}"));
+        }
+    }
+    Ok(present)
+}
+
+struct Cleanup {
+    cluster_scoped: Vec<(String, String)>,
+    volumes: Vec<String>,
+}
+
+async fn clean_up(client: &Client, what: &Cleanup) -> Result<()> {
+    let dp = DeleteParams::default();
+    let mut errors = Vec::new();
+    let mut deletions = Vec::new();
+    for (kind, name) in &what.cluster_scoped {
+        let r = match kind.as_str() {
+            "ClusterRole" => Api::<ClusterRole>::all(client.clone())
+                .delete(name, &dp)
+                .await
+                .map(|_| ()),
+            "ClusterRoleBinding" => Api::<ClusterRoleBinding>::all(client.clone())
+                .delete(name, &dp)
+                .await
+                .map(|_| ()),
+            other => {
+                errors.push(format!("no clean-up for cluster-scoped {other} {name}"));
+                continue;
+            }
+        };
+        deletions.push((format!("{kind} {name}"), r));
+    }
+    for name in &what.volumes {
+        let r = Api::<PersistentVolume>::all(client.clone())
+            .delete(name, &dp)
+            .await
+            .map(|_| ());
+        deletions.push((format!("PersistentVolume {name}"), r));
+    }
+    for (what, r) in deletions {
+        match r {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => errors.push(format!("deleting {what}: {e}")),
+        }
+    }
+    ensure!(errors.is_empty(), "clean-up failed:\n{}", errors.join("\n"));
+    Ok(())
+}
+
+async fn run(
+    client: &Client,
+    op_ns: &str,
+    cc_ns: &str,
+    cleanup: &mut Cleanup,
+    volume_dir: &Path,
+) -> Result<()> {
+    let names = ChildNames::new(CENTER);
+
+    // The operator, from the rendered chart.
+    let release = names::unique("sbe2e");
+    let rendered = render_chart(&release, op_ns, cc_ns)?;
+    let docs = yaml_documents(&rendered)?;
+    cleanup.cluster_scoped = docs
+        .iter()
+        .filter(|d| d.pointer("/metadata/namespace").is_none())
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or_default().to_string(),
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let kinds: BTreeSet<&str> = cleanup
+        .cluster_scoped
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    ensure!(
+        kinds
+            .iter()
+            .all(|k| ["ClusterRole", "ClusterRoleBinding"].contains(k)),
+        "unexpected cluster-scoped objects in the chart: {kinds:?}"
+    );
+    let started = Instant::now();
+    apply_all(client, &rendered, op_ns)
+        .await
+        .context("applying the chart")?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), op_ns);
+    let selector = ListParams::default().labels("app.kubernetes.io/component=operator");
+    let operator = wait_for(
+        OPERATOR_READY_LIMIT,
+        "the operator pod to be Ready",
+        || async {
+            let list = pods.list(&selector).await.ok()?;
+            list.items.into_iter().find(pod_ready)
+        },
+    )
+    .await?;
+    eprintln!(
+        "operator pod {} Ready {:.1}s after the chart was applied",
+        operator.metadata.name.as_deref().unwrap_or("?"),
+        started.elapsed().as_secs_f64()
+    );
+    // It runs the chart's image as the chart's non-root user.
+    let spec = operator
+        .spec
+        .as_ref()
+        .ok_or_else(|| anyhow!("operator pod without spec"))?;
+    ensure!(
+        spec.containers.first().and_then(|c| c.image.as_deref())
+            == Some(&format!("switchboard-operator:{TAG}")[..]),
+        "operator image {:?}",
+        spec.containers.first().and_then(|c| c.image.clone())
+    );
+
+    // Recording storage: one static volume for node 0, on a class of this test.
+    let class = names::unique("sb-e2e-recordings");
+    let claim = format!("recordings-{}-0", names.stateful_set);
+    let pv_name = names::unique("sb-e2e-rec");
+    let pv = recordings_volume(&pv_name, &class, volume_dir, cc_ns, &claim);
+    cleanup.volumes.push(pv_name.clone());
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    pvs.patch(
+        &pv_name,
+        &PatchParams::apply(TEST_FIELD_MANAGER).force(),
+        &Patch::Apply(&pv),
+    )
+    .await
+    .with_context(|| format!("creating PersistentVolume {pv_name}"))?;
+
+    // The call center.
+    let started = Instant::now();
+    apply_all(client, &minimal_example(&class)?, cc_ns)
+        .await
+        .context("applying examples/minimal.yaml")?;
+
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), cc_ns);
+    let set = wait_for(NODE_LIMIT, "the media-node StatefulSet", || async {
+        sets.get_opt(&names.stateful_set).await.ok().flatten()
+    })
+    .await?;
+    let container = set
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.containers.first())
+        .ok_or_else(|| anyhow!("StatefulSet without a container"))?;
+    // The chart's mediaNode.image reached the operator (SWITCHBOARD_MEDIA_NODE_IMAGE).
+    ensure!(
+        container.image.as_deref() == Some(&format!("switchboard-media-node:{TAG}")[..]),
+        "media-node image {:?}, want the chart's mediaNode.image",
+        container.image
+    );
+
+    let node_pod = format!("{}-0", names.stateful_set);
+    let node_pods: Api<Pod> = Api::namespaced(client.clone(), cc_ns);
+    wait_for(NODE_LIMIT, "the media-node container to start", || async {
+        let pod = node_pods.get_opt(&node_pod).await.ok().flatten()?;
+        container_started(&pod).then_some(())
+    })
+    .await?;
+    eprintln!(
+        "media-node container of {node_pod} started {:.1}s after the CallCenter was applied",
+        started.elapsed().as_secs_f64()
+    );
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), cc_ns);
+    let bound = claims
+        .get(&claim)
+        .await
+        .with_context(|| format!("claim {claim}"))?;
+    ensure!(
+        bound.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+            && bound.spec.as_ref().and_then(|s| s.volume_name.as_deref()) == Some(&pv_name[..]),
+        "claim {claim} is not bound to {pv_name}: {:?}",
+        bound.status
+    );
+
+    // The CallCenter's status.
+    let centers: Api<CallCenter> = Api::namespaced(client.clone(), cc_ns);
+    wait_for(
+        NODE_LIMIT,
+        "CallCenter status with configGeneration and Ready/Progressing conditions",
+        || async {
+            let status = centers.get(CENTER).await.ok()?.status?;
+            let generation = status.config_generation?;
+            let types: BTreeSet<String> =
+                status.conditions.iter().map(|c| c.type_.clone()).collect();
+            (generation >= 1 && types.contains("Ready") && types.contains("Progressing"))
+                .then_some(())
+        },
+    )
+    .await?;
+
+    // The media node serving calls.
+    wait_for(NODE_LIMIT, "the media-node pod to be Ready", || async {
+        let pod = node_pods.get_opt(&node_pod).await.ok().flatten()?;
+        pod_ready(&pod).then_some(())
+    })
+    .await?;
+    eprintln!(
+        "media-node pod {node_pod} Ready {:.1}s after the CallCenter was applied",
+        started.elapsed().as_secs_f64()
+    );
+    let services: Api<Service> = Api::namespaced(client.clone(), cc_ns);
+    let sip = services.get(&names.sip_service).await?;
+    let ip: IpAddr = sip
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.as_deref())
+        .ok_or_else(|| anyhow!("SIP Service without a clusterIP"))?
+        .parse()?;
+    // The Service's endpoint first, then kube-proxy writes its rules a moment later
+    // (until then the kernel refuses the datagram with EPERM): retry whole scenarios
+    // until a deadline.
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), cc_ns);
+    wait_for(NODE_LIMIT, "the SIP Service's endpoint", || async {
+        let ep = endpoints.get_opt(&names.sip_service).await.ok().flatten()?;
+        ep.subsets?
+            .iter()
+            .any(|s| s.addresses.as_ref().is_some_and(|a| !a.is_empty()))
+            .then_some(())
+    })
+    .await?;
+    let deadline = Instant::now() + SIPP_LIMIT * 2;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match sipp_register(ip).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!(
+                    "SIPp REGISTER through the SIP Service's ClusterIP, {attempts} attempt(s)"
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+    eprintln!(
+        "SIPp REGISTER of seat 1001 via {ip}:{SIP_PORT}/udp succeeded after {attempts} attempt(s)"
+    );
+
+    // Garbage collection of everything the CallCenter owned: first every child is there...
+    let all = children(&names);
+    let present = children_present(client, cc_ns, &all).await?;
+    ensure!(
+        present.len() == all.len(),
+        "before deleting the CallCenter only {present:?} of {all:?} exist"
+    );
+    centers
+        .delete(CENTER, &DeleteParams::default())
+        .await
+        .context("deleting the CallCenter")?;
+    // ... then none.
+    let started = Instant::now();
+    let left = std::cell::RefCell::new(Vec::new());
+    let waited = wait_for(
+        GC_LIMIT,
+        "the CallCenter's children to be garbage-collected",
+        || async {
+            let now = children_present(client, cc_ns, &all).await.ok()?;
+            let done = now.is_empty();
+            *left.borrow_mut() = now;
+            done.then_some(())
+        },
+    )
+    .await;
+    waited.with_context(|| format!("still there: {:?}", left.borrow()))?;
+    eprintln!(
+        "children garbage-collected {:.1}s after the CallCenter was deleted",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_installs_the_operator_which_runs_a_call_center() -> Result<()> {
+    let bin_dir = binary_dir()?;
+    // Starting the cluster takes a while: keep it off the async workers.
+    let kubeconfig: PathBuf =
+        tokio::task::spawn_blocking(switchboard_tests::cluster_kubeconfig).await??;
+    let state_dir = kubeconfig
+        .parent()
+        .ok_or_else(|| anyhow!("kubeconfig {} has no directory", kubeconfig.display()))?;
+    let started = Instant::now();
+    let (operator_image, node_image) = import_images(state_dir, &bin_dir).await?;
+    eprintln!(
+        "imported {operator_image} and {node_image} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let client = switchboard_tests::cluster().await?;
+    install_crds(&client).await?;
+    let op_ns = TestNamespace::create(&client, "e2e-op").await?;
+    let cc_ns = TestNamespace::create(&client, "e2e-cc").await?;
+    // The hostPath behind the recording volume: writable by the node's UID 65532.
+    let volume_dir = tempfile::Builder::new()
+        .prefix("switchboard-e2e-recordings.")
+        .tempdir()?;
+    std::os::unix::fs::chown(volume_dir.path(), Some(65532), Some(65532))?;
+
+    let mut cleanup = Cleanup {
+        cluster_scoped: Vec::new(),
+        volumes: Vec::new(),
+    };
+    let result = run(
+        &client,
+        &op_ns.name,
+        &cc_ns.name,
+        &mut cleanup,
+        volume_dir.path(),
+    )
+    .await;
+    let result = match result {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let why = diagnose(&client, &[&op_ns.name, &cc_ns.name]).await;
+            Err(e.context(format!("diagnostics:\n{why}")))
+        }
+    };
+    // Namespaces first (their pods release the volume), then the cluster-scoped objects.
+    let deleted_cc = cc_ns.delete().await;
+    let deleted_op = op_ns.delete().await;
+    let cleaned = clean_up(&client, &cleanup).await;
+    result?;
+    deleted_cc?;
+    deleted_op?;
+    cleaned
+}
