@@ -6,7 +6,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use switchboard_crds::{CallCenterSpec, QueueSpec, SeatSpec, validate};
+use switchboard_crds::{CallCenter, CallCenterSpec, Queue, QueueSpec, Seat, SeatSpec, validate};
+use switchboard_proto::node_config::{
+    NodeConfig, ObjectKind, Problem, ProblemReason, build_node_config,
+};
 
 /// Why a configuration file cannot be served, naming the document and the field.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,10 @@ pub enum ConfigError {
     Document { index: usize, message: String },
     #[error("{0}")]
     Center(String),
+    /// References between objects that do not resolve (a missing Secret, Queue or Seat, a
+    /// duplicate extension), all of them.
+    #[error("{0}")]
+    References(Problems),
 }
 
 /// One Kubernetes-style object from the file.
@@ -121,11 +128,13 @@ pub fn parse(text: &str) -> Result<StandaloneConfig, ConfigError> {
             ("switchboard.dev/v1alpha1", "Queue") => {
                 let spec: QueueSpec = spec_of(&value, &field_error)?;
                 first_error(validate::queue(&spec, &name), &field_error)?;
+                duplicate(index, "Queue", &name, config.queues.iter().map(|q| &q.name))?;
                 config.queues.push(Named { name, spec });
             }
             ("switchboard.dev/v1alpha1", "Seat") => {
                 let spec: SeatSpec = spec_of(&value, &field_error)?;
                 first_error(validate::seat(&spec), &field_error)?;
+                duplicate(index, "Seat", &name, config.seats.iter().map(|s| &s.name))?;
                 config.seats.push(Named { name, spec });
             }
             ("v1", "Secret") => {
@@ -144,6 +153,23 @@ pub fn parse(text: &str) -> Result<StandaloneConfig, ConfigError> {
         }
     }
     Ok(config)
+}
+
+/// Names are unique per kind, as in a namespace: a second object of the same name would
+/// silently replace the first in a cluster, so a file must not rely on it.
+fn duplicate<'a>(
+    index: usize,
+    kind: &str,
+    name: &str,
+    mut earlier: impl Iterator<Item = &'a String>,
+) -> Result<(), ConfigError> {
+    if earlier.any(|n| n == name) {
+        return Err(ConfigError::Document {
+            index,
+            message: format!("a second {kind} named {name:?}; names are unique per kind"),
+        });
+    }
+    Ok(())
 }
 
 fn spec_of<T: DeserializeOwned>(
@@ -223,117 +249,89 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
+/// The namespace standalone objects are given: `build_node_config` serves only the objects of
+/// the CallCenter's namespace, and a file has no namespaces.
+pub const STANDALONE_NAMESPACE: &str = "standalone";
+
 impl StandaloneConfig {
-    /// Checks the references between objects that the API server cannot: one CallCenter, every
-    /// Queue and Seat belongs to it, extensions are unique, Secrets and keys exist, and routes
-    /// name Queues and Seats that exist.
-    pub fn check_references(&self) -> Result<(), ConfigError> {
+    /// Turns the file into the [`NodeConfig`] the node runs, with the operator's own
+    /// [`build_node_config`], so both modes serve the same thing from the same objects.
+    ///
+    /// In a cluster a broken reference leaves one object out and the rest keeps working; a
+    /// file is edited by a person who is about to run it, so here every [`Problem`] is fatal
+    /// and all of them are reported at once, naming object and field.
+    pub fn node_config(&self) -> Result<NodeConfig, ConfigError> {
         let center = self
             .call_center
             .as_ref()
             .ok_or_else(|| ConfigError::Center("the file declares no CallCenter".into()))?;
-        let queue_names: std::collections::BTreeSet<&str> =
-            self.queues.iter().map(|q| q.name.as_str()).collect();
-        let seat_names: std::collections::BTreeSet<&str> =
-            self.seats.iter().map(|s| s.name.as_str()).collect();
-        for q in &self.queues {
-            if q.spec.call_center != center.name {
-                return Err(ConfigError::Center(format!(
-                    "Queue {:?}: spec.callCenter: {:?} is not the file's CallCenter {:?}",
-                    q.name, q.spec.call_center, center.name
-                )));
-            }
-            for (i, step) in q.spec.overflow.iter().enumerate() {
-                if let Some(target) = &step.queue
-                    && !queue_names.contains(target.as_str())
-                {
-                    return Err(ConfigError::Center(format!(
-                        "Queue {:?}: spec.overflow[{i}].queue: Queue {target:?} not found",
-                        q.name
-                    )));
-                }
-            }
-        }
-        let mut extensions = BTreeMap::new();
-        for s in &self.seats {
-            if s.spec.call_center != center.name {
-                return Err(ConfigError::Center(format!(
-                    "Seat {:?}: spec.callCenter: {:?} is not the file's CallCenter {:?}",
-                    s.name, s.spec.call_center, center.name
-                )));
-            }
-            if let Some(other) = extensions.insert(s.spec.extension.as_str(), s.name.as_str()) {
-                return Err(ConfigError::Center(format!(
-                    "Seat {:?}: spec.extension: {:?} is also the extension of Seat {other:?}",
-                    s.name, s.spec.extension
-                )));
-            }
-            for (i, m) in s.spec.queues.iter().enumerate() {
-                if !queue_names.contains(m.name.as_str()) {
-                    return Err(ConfigError::Center(format!(
-                        "Seat {:?}: spec.queues[{i}].name: Queue {:?} not found",
-                        s.name, m.name
-                    )));
-                }
-            }
-            let cred = &s.spec.credentials;
-            let has_key = self
-                .secrets
-                .get(&cred.name)
-                .is_some_and(|keys| keys.contains_key(&cred.key));
-            if !has_key {
-                return Err(ConfigError::Center(format!(
-                    "Seat {:?}: spec.credentials: Secret {:?} with key {:?} not found",
-                    s.name, cred.name, cred.key
-                )));
-            }
-        }
-        let spec = &center.spec;
-        let mut routes: Vec<(String, &switchboard_crds::callcenter::Route)> = Vec::new();
-        for (i, e) in spec.entry_points.iter().enumerate() {
-            routes.push((format!("spec.entryPoints[{i}].route"), &e.route));
-        }
-        for (i, m) in spec.ivr_menus.iter().enumerate() {
-            for (j, o) in m.options.iter().enumerate() {
-                routes.push((format!("spec.ivrMenus[{i}].options[{j}].route"), &o.route));
-            }
-            if let Some(r) = &m.on_failure {
-                routes.push((format!("spec.ivrMenus[{i}].onFailure"), r));
-            }
-            if let Some(r) = &m.after_hours {
-                routes.push((format!("spec.ivrMenus[{i}].afterHours"), r));
-            }
-        }
-        use switchboard_crds::callcenter::RouteAction;
-        for (path, route) in routes {
-            let missing = match (route.action, route.target.as_deref()) {
-                (RouteAction::Queue, Some(t)) if !queue_names.contains(t) => Some(("Queue", t)),
-                (RouteAction::Seat | RouteAction::Voicemail, Some(t))
-                    if !seat_names.contains(t) =>
-                {
-                    Some(("Seat", t))
-                }
-                _ => None,
-            };
-            if let Some((kind, target)) = missing {
-                return Err(ConfigError::Center(format!(
-                    "CallCenter {:?}: {path}.target: {kind} {target:?} not found",
-                    center.name
-                )));
-            }
-        }
-        for (i, t) in spec.trunks.iter().enumerate() {
-            if let Some(c) = &t.credentials {
-                let ok = self.secrets.get(&c.secret_name).is_some_and(|k| {
-                    k.contains_key(&c.username_key) && k.contains_key(&c.password_key)
+        let mut problems = Vec::new();
+        // build_node_config ignores objects of other centers (they are another center's
+        // business in a cluster); in one file they are a typo.
+        let mut foreign = |kind: ObjectKind, name: &str, call_center: &str| {
+            if call_center != center.name {
+                problems.push(Problem {
+                    kind,
+                    name: name.to_string(),
+                    field: "spec.callCenter".into(),
+                    reason: ProblemReason::Invalid,
+                    message: format!(
+                        "{call_center:?} is not the file's CallCenter {:?}",
+                        center.name
+                    ),
                 });
-                if !ok {
-                    return Err(ConfigError::Center(format!(
-                        "CallCenter {:?}: spec.trunks[{i}].credentials: Secret {:?} with keys {:?} and {:?} not found",
-                        center.name, c.secret_name, c.username_key, c.password_key
-                    )));
-                }
             }
+        };
+        for q in &self.queues {
+            foreign(ObjectKind::Queue, &q.name, &q.spec.call_center);
+        }
+        for s in &self.seats {
+            foreign(ObjectKind::Seat, &s.name, &s.spec.call_center);
+        }
+        // Kubernetes objects as the API would hold them, all in one namespace.
+        let cc = in_standalone_namespace(CallCenter::new(&center.name, center.spec.clone()));
+        let queues: Vec<Queue> = self
+            .queues
+            .iter()
+            .map(|q| in_standalone_namespace(Queue::new(&q.name, q.spec.clone())))
+            .collect();
+        let seats: Vec<Seat> = self
+            .seats
+            .iter()
+            .map(|s| in_standalone_namespace(Seat::new(&s.name, s.spec.clone())))
+            .collect();
+        // Generation 1: the first (and, standalone, only) config this node runs.
+        let (config, found) = build_node_config(&cc, &queues, &seats, &self.secrets, 1)
+            .map_err(|e| ConfigError::Center(e.to_string()))?;
+        problems.extend(found);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            problems.sort();
+            Err(ConfigError::References(Problems(problems)))
+        }
+    }
+}
+
+fn in_standalone_namespace<K: kube::Resource>(mut object: K) -> K {
+    object.meta_mut().namespace = Some(STANDALONE_NAMESPACE.to_string());
+    object
+}
+
+/// Every broken reference of a file, one per line.
+#[derive(Debug)]
+pub struct Problems(pub Vec<Problem>);
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // In a cluster these parts would be left out; a file must be fixed before it runs.
+        write!(
+            f,
+            "{} broken reference(s); fix them to serve this file:",
+            self.0.len()
+        )?;
+        for p in &self.0 {
+            write!(f, "\n  {} {:?}: {}: {}", p.kind, p.name, p.field, p.message)?;
         }
         Ok(())
     }

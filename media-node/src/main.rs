@@ -1,5 +1,9 @@
-//! `media-node`: the Switchboard data plane. `--config FILE.yaml` serves a call center from the
-//! same manifests a user would apply to a cluster, with no Kubernetes at all.
+//! `media-node`: the Switchboard data plane. `--config FILE` is either the user's manifests
+//! (standalone mode: serves a call center with no Kubernetes at all) or the `node-config.yaml`
+//! the operator writes into the call center's ConfigMap.
+//!
+//! Listeners: SIP (UDP and TCP, `--sip-listen`/`--sip-port`), metrics and probes (HTTP,
+//! `--metrics-listen`, 9090) and the gRPC control API (h2c, `--control-listen`, 9091).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -8,17 +12,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
-use media_node::config::{self, StandaloneConfig};
-use media_node::sip::digest::{self, DEFAULT_NONCE_LIFETIME};
-use media_node::sip::{
-    RegistrarPolicy, SeatAccount, SipListeners, SipMetrics, SipServer, SipSettings,
-};
-use tracing::info;
+use media_node::control::{Control, ControlListener};
+use media_node::http::{HttpListener, NodeMetrics, Readiness};
+use media_node::node::{self, ConfigSource, LoadedConfig, PodEnv};
+use media_node::sip::{SipListeners, SipMetrics, SipServer};
+use tracing::{info, warn};
 
 #[derive(Parser)]
 #[command(name = "media-node", version, about = "Switchboard media node")]
 struct Cli {
-    /// A YAML file with one CallCenter and its Queues, Seats and Secrets (standalone mode).
+    /// The configuration: a YAML file with one CallCenter and its Queues, Seats and Secrets
+    /// (standalone mode), or the operator's node-config.yaml.
     #[arg(long)]
     config: PathBuf,
     /// Only check the file and exit.
@@ -28,9 +32,39 @@ struct Cli {
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     sip_listen: IpAddr,
     /// The SIP port for both UDP and TCP, overriding the CallCenter's `spec.sip.udpPort` and
-    /// `spec.sip.tcpPort`.
+    /// `spec.sip.tcpPort` (0: any free port for each).
     #[arg(long)]
     sip_port: Option<u16>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (HTTP) [default: 0.0.0.0:9090;
+    /// standalone, a busy default port falls back to a free one, printed at start].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Where the gRPC control API is served: plain HTTP/2 (h2c), for the operator inside the
+    /// pod network [default: 0.0.0.0:9091; standalone, a busy default port falls back to a
+    /// free one].
+    #[arg(long, value_name = "ADDR")]
+    control_listen: Option<SocketAddr>,
+}
+
+const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9090);
+const DEFAULT_CONTROL_LISTEN: SocketAddr = SocketAddr::new(
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    switchboard_proto::CONTROL_PORT,
+);
+
+/// The address to bind and whether a busy port may fall back to a free one. Only a default
+/// address in standalone mode may: there the SIP port is what matters, and 9090 is often a
+/// local Prometheus. In a pod the probes and the operator need the fixed ports, and an address
+/// given on the command line is meant.
+fn listen_address(
+    given: Option<SocketAddr>,
+    default: SocketAddr,
+    source: ConfigSource,
+) -> (SocketAddr, bool) {
+    match given {
+        Some(addr) => (addr, false),
+        None => (default, source == ConfigSource::Standalone),
+    }
 }
 
 /// Exit codes: 2 for a configuration the node cannot serve, 1 for a runtime failure.
@@ -39,24 +73,25 @@ const EXIT_RUNTIME: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = config::load(&cli.config).and_then(|c| c.check_references().map(|()| c));
-    let config = match loaded {
+    let loaded = match node::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("media-node: {}: {e}", cli.config.display());
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let center = config
-        .call_center
-        .as_ref()
-        .map(|c| c.name.as_str())
-        .unwrap_or_default();
+    let c = &loaded.config;
+    let source = match loaded.source {
+        ConfigSource::Standalone => "standalone manifests",
+        ConfigSource::Operator => "node config",
+    };
     println!(
-        "media-node: {}: CallCenter {center:?} with {} queue(s) and {} seat(s) is valid",
+        "media-node: {}: {source} for CallCenter {:?} (generation {}) with {} queue(s) and {} seat(s) is valid",
         cli.config.display(),
-        config.queues.len(),
-        config.seats.len()
+        c.call_center,
+        c.generation,
+        c.queues.len(),
+        c.seats.len()
     );
     if cli.check {
         return ExitCode::SUCCESS;
@@ -72,13 +107,6 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let settings = match sip_settings(&config) {
-        Ok(s) => s,
-        Err(message) => {
-            eprintln!("media-node: {}: {message}", cli.config.display());
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,7 +117,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match runtime.block_on(serve(&cli, &config, settings)) {
+    match runtime.block_on(serve(&cli, loaded)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("media-node: {message}");
@@ -98,67 +126,112 @@ fn main() -> ExitCode {
     }
 }
 
-/// The registrar's view of the call center: realm and each seat's HA1. Passwords are hashed
-/// here and dropped; the SIP layer never sees them.
-fn sip_settings(config: &StandaloneConfig) -> Result<SipSettings, String> {
-    let center = config
-        .call_center
-        .as_ref()
-        .ok_or("the file declares no CallCenter")?;
-    let realm = center.spec.sip.domain.clone();
-    let mut seats = Vec::with_capacity(config.seats.len());
-    for seat in &config.seats {
-        let credentials = &seat.spec.credentials;
-        let password = config
-            .secrets
-            .get(&credentials.name)
-            .and_then(|keys| keys.get(&credentials.key))
-            .ok_or_else(|| {
-                format!(
-                    "Seat {:?}: spec.credentials: Secret {:?} with key {:?} not found",
-                    seat.name, credentials.name, credentials.key
-                )
-            })?;
-        seats.push(SeatAccount {
-            extension: seat.spec.extension.clone(),
-            ha1: digest::ha1(&seat.spec.extension, &realm, password),
-            max_contacts: usize::try_from(seat.spec.max_contacts).unwrap_or(usize::MAX),
-        });
+async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
+    let (source, config) = (loaded.source, loaded.config);
+    let env = PodEnv::from_process();
+    let node_name = env.node_name(node::host_name());
+    info!(
+        node = %node_name,
+        namespace = env.pod_namespace.as_deref().unwrap_or("-"),
+        pod_ip = env.pod_ip.as_deref().unwrap_or("-"),
+        node_ip = env.node_ip.as_deref().unwrap_or("-"),
+        lease = env.lease_name.as_deref().unwrap_or("-"),
+        recordings_dir = env.recordings_dir.as_deref().unwrap_or("-"),
+        "media node starting"
+    );
+    if let Some(expected) = &env.call_center
+        && *expected != config.call_center
+    {
+        // Not fatal: the ConfigMap is what the node serves; the mismatch is for the operator.
+        warn!(
+            env = %expected,
+            config = %config.call_center,
+            "SWITCHBOARD_CALL_CENTER differs from the config's call center"
+        );
     }
-    Ok(SipSettings {
-        realm,
-        seats,
-        policy: RegistrarPolicy::default(),
-        nonce_lifetime: DEFAULT_NONCE_LIFETIME,
-    })
-}
 
-async fn serve(cli: &Cli, config: &StandaloneConfig, settings: SipSettings) -> Result<(), String> {
-    let sip = config
-        .call_center
-        .as_ref()
-        .map(|c| c.spec.sip.clone())
-        .ok_or("the file declares no CallCenter")?;
-    let udp = SocketAddr::new(cli.sip_listen, cli.sip_port.unwrap_or(sip.udp_port));
-    let tcp = SocketAddr::new(cli.sip_listen, cli.sip_port.unwrap_or(sip.tcp_port));
-    // The registry will be served on /metrics by the metrics step; the counters run already.
+    // One registry for everything /metrics shows.
     let registry = prometheus::Registry::new();
-    let metrics =
+    let sip_metrics =
         SipMetrics::new(&registry).map_err(|e| format!("cannot create SIP metrics: {e}"))?;
+    media_node::recording::register_metrics(&registry)
+        .map_err(|e| format!("cannot create recording metrics: {e}"))?;
+    let node_metrics =
+        NodeMetrics::new(&registry).map_err(|e| format!("cannot create node metrics: {e}"))?;
+
+    // The probes answer first, so a slow SIP bind shows as "not ready" rather than a refused
+    // connection; the config was loaded before the runtime started.
+    let readiness = Arc::new(Readiness::default());
+    readiness.config_loaded();
+    let (addr, may_fall_back) = listen_address(cli.metrics_listen, DEFAULT_METRICS_LISTEN, source);
+    let http = match HttpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if may_fall_back && e.is_address_in_use() => {
+            warn!(error = %e, "the default metrics port is busy; using a free port instead");
+            HttpListener::bind(SocketAddr::new(addr.ip(), 0))
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    println!(
+        "media-node: metrics, /healthz and /readyz on http://{}",
+        http.local_addr()
+    );
+    let http = tokio::spawn(http.serve(registry, Arc::clone(&readiness)));
+
+    let settings = node::sip_settings(&config);
     let realm = settings.realm.clone();
     let seats = settings.seats.len();
-    let server = Arc::new(SipServer::new(settings, metrics, Instant::now()));
+    let sip = Arc::new(SipServer::new(settings, sip_metrics, Instant::now()));
+    let sip_config = &config.spec.sip;
+    let udp = SocketAddr::new(cli.sip_listen, cli.sip_port.unwrap_or(sip_config.udp_port));
+    let tcp = SocketAddr::new(cli.sip_listen, cli.sip_port.unwrap_or(sip_config.tcp_port));
     let listeners = SipListeners::bind(udp, tcp)
         .await
         .map_err(|e| e.to_string())?;
     println!(
-        "media-node: SIP for domain {realm:?} ({seats} seat(s)) on udp {} and tcp {}; serving REGISTER and OPTIONS, calls (INVITE) are not served yet",
+        "media-node: SIP for domain {realm:?} ({seats} seat(s)) on udp {} and tcp {}; serving REGISTER and OPTIONS",
         listeners.udp_addr(),
         listeners.tcp_addr()
     );
     info!(udp = %listeners.udp_addr(), tcp = %listeners.tcp_addr(), "SIP listening");
+
+    let (addr, may_fall_back) = listen_address(cli.control_listen, DEFAULT_CONTROL_LISTEN, source);
+    let control = match ControlListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if may_fall_back && e.is_address_in_use() => {
+            warn!(error = %e, "the default control port is busy; using a free port instead");
+            ControlListener::bind(SocketAddr::new(addr.ip(), 0))
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    println!(
+        "media-node: control API (gRPC, h2c) on {}",
+        control.local_addr()
+    );
+    let control = tokio::spawn(control.serve(Control::new(
+        node_name,
+        config,
+        Arc::clone(&sip),
+        node_metrics,
+    )));
+    readiness.sip_bound();
+    info!("ready");
+
+    // A listener that stops is a failure: exit, so the kubelet restarts the pod.
     tokio::select! {
-        () = listeners.serve(server) => Ok(()),
+        () = listeners.serve(sip) => Err("the SIP listeners stopped".to_string()),
+        r = http => Err(match r {
+            Ok(e) => e.to_string(),
+            Err(e) => format!("the metrics server task failed: {e}"),
+        }),
+        r = control => Err(match r {
+            Ok(e) => e.to_string(),
+            Err(e) => format!("the control server task failed: {e}"),
+        }),
         signal = shutdown_signal() => {
             let name = signal?;
             info!(signal = name, "shutting down");
@@ -177,5 +250,53 @@ async fn shutdown_signal() -> Result<&'static str, String> {
     tokio::select! {
         _ = term.recv() => Ok("SIGTERM"),
         _ = int.recv() => Ok("SIGINT"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_default_address_in_standalone_mode_may_fall_back() {
+        let given = SocketAddr::from(([127, 0, 0, 1], 9999));
+        assert_eq!(
+            listen_address(None, DEFAULT_METRICS_LISTEN, ConfigSource::Standalone),
+            (DEFAULT_METRICS_LISTEN, true)
+        );
+        assert_eq!(
+            listen_address(None, DEFAULT_CONTROL_LISTEN, ConfigSource::Operator),
+            (DEFAULT_CONTROL_LISTEN, false)
+        );
+        assert_eq!(
+            listen_address(
+                Some(given),
+                DEFAULT_METRICS_LISTEN,
+                ConfigSource::Standalone
+            ),
+            (given, false)
+        );
+    }
+
+    #[test]
+    fn the_cli_parses_listen_addresses() {
+        let cli = Cli::try_parse_from([
+            "media-node",
+            "--config",
+            "c.yaml",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--control-listen",
+            "[::1]:9091",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+        );
+        assert_eq!(cli.control_listen.map(|a| a.port()), Some(9091));
+        assert!(
+            Cli::try_parse_from(["media-node", "--config", "c", "--metrics-listen", "x"]).is_err()
+        );
     }
 }

@@ -33,7 +33,7 @@ use crate::builders::{
     PodDisruptionBudgetObject, build_children,
 };
 use crate::metrics::Metrics;
-use crate::node_config::{NodeConfigError, build_node_config};
+use switchboard_proto::node_config::{NodeConfigError, build_node_config};
 
 /// The field manager of everything the operator applies.
 pub const FIELD_MANAGER: &str = "switchboard-operator";

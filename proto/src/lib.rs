@@ -3,6 +3,16 @@
 //! One package, `switchboard.node.v1` (`proto/switchboard/node/v1/node.proto`), compiled at
 //! build time without a system `protoc`. Both the operator (client) and the media node
 //! (server) depend on this crate, so they cannot drift apart.
+//!
+//! [`node_config`] is the payload: the YAML inside [`node::v1::ConfigSnapshot::config_yaml`]
+//! (and the call center's ConfigMap) is exactly a serialised [`node_config::NodeConfig`], built
+//! by the operator and read by the media node.
+
+pub mod node_config;
+
+/// The media node's gRPC control port: plain HTTP/2 (h2c), reached only inside the pod network
+/// by the operator. `media-node --control-listen` defaults to it.
+pub const CONTROL_PORT: u16 = 9091;
 
 pub mod node {
     pub mod v1 {

@@ -10,9 +10,9 @@ fn example(name: &str) -> String {
 #[test]
 fn the_campus_example_is_a_complete_fifty_seat_center() {
     let config = parse(&example("campus.yaml")).expect("campus example loads");
-    config
-        .check_references()
-        .expect("campus references resolve");
+    let node = config.node_config().expect("campus references resolve");
+    assert_eq!(node.seats.len(), 52);
+    assert_eq!(node.namespace, STANDALONE_NAMESPACE);
     let agents = config
         .seats
         .iter()
@@ -40,10 +40,15 @@ fn the_campus_example_is_a_complete_fifty_seat_center() {
 #[test]
 fn the_minimal_example_loads() {
     let config = parse(&example("minimal.yaml")).expect("minimal example loads");
-    config
-        .check_references()
-        .expect("minimal references resolve");
+    let node = config.node_config().expect("minimal references resolve");
     assert_eq!((config.queues.len(), config.seats.len()), (1, 2));
+    assert_eq!((node.queues.len(), node.seats.len()), (1, 2));
+    // The registrar gets the HA1 of "1001:localhost:practice-1001", never the password.
+    assert_eq!(
+        node.seats[0].ha1,
+        switchboard_proto::node_config::digest_ha1("1001", "localhost", b"practice-1001")
+    );
+    assert!(!node.to_yaml().expect("yaml").contains("practice-1001"));
 }
 
 #[test]
@@ -62,29 +67,95 @@ fn a_bad_field_names_the_document_and_the_field() {
     );
 }
 
+fn reference_error(text: &str) -> String {
+    let err = parse(text)
+        .expect("parses")
+        .node_config()
+        .expect_err("a broken reference");
+    assert!(matches!(err, ConfigError::References(_)), "{err:?}");
+    err.to_string()
+}
+
 #[test]
 fn broken_references_are_named() {
-    let text = example("minimal.yaml").replace("extension: \"1002\"", "extension: \"1001\"");
-    let msg = parse(&text)
-        .expect("parses")
-        .check_references()
-        .expect_err("dup")
-        .to_string();
+    let msg = reference_error(
+        &example("minimal.yaml").replace("extension: \"1002\"", "extension: \"1001\""),
+    );
     assert!(
-        msg.contains("spec.extension") && msg.contains("agent-1001"),
+        msg.contains("Seat \"agent-1002\": spec.extension")
+            && msg.contains("used by Seat agent-1001"),
         "{msg}"
     );
 
-    let text = example("minimal.yaml").replace("target: support", "target: sales");
-    let msg = parse(&text)
-        .expect("parses")
-        .check_references()
-        .expect_err("missing queue")
-        .to_string();
+    let msg = reference_error(&example("minimal.yaml").replace("target: support", "target: sales"));
     assert!(
-        msg.contains("spec.entryPoints[0].route.target") && msg.contains("\"sales\""),
+        msg.contains("CallCenter \"minimal\": spec.entryPoints[0].route.target")
+            && msg.contains("\"sales\""),
         "{msg}"
     );
+
+    let msg = reference_error(&example("minimal.yaml").replace("key: \"1002\"", "key: \"9999\""));
+    assert!(
+        msg.contains("Seat \"agent-1002\": spec.credentials.key") && msg.contains("\"9999\""),
+        "{msg}"
+    );
+
+    let msg = reference_error(&example("minimal.yaml").replace(
+        "name: minimal-seat-passwords, key: \"1002\"",
+        "name: nope, key: \"1002\"",
+    ));
+    assert!(msg.contains("spec.credentials.name"), "{msg}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = example("minimal.yaml")
+        .replace("queues: [{name: support}]", "queues: [{name: night}]")
+        .replacen("callCenter: minimal", "callCenter: other", 1);
+    let msg = reference_error(&text);
+    assert!(
+        msg.contains("Queue \"support\": spec.callCenter: \"other\" is not the file's CallCenter"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("Seat \"agent-1001\": spec.queues[0].name"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("Seat \"agent-1002\": spec.queues[0].name"),
+        "{msg}"
+    );
+    // The queue of another center is not this one's, so the route to it is broken too.
+    assert!(
+        msg.contains("CallCenter \"minimal\": spec.entryPoints[0].route.target"),
+        "{msg}"
+    );
+    assert!(
+        msg.starts_with("4 broken reference(s); fix them to serve this file:\n"),
+        "{msg}"
+    );
+    assert_eq!(msg.lines().count(), 5, "{msg}");
+}
+
+#[test]
+fn a_second_object_of_the_same_name_is_refused() {
+    let text = example("minimal.yaml").replace("name: agent-1002", "name: agent-1001");
+    let msg = parse(&text).expect_err("duplicate name").to_string();
+    assert_eq!(
+        msg,
+        "document 5: a second Seat named \"agent-1001\"; names are unique per kind"
+    );
+}
+
+#[test]
+fn a_file_without_a_call_center_is_refused() {
+    let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {a: b}\n";
+    let msg = parse(text)
+        .expect("parses")
+        .node_config()
+        .expect_err("no center")
+        .to_string();
+    assert_eq!(msg, "the file declares no CallCenter");
 }
 
 #[test]

@@ -47,10 +47,64 @@ pub struct SipRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     Request(SipRequest),
-    /// A response: the node has no client transactions yet, so it is dropped and counted.
-    Response {
-        status: u16,
-    },
+    /// A response, for one of the node's client transactions (B2BUA legs).
+    Response(SipResponse),
+}
+
+/// A SIP response with header names in canonical form and values as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipResponse {
+    pub status: u16,
+    /// `(canonical name, value)` in arrival order; compact forms expanded.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl SipResponse {
+    /// All values of a header (case-insensitive name), in order.
+    pub fn header_values<'a, 'n>(
+        &'a self,
+        name: &'n str,
+    ) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_values(name).next()
+    }
+
+    /// The top Via element (ours, for a response to a request the node sent).
+    pub fn top_via(&self) -> Option<Via> {
+        let value = self.header("Via")?;
+        let first = split_list(value).into_iter().next()?;
+        Via::parse(first)
+    }
+
+    /// CSeq number and method.
+    pub fn cseq(&self) -> Option<(u32, &str)> {
+        parse_cseq(self.header("CSeq")?)
+    }
+
+    /// The tag of the To header (the remote party's dialog tag).
+    pub fn to_tag(&self) -> Option<String> {
+        self.header("To")
+            .and_then(NameAddr::parse)
+            .and_then(|to| to.tag().map(str::to_string))
+    }
+}
+
+fn parse_cseq(value: &str) -> Option<(u32, &str)> {
+    let mut parts = value.split_ascii_whitespace();
+    let number = parts.next()?.parse().ok()?;
+    let method = parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((number, method))
 }
 
 /// Why a message could not be parsed at all.
@@ -65,9 +119,11 @@ pub fn parse(bytes: &[u8]) -> Result<Inbound, ParseError> {
     let message =
         rsip::SipMessage::try_from(bytes).map_err(|e| ParseError::Syntax(e.to_string()))?;
     match message {
-        rsip::SipMessage::Response(response) => Ok(Inbound::Response {
+        rsip::SipMessage::Response(response) => Ok(Inbound::Response(SipResponse {
             status: response.status_code.code(),
-        }),
+            headers: response.headers.iter().map(header_name_value).collect(),
+            body: response.body,
+        })),
         rsip::SipMessage::Request(request) => Ok(Inbound::Request(SipRequest {
             method: request.method,
             uri: request.uri.to_string(),
@@ -137,14 +193,7 @@ impl SipRequest {
 
     /// CSeq number and method.
     pub fn cseq(&self) -> Option<(u32, &str)> {
-        let value = self.header("CSeq")?;
-        let mut parts = value.split_ascii_whitespace();
-        let number = parts.next()?.parse().ok()?;
-        let method = parts.next()?;
-        if parts.next().is_some() {
-            return None;
-        }
-        Some((number, method))
+        parse_cseq(self.header("CSeq")?)
     }
 
     /// Names of missing or malformed mandatory headers (RFC 3261 §8.1.1), empty when complete.
@@ -502,6 +551,22 @@ pub fn build_response(
     to_tag: Option<&str>,
     extra: &[(&str, String)],
 ) -> Vec<u8> {
+    // Only final responses get the tag here: the registrar's 100s carry none.
+    let tag = to_tag.filter(|_| status >= 200);
+    build_response_with_body(request, status, reason, source, tag, extra, None)
+}
+
+/// As [`build_response`], for the B2BUA: `to_tag` is added to any response (a 180 establishes
+/// an early dialog and must carry it), and `body` is `(Content-Type, bytes)`.
+pub fn build_response_with_body(
+    request: &SipRequest,
+    status: u16,
+    reason: &str,
+    source: SocketAddr,
+    to_tag: Option<&str>,
+    extra: &[(&str, String)],
+    body: Option<(&str, &[u8])>,
+) -> Vec<u8> {
     let mut out = format!("SIP/2.0 {status} {reason}\r\n");
     let mut first_via = true;
     for value in request.header_values("Via") {
@@ -525,7 +590,7 @@ pub fn build_response(
     if let Some(to) = request.header("To") {
         let has_tag = NameAddr::parse(to).is_some_and(|a| a.tag().is_some());
         match to_tag {
-            Some(tag) if !has_tag && status >= 200 => {
+            Some(tag) if !has_tag => {
                 let _ = write!(out, "To: {to};tag={tag}\r\n");
             }
             _ => {
@@ -544,16 +609,37 @@ pub fn build_response(
     }
     let _ = write!(
         out,
-        "Server: Switchboard media-node {}\r\nContent-Length: 0\r\n\r\n",
+        "Server: Switchboard media-node {}\r\n",
         env!("CARGO_PKG_VERSION")
     );
-    out.into_bytes()
+    let mut bytes = match body {
+        Some((content_type, body)) => {
+            let _ = write!(
+                out,
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let mut bytes = out.into_bytes();
+            bytes.extend_from_slice(body);
+            bytes
+        }
+        None => {
+            out.push_str("Content-Length: 0\r\n\r\n");
+            out.into_bytes()
+        }
+    };
+    bytes.shrink_to_fit();
+    bytes
 }
 
 /// The standard reason phrase for the codes the node sends.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Trying",
+        180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
+        183 => "Session Progress",
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -562,9 +648,22 @@ pub fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         420 => "Bad Extension",
         423 => "Interval Too Brief",
+        408 => "Request Timeout",
+        410 => "Gone",
+        480 => "Temporarily Unavailable",
         481 => "Call/Transaction Does Not Exist",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        502 => "Bad Gateway",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
         500 => "Server Internal Error",
         501 => "Not Implemented",
+        504 => "Server Time-out",
         503 => "Service Unavailable",
         _ => "Unknown",
     }
@@ -710,7 +809,7 @@ mod tests {
         // The response itself parses.
         assert!(matches!(
             parse(text.as_bytes()),
-            Ok(Inbound::Response { status: 200 })
+            Ok(Inbound::Response(SipResponse { status: 200, .. }))
         ));
         assert_eq!(r.top_via().unwrap().response_destination(source), source);
     }

@@ -1,5 +1,6 @@
-//! SIP over UDP and TCP: transport, non-INVITE server transactions, and the seat registrar with
-//! digest authentication. Calls (INVITE, the B2BUA) come next.
+//! SIP over UDP and TCP: transport, non-INVITE server transactions, the seat registrar with
+//! digest authentication, and the entry to the B2BUA (`crate::call`) for INVITE, ACK, CANCEL,
+//! BYE and responses to the node's own requests.
 
 pub mod digest;
 pub mod message;

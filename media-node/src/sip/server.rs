@@ -1,18 +1,27 @@
-//! The SIP server core: turns one inbound message into at most one outbound response. It owns
+//! The SIP server core: turns one inbound message into at most one immediate response. It owns
 //! the registrar, the digest nonces and the non-INVITE server transactions, and does no I/O,
 //! so the transport layer stays thin and every decision here is unit-tested with byte strings.
 //!
-//! Served now: REGISTER (digest-authenticated against the seats' HA1) and OPTIONS. INVITE is
-//! answered 501 until the B2BUA lands; BYE and CANCEL get 481 (no dialog or transaction can
-//! exist yet); other methods 405 with `Allow`.
+//! Served: REGISTER (digest-authenticated against the seats' HA1) and OPTIONS. With calls on
+//! ([`SipServer::with_calls`]): a new INVITE is challenged like REGISTER (407, the seat's HA1),
+//! routed (`crate::call::routing`) and handed to the B2BUA, which answers 100 Trying here and
+//! everything later through the transport's outbound queue; retransmitted INVITEs, ACKs and
+//! responses go to their call; BYE and CANCEL are answered here (200, or 481 for no call) so
+//! the Timer J cache absorbs their retransmissions. Without calls INVITE gets 501 and BYE and
+//! CANCEL 481. Other methods get 405 with `Allow`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use parking_lot::Mutex;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tracing::{debug, info, warn};
+
+use crate::call::routing::{self, Destination, RouteDecision, SeatDirectory};
+use crate::call::{CallEngine, CallSettings, CallSetup, CallSetupError, OutboundLink};
 
 use super::digest::{
     self, NonceCountCheck, NonceCounts, NonceIssuer, NonceStatus, parse_authorization,
@@ -21,12 +30,15 @@ use super::message::{
     self, BRANCH_MAGIC_COOKIE, Inbound, NameAddr, SipRequest, Transport, build_response,
     parse_contacts, parse_expires, random_tag, reason_phrase,
 };
+use super::registrar::Binding;
 use super::registrar::{
     AuthFailureLimiter, RegisterOutcome, RegisterRequest, Registrar, RegistrarPolicy, SeatAccount,
 };
 
-/// Methods this node implements today (the `Allow` header).
+/// Methods this node implements without calls (the `Allow` header).
 pub const ALLOWED_METHODS: &str = "REGISTER, OPTIONS";
+/// Methods with the B2BUA on.
+pub const ALLOWED_METHODS_WITH_CALLS: &str = "INVITE, ACK, CANCEL, BYE, REGISTER, OPTIONS";
 
 /// Timer J for UDP (64 × T1): how long a non-INVITE server transaction keeps its final
 /// response to answer retransmissions (RFC 3261 §17.2.2).
@@ -67,6 +79,17 @@ pub struct SipMetrics {
     pub auth_rate_limited: IntCounter,
     pub registered_seats: IntGauge,
     pub registered_contacts: IntGauge,
+    /// Calls bridged by the B2BUA right now.
+    pub calls_active: IntGauge,
+    /// Finished calls by outcome (answered, abandoned, busy, no_answer, failed, blocked).
+    pub calls: IntCounterVec,
+    /// RTP packets and bytes relayed, by direction (caller_to_callee, callee_to_caller).
+    pub rtp_packets: IntCounterVec,
+    pub rtp_bytes: IntCounterVec,
+    /// RTCP packets passed between legs.
+    pub rtcp_packets: IntCounter,
+    /// Media datagrams dropped (malformed, unknown payload type, no destination).
+    pub media_dropped: IntCounter,
 }
 
 impl SipMetrics {
@@ -114,7 +137,43 @@ impl SipMetrics {
                 "switchboard_registered_contacts",
                 "Registered contacts over all seats.",
             )?,
+            calls_active: IntGauge::new(
+                "switchboard_calls_active",
+                "Calls bridged by the node right now.",
+            )?,
+            calls: IntCounterVec::new(
+                Opts::new("switchboard_calls_total", "Finished calls, by outcome."),
+                &["outcome"],
+            )?,
+            rtp_packets: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_rtp_packets_total",
+                    "RTP packets relayed between call legs, by direction.",
+                ),
+                &["direction"],
+            )?,
+            rtp_bytes: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_rtp_bytes_total",
+                    "RTP bytes relayed between call legs, by direction.",
+                ),
+                &["direction"],
+            )?,
+            rtcp_packets: IntCounter::new(
+                "switchboard_rtcp_packets_total",
+                "RTCP packets passed between call legs.",
+            )?,
+            media_dropped: IntCounter::new(
+                "switchboard_media_dropped_total",
+                "Media datagrams dropped: malformed, unnegotiated payload type, or no destination.",
+            )?,
         };
+        registry.register(Box::new(metrics.rtp_packets.clone()))?;
+        registry.register(Box::new(metrics.rtp_bytes.clone()))?;
+        registry.register(Box::new(metrics.rtcp_packets.clone()))?;
+        registry.register(Box::new(metrics.media_dropped.clone()))?;
+        registry.register(Box::new(metrics.calls_active.clone()))?;
+        registry.register(Box::new(metrics.calls.clone()))?;
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.responses.clone()))?;
         registry.register(Box::new(metrics.dropped.clone()))?;
@@ -182,6 +241,8 @@ pub struct SipServer {
     nonce_counts: Mutex<NonceCounts>,
     transactions: Mutex<Transactions>,
     metrics: SipMetrics,
+    /// The B2BUA; `None` until [`SipServer::with_calls`] turns calls on.
+    calls: Option<Arc<CallEngine>>,
 }
 
 impl SipServer {
@@ -199,6 +260,26 @@ impl SipServer {
                 completed: HashMap::new(),
             }),
             metrics,
+            calls: None,
+        }
+    }
+
+    /// Turns calls on (INVITE served by the B2BUA) when `settings.ports` is set; without
+    /// ports INVITE keeps getting 501.
+    pub fn with_calls(mut self, settings: CallSettings) -> Result<Self, CallSetupError> {
+        self.calls = CallEngine::new(settings, self.realm.clone(), Some(self.metrics.clone()))?;
+        Ok(self)
+    }
+
+    /// The B2BUA, when calls are on.
+    pub fn calls(&self) -> Option<&Arc<CallEngine>> {
+        self.calls.as_ref()
+    }
+
+    /// Connects the B2BUA to the transport's sender (called by the transport on start).
+    pub fn attach_outbound(&self, link: OutboundLink) {
+        if let Some(calls) = &self.calls {
+            calls.attach(link);
         }
     }
 
@@ -226,7 +307,13 @@ impl SipServer {
     ) -> Option<Outgoing> {
         let request = match message::parse(bytes) {
             Ok(Inbound::Request(request)) => request,
-            Ok(Inbound::Response { status }) => {
+            Ok(Inbound::Response(response)) => {
+                let status = response.status;
+                if let Some(calls) = &self.calls
+                    && calls.deliver_response(response)
+                {
+                    return None;
+                }
                 debug!(%source, status, "response without a client transaction dropped");
                 self.metrics
                     .dropped
@@ -248,6 +335,9 @@ impl SipServer {
             .with_label_values(&[&request.method.to_string()])
             .inc();
         if request.method == rsip::Method::Ack {
+            if let Some(calls) = &self.calls {
+                calls.deliver_request(&request, source, transport);
+            }
             // ACK is never answered (RFC 3261 §17.2.1): it ends an INVITE transaction whose
             // non-2xx final response we sent, or it is malformed and simply dropped.
             return None;
@@ -271,6 +361,14 @@ impl SipServer {
             return Some(Outgoing { bytes, destination });
         }
 
+        if request.method == rsip::Method::Invite
+            && let Some(calls) = &self.calls
+            && calls.deliver_request(&request, source, transport)
+        {
+            // A retransmitted INVITE or a re-INVITE: its call answers it.
+            return None;
+        }
+
         let key = TransactionKey::of(&request);
         if let Some(key) = &key {
             let transactions = self.transactions.lock();
@@ -291,7 +389,9 @@ impl SipServer {
             .with_label_values(&[&status.to_string()])
             .inc();
         // Over TCP nothing is retransmitted (Timer J is zero); over UDP keep the answer.
+        // A 100 Trying is no final answer: the call answers retransmissions itself.
         if transport == Transport::Udp
+            && status >= 200
             && let Some(key) = key
         {
             let mut transactions = self.transactions.lock();
@@ -343,15 +443,27 @@ impl SipServer {
             rsip::Method::Options => simple(
                 200,
                 &[
-                    ("Allow", ALLOWED_METHODS.to_string()),
+                    ("Allow", self.allowed_methods().to_string()),
                     ("Accept", "application/sdp".to_string()),
                     ("Accept-Encoding", "identity".to_string()),
                     ("Accept-Language", "en".to_string()),
                 ],
             ),
-            rsip::Method::Invite => simple(501, &[("Allow", ALLOWED_METHODS.to_string())]),
-            rsip::Method::Bye | rsip::Method::Cancel => simple(481, &[]),
-            _ => simple(405, &[("Allow", ALLOWED_METHODS.to_string())]),
+            rsip::Method::Invite => match &self.calls {
+                Some(calls) => self.invite(calls, request, source, transport, now, &tag),
+                None => simple(501, &[("Allow", self.allowed_methods().to_string())]),
+            },
+            rsip::Method::Bye | rsip::Method::Cancel => {
+                // The call acts on it; the answer comes from here so the Timer J cache
+                // absorbs retransmissions. CANCEL after the final response is still 200.
+                match &self.calls {
+                    Some(calls) if calls.deliver_request(request, source, transport) => {
+                        simple(200, &[])
+                    }
+                    _ => simple(481, &[]),
+                }
+            }
+            _ => simple(405, &[("Allow", self.allowed_methods().to_string())]),
         }
     }
 
@@ -555,6 +667,184 @@ impl SipServer {
         }
     }
 
+    fn allowed_methods(&self) -> &'static str {
+        if self.calls.is_some() {
+            ALLOWED_METHODS_WITH_CALLS
+        } else {
+            ALLOWED_METHODS
+        }
+    }
+
+    /// A new INVITE: authenticate the seat (the REGISTER challenge flow, as a proxy
+    /// challenge), route it, and start the call.
+    fn invite(
+        &self,
+        calls: &Arc<CallEngine>,
+        request: &SipRequest,
+        source: SocketAddr,
+        transport: Transport,
+        now: Instant,
+        tag: &str,
+    ) -> (u16, Vec<u8>) {
+        let reply = |status: u16, reason: &str| {
+            (
+                status,
+                build_response(request, status, reason, source, Some(tag), &[]),
+            )
+        };
+        let has_to_tag = request
+            .header("To")
+            .and_then(NameAddr::parse)
+            .is_some_and(|t| t.tag().is_some());
+        if has_to_tag {
+            // In-dialog INVITE for a call we do not know (ended, or never ours).
+            return reply(481, reason_phrase(481));
+        }
+        let caller = match self.authenticate_caller(request, source, now, tag) {
+            Ok(caller) => caller,
+            Err(refusal) => return refusal,
+        };
+        let dialed = NameAddr::parse(&format!("<{}>", request.uri))
+            .and_then(|u| u.user().map(str::to_string))
+            .unwrap_or_default();
+        let directory = Directory {
+            registrar: &self.registrar,
+            now,
+        };
+        let decision = routing::route(&caller, &dialed, &directory);
+        let RouteDecision::Ring(Destination::Seat { extension, contact }) = decision else {
+            let status = decision.rejection_status().unwrap_or(500);
+            info!(%source, caller, dialed, status, "call refused by routing");
+            let call_id = request.header("Call-ID").unwrap_or_default();
+            calls.record_refused(call_id, &caller, &dialed, status);
+            return reply(status, reason_phrase(status));
+        };
+        let setup = CallSetup {
+            invite: request,
+            source,
+            transport,
+            caller: caller.clone(),
+            callee: extension,
+            contact,
+        };
+        match calls.start_call(setup) {
+            Ok(trying) => (100, trying),
+            Err(error) => {
+                let status = error.status();
+                warn!(%source, caller, dialed, %error, status, "call refused");
+                let call_id = request.header("Call-ID").unwrap_or_default();
+                calls.record_refused(call_id, &caller, &dialed, status);
+                reply(status, reason_phrase(status))
+            }
+        }
+    }
+
+    /// Digest-authenticates the seat placing a call, as REGISTER does but with 407 and
+    /// Proxy-Authorization (what phones answer for INVITE). The digest username must be the
+    /// seat in From. `Ok(extension)` or the response refusing the INVITE.
+    fn authenticate_caller(
+        &self,
+        request: &SipRequest,
+        source: SocketAddr,
+        now: Instant,
+        tag: &str,
+    ) -> Result<String, (u16, Vec<u8>)> {
+        let reply = |status: u16, reason: &str, extra: &[(&str, String)]| {
+            (
+                status,
+                build_response(request, status, reason, source, Some(tag), extra),
+            )
+        };
+        let challenge = |stale: bool| {
+            let nonce = self.nonces.issue(now);
+            reply(
+                407,
+                "Proxy Authentication Required",
+                &[(
+                    "Proxy-Authenticate",
+                    digest::challenge(&self.realm, &nonce, stale),
+                )],
+            )
+        };
+        if !self.registrar.lock().auth_allowed(source.ip(), now) {
+            self.metrics.auth_rate_limited.inc();
+            return Err(reply(
+                403,
+                "Too Many Failed Authentications",
+                &[("Retry-After", "60".into())],
+            ));
+        }
+        let mut credentials = None;
+        let mut malformed = false;
+        for value in request
+            .header_values("Proxy-Authorization")
+            .chain(request.header_values("Authorization"))
+        {
+            match parse_authorization(value) {
+                Ok(c) if c.realm == self.realm => {
+                    credentials = Some(c);
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => malformed = true,
+            }
+        }
+        let Some(credentials) = credentials else {
+            if malformed {
+                return Err(reply(400, "Malformed Authorization", &[]));
+            }
+            return Err(challenge(false));
+        };
+        match self.nonces.check(&credentials.nonce, now) {
+            NonceStatus::Valid => {}
+            NonceStatus::Stale => return Err(challenge(true)),
+            NonceStatus::Forged => return Err(challenge(false)),
+        }
+        let from_user = request
+            .header("From")
+            .and_then(NameAddr::parse)
+            .and_then(|f| f.user().map(str::to_string))
+            .unwrap_or_default();
+        let ha1 = self
+            .registrar
+            .lock()
+            .seat(&credentials.username)
+            .map(|s| s.ha1.clone());
+        let verified = ha1.is_some_and(|ha1| {
+            digest::verify_response(&credentials, &request.method.to_string(), &ha1)
+        });
+        if !verified {
+            self.registrar.lock().auth_failed(source.ip(), now);
+            self.metrics.auth_failures.inc();
+            warn!(%source, username = credentials.username, "INVITE with wrong credentials");
+            return Err(reply(403, "Forbidden", &[]));
+        }
+        if credentials.username != from_user {
+            warn!(%source, username = credentials.username, from_user, "INVITE From is not the authenticated seat");
+            return Err(reply(
+                403,
+                "Forbidden (From is not the authenticated seat)",
+                &[],
+            ));
+        }
+        if let Some(nc) = credentials.nc {
+            let nonce_expires = now + self.nonces.lifetime();
+            match self
+                .nonce_counts
+                .lock()
+                .accept(&credentials.nonce, nc, nonce_expires, now)
+            {
+                NonceCountCheck::Fresh => {}
+                NonceCountCheck::Replayed => {
+                    warn!(%source, nc, "replayed nonce-count refused");
+                    return Err(challenge(false));
+                }
+                NonceCountCheck::Full => return Err(challenge(true)),
+            }
+        }
+        Ok(credentials.username)
+    }
+
     /// Periodic upkeep: expires registrations, forgets completed transactions and old nonces.
     /// Returns the extensions whose last contact just expired.
     pub fn housekeeping(&self, now: Instant) -> Vec<String> {
@@ -581,6 +871,21 @@ impl SipServer {
     /// Counts a message the transport had to drop before it reached [`Self::handle`].
     pub fn count_dropped(&self, reason: &str) {
         self.metrics.dropped.with_label_values(&[reason]).inc();
+    }
+}
+
+/// The registrar as the routing core sees it.
+struct Directory<'a> {
+    registrar: &'a Mutex<Registrar>,
+    now: Instant,
+}
+
+impl SeatDirectory for Directory<'_> {
+    fn seat_exists(&self, extension: &str) -> bool {
+        self.registrar.lock().seat(extension).is_some()
+    }
+    fn contacts(&self, extension: &str) -> Vec<Binding> {
+        self.registrar.lock().bindings(extension, self.now)
     }
 }
 

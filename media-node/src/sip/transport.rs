@@ -3,15 +3,19 @@
 //! limits so a peer cannot make the node buffer without bound; responses go back on the same
 //! connection. Everything else happens in [`SipServer::handle`].
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
+
+use crate::call::{OUTBOUND_QUEUE, Outbound, OutboundLink};
 
 use super::message::{Transport, content_length, end_of_headers};
 use super::server::SipServer;
@@ -98,11 +102,54 @@ impl SipListeners {
                 }
             }
         };
+        // Messages the B2BUA sends on its own (requests to callees, late responses).
+        let (sender, outbound) = mpsc::channel(OUTBOUND_QUEUE);
+        server.attach_outbound(OutboundLink {
+            sender,
+            udp: self.udp_addr,
+            tcp: self.tcp_addr,
+        });
+        let connections = TcpConnections::default();
         tokio::join!(
-            serve_udp(self.udp, Arc::clone(&server)),
-            serve_tcp(self.tcp, server),
+            serve_udp(Arc::clone(&self.udp), Arc::clone(&server)),
+            send_outbound(self.udp, outbound, connections.clone(), Arc::clone(&server)),
+            serve_tcp(self.tcp, server, connections),
             housekeeping
         );
+    }
+}
+
+/// Open TCP connections by peer address, for messages the node sends on its own: a seat
+/// registered over TCP is reached on the connection it registered on (RFC 5626 style).
+#[derive(Clone, Default)]
+struct TcpConnections(Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>);
+
+/// Bytes queued per TCP connection before further messages to it are dropped.
+const TCP_SEND_QUEUE: usize = 256;
+
+async fn send_outbound(
+    socket: Arc<UdpSocket>,
+    mut outbound: mpsc::Receiver<Outbound>,
+    connections: TcpConnections,
+    server: Arc<SipServer>,
+) {
+    while let Some(out) = outbound.recv().await {
+        match out.transport {
+            Transport::Udp => {
+                if let Err(error) = socket.send_to(&out.bytes, out.destination).await {
+                    warn!(destination = %out.destination, %error, "cannot send SIP over UDP");
+                }
+            }
+            Transport::Tcp => {
+                let connection = connections.0.lock().get(&out.destination).cloned();
+                let sent = connection.is_some_and(|c| c.try_send(out.bytes).is_ok());
+                if !sent {
+                    // The node does not open TCP connections to phones: they connect to it.
+                    server.count_dropped("tcp_peer_not_connected");
+                    warn!(destination = %out.destination, "no open TCP connection to the peer; SIP message dropped");
+                }
+            }
+        }
     }
 }
 
@@ -153,7 +200,7 @@ fn trim_datagram(datagram: &[u8]) -> Option<&[u8]> {
     }
 }
 
-async fn serve_tcp(listener: TcpListener, server: Arc<SipServer>) {
+async fn serve_tcp(listener: TcpListener, server: Arc<SipServer>, connections: TcpConnections) {
     let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -171,10 +218,14 @@ async fn serve_tcp(listener: TcpListener, server: Arc<SipServer>) {
             continue;
         };
         let server = Arc::clone(&server);
+        let (sender, outbound) = mpsc::channel(TCP_SEND_QUEUE);
+        connections.0.lock().insert(peer, sender);
+        let connections = connections.clone();
         tokio::spawn(async move {
-            if let Err(error) = serve_connection(stream, peer, &server).await {
+            if let Err(error) = serve_connection(stream, peer, &server, outbound).await {
                 debug!(%peer, %error, "SIP TCP connection closed");
             }
+            connections.0.lock().remove(&peer);
             drop(permit);
         });
     }
@@ -199,13 +250,20 @@ async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     server: &SipServer,
+    mut outbound: mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), ConnectionError> {
     let mut framer = StreamFramer::default();
     let mut chunk = vec![0u8; 8192];
     loop {
-        let read = tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read(&mut chunk))
-            .await
-            .map_err(|_| ConnectionError::Idle(TCP_IDLE_TIMEOUT))??;
+        let read = tokio::select! {
+            read = tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read(&mut chunk)) => {
+                read.map_err(|_| ConnectionError::Idle(TCP_IDLE_TIMEOUT))??
+            }
+            Some(bytes) = outbound.recv() => {
+                stream.write_all(&bytes).await?;
+                continue;
+            }
+        };
         if read == 0 {
             return Ok(());
         }

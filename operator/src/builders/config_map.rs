@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use super::{
     BuildError, CONFIG_FILE, CONFIG_GENERATION_ANNOTATION, CONFIG_HASH_ANNOTATION, Center,
 };
-use crate::node_config::{NodeConfig, RenderedNodeConfig};
+use switchboard_proto::node_config::{NodeConfig, RenderedNodeConfig};
 
 /// The API server refuses a ConfigMap whose data exceeds 1 MiB.
 pub const MAX_CONFIG_MAP_BYTES: usize = 1024 * 1024;

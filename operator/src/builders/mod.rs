@@ -28,8 +28,8 @@ use kube::Resource;
 use switchboard_crds::callcenter::HaMode;
 use switchboard_crds::{CallCenter, CallCenterSpec};
 
-use crate::node_config::{NodeConfig, NodeConfigError};
 pub use pdb::PodDisruptionBudgetObject;
+use switchboard_proto::node_config::{NodeConfig, NodeConfigError};
 
 /// `app.kubernetes.io/name` of every media-node object.
 pub const APP_NAME: &str = "switchboard-media-node";
@@ -257,7 +257,7 @@ pub(crate) mod test_support {
     use switchboard_crds::callcenter::HaMode;
 
     use super::BuildOptions;
-    use crate::node_config::{NodeConfig, build_node_config};
+    use switchboard_proto::node_config::{NodeConfig, build_node_config};
 
     pub fn center(name: &str, mode: HaMode) -> CallCenter {
         let mut cc: CallCenter = serde_json::from_value(serde_json::json!({

@@ -43,7 +43,7 @@ use super::{
     BuildOptions, CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, Center, METRICS_PORT,
     RECORDINGS_DIR,
 };
-use crate::node_config::{NodeConfig, TRUNK_PASSWORD_FILE, TRUNK_USERNAME_FILE};
+use switchboard_proto::node_config::{NodeConfig, TRUNK_PASSWORD_FILE, TRUNK_USERNAME_FILE};
 
 /// Name of the media-node container.
 pub const CONTAINER_NAME: &str = "media-node";

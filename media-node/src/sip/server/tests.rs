@@ -734,3 +734,225 @@ mod never_panics {
         }
     }
 }
+
+mod calls {
+    //! INVITE handling with the B2BUA on: the seat challenge, routing refusals and offers
+    //! that cannot be bridged. Answered calls run against SIPp in `tests/sip_call.rs`.
+    use super::*;
+    use crate::call::CallSettings;
+    use crate::media::ports::PortAllocator;
+
+    fn calls_harness() -> (Harness, PortAllocator) {
+        let h = harness();
+        let ports = PortAllocator::new(41_000, 41_099).unwrap();
+        let server = h
+            .server
+            .with_calls(CallSettings {
+                ports: Some(ports.clone()),
+                advertised_address: Some("127.0.0.1".parse().unwrap()),
+                ..CallSettings::default()
+            })
+            .unwrap();
+        (
+            Harness {
+                server,
+                epoch: h.epoch,
+            },
+            ports,
+        )
+    }
+
+    const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\n\
+        t=0 0\r\nm=audio 4000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\n\
+        a=rtpmap:101 telephone-event/8000\r\n";
+
+    fn invite(to: &str, branch: &str, auth: Option<&str>, body: &str) -> String {
+        let mut text = format!(
+            "INVITE sip:{to}@localhost SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.0.2.10:5062;branch={branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:1001@localhost>;tag=caller\r\n\
+             To: <sip:{to}@localhost>\r\n\
+             Call-ID: call-{branch}\r\n\
+             CSeq: 1 INVITE\r\n\
+             Contact: <sip:1001@192.0.2.10:5062>\r\n"
+        );
+        if let Some(auth) = auth {
+            text.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
+        }
+        text.push_str(&format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        text
+    }
+
+    fn invite_authorization(user: &str, password: &str, nonce: &str, nc: u32) -> String {
+        let credentials = DigestCredentials {
+            username: user.into(),
+            realm: REALM.into(),
+            nonce: nonce.into(),
+            uri: "sip:localhost".into(),
+            response: String::new(),
+            qop: Some("auth".into()),
+            nc: Some(nc),
+            cnonce: Some("c0ffee".into()),
+            opaque: None,
+        };
+        let response = expected_response(&credentials, "INVITE", &ha1(user, REALM, password));
+        format!(
+            "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", \
+             uri=\"sip:localhost\", response=\"{response}\", algorithm=MD5, qop=auth, \
+             nc={nc:08x}, cnonce=\"c0ffee\""
+        )
+    }
+
+    /// Challenges an INVITE and answers the challenge; returns the final response.
+    fn authenticated(h: &Harness, to: &str, tag: &str, password: &str, body: &str) -> String {
+        let challenge = send(
+            h,
+            &invite(to, &format!("z9hG4bK-c{tag}"), None, body),
+            h.epoch,
+        );
+        assert_eq!(status(&challenge), 407, "{challenge}");
+        assert!(challenge.contains("Proxy-Authenticate: Digest realm=\"localhost\""));
+        let auth = invite_authorization("1001", password, &nonce_of(&challenge), 1);
+        send(
+            h,
+            &invite(to, &format!("z9hG4bK-a{tag}"), Some(&auth), body),
+            h.epoch,
+        )
+    }
+
+    #[tokio::test]
+    async fn invites_are_challenged_routed_and_refused_honestly() {
+        let (h, ports) = calls_harness();
+        // Unknown number, then a seat with no phone registered.
+        assert_eq!(
+            status(&authenticated(&h, "4711", "1", "practice-1001", OFFER)),
+            404
+        );
+        assert_eq!(
+            status(&authenticated(&h, "1002", "2", "practice-1001", OFFER)),
+            480
+        );
+        // A wrong password is refused and counted.
+        let before = h.server.metrics().auth_failures.get();
+        assert_eq!(status(&authenticated(&h, "1002", "3", "wrong", OFFER)), 403);
+        assert_eq!(h.server.metrics().auth_failures.get(), before + 1);
+        // An in-dialog INVITE for no known call.
+        let stray = invite("1002", "z9hG4bK-stray", None, OFFER)
+            .replace("To: <sip:1002@localhost>", "To: <sip:1002@localhost>;tag=x");
+        assert_eq!(status(&send(&h, &stray, h.epoch)), 481);
+        assert_eq!(ports.in_use(), 0);
+        let options = send(&h, &request("OPTIONS", ""), h.epoch);
+        assert!(options.contains("Allow: INVITE, ACK, CANCEL, BYE, REGISTER, OPTIONS\r\n"));
+    }
+
+    #[tokio::test]
+    async fn offers_that_cannot_be_bridged_are_refused_without_taking_ports() {
+        let (h, ports) = calls_harness();
+        let register = |branch: &'static str, auth: Option<String>| Register {
+            extension: "1002",
+            branch,
+            contact: "<sip:1002@192.0.2.20:5064>",
+            authorization: auth,
+            ..Default::default()
+        };
+        let challenge = send(&h, &register("z9hG4bK-r1", None).text(), h.epoch);
+        let auth = authorization("1002", "practice-1002", &nonce_of(&challenge), 1);
+        let registered = send(&h, &register("z9hG4bK-r2", Some(auth)).text(), h.epoch);
+        assert_eq!(status(&registered), 200, "{registered}");
+
+        // No offer (late offer), garbage SDP, and an offer without G.711.
+        assert_eq!(
+            status(&authenticated(&h, "1002", "4", "practice-1001", "")),
+            488
+        );
+        assert_eq!(
+            status(&authenticated(
+                &h,
+                "1002",
+                "5",
+                "practice-1001",
+                "v=0\r\nm=oops\r\n"
+            )),
+            400
+        );
+        let g729 = OFFER
+            .replace("RTP/AVP 8 101", "RTP/AVP 18")
+            .replace("a=rtpmap:8 PCMA/8000\r\n", "");
+        assert_eq!(
+            status(&authenticated(&h, "1002", "6", "practice-1001", &g729)),
+            488
+        );
+        assert_eq!(ports.in_use(), 0);
+        assert_eq!(h.server.calls().unwrap().counters().started(), 0);
+    }
+
+    fn no_qop_authorization(user: &str, password: &str, nonce: &str) -> String {
+        let credentials = DigestCredentials {
+            username: user.into(),
+            realm: REALM.into(),
+            nonce: nonce.into(),
+            uri: "sip:localhost".into(),
+            response: String::new(),
+            qop: None,
+            nc: None,
+            cnonce: None,
+            opaque: None,
+        };
+        let response = expected_response(&credentials, "INVITE", &ha1(user, REALM, password));
+        format!(
+            "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", \
+             uri=\"sip:localhost\", response=\"{response}\", algorithm=MD5"
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Authenticated INVITEs with damaged SDP never panic the node: they get 400/488, or
+        /// become calls (100), or 503 once the port range is used up.
+        #[test]
+        fn damaged_offers_never_panic(
+            cut in 0usize..400,
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            case in 0u32..u32::MAX,
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let _inside = runtime.enter();
+            let (h, _ports) = calls_harness();
+            let challenge = send(&h, &Register {
+                extension: "1002",
+                branch: "z9hG4bK-pr1",
+                contact: "<sip:1002@192.0.2.20:5064>",
+                ..Default::default()
+            }.text(), h.epoch);
+            let auth = authorization("1002", "practice-1002", &nonce_of(&challenge), 1);
+            let registered = send(&h, &Register {
+                extension: "1002",
+                branch: "z9hG4bK-pr2",
+                contact: "<sip:1002@192.0.2.20:5064>",
+                authorization: Some(auth),
+                ..Default::default()
+            }.text(), h.epoch);
+            proptest::prop_assert_eq!(status(&registered), 200);
+            let first = send(&h, &invite("1002", "z9hG4bK-p0", None, OFFER), h.epoch);
+            let auth = no_qop_authorization("1001", "practice-1001", &nonce_of(&first));
+            let mut body = OFFER.as_bytes()[..cut.min(OFFER.len())].to_vec();
+            body.extend_from_slice(&junk);
+            body.extend_from_slice(&OFFER.as_bytes()[cut.min(OFFER.len())..]);
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let text = invite("1002", &format!("z9hG4bK-p{case}"), Some(&auth), &body);
+            let out = h.server.handle(text.as_bytes(), source(), Transport::Udp, h.epoch);
+            if let Some(out) = out {
+                let reply = String::from_utf8_lossy(&out.bytes).into_owned();
+                proptest::prop_assert!(
+                    [100, 400, 488, 503].contains(&status(&reply)),
+                    "unexpected answer {}", reply
+                );
+            }
+        }
+    }
+}

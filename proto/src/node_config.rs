@@ -1,5 +1,7 @@
-//! The node configuration: everything the media nodes of one CallCenter run, computed once per
-//! change from the CallCenter, its Queues and Seats and the Secrets they name.
+//! The node configuration (`node-config.yaml`): everything the media nodes of one CallCenter
+//! run, computed once per change from the CallCenter, its Queues and Seats and the Secrets they
+//! name. The operator builds it; the media node reads it, from the ConfigMap, from a gRPC
+//! `ConfigSnapshot`, or built in standalone mode from the user's manifests.
 //!
 //! [`build_node_config`] is a pure function. It never fails because of one bad Queue or Seat:
 //! cross-object problems (a Secret or key that is missing, a duplicate extension, an overflow

@@ -1,0 +1,356 @@
+//! The B2BUA: every call is two SIP dialogs (the caller's leg, where the node is the UAS, and
+//! the callee's leg, where it is the UAC) joined by an RTP relay anchored at the node.
+//!
+//! [`CallEngine`] owns the table of live calls (Call-ID → call task) and sets calls up; each
+//! call then runs as one tokio task ([`session`]) that owns both legs' transactions, timers
+//! and media, so no lock is held across a call's state changes. Seat-to-seat calls are served;
+//! trunks and entry points plug into [`routing`].
+
+pub mod relay;
+pub mod routing;
+mod session;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use switchboard_crds::callcenter::Codec;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::media::ports::PortAllocator;
+use crate::recording::RecordingError;
+use crate::recording::cdr::{CallDetailRecord, CallDirection, CallOutcome, CdrWriter};
+use crate::recording::sidecar::HangupSide;
+use crate::sip::Transport;
+use crate::sip::message::reason_phrase;
+use crate::sip::message::{SipRequest, SipResponse};
+
+pub use relay::{Leg, RelayStats};
+pub use session::{CallSetup, SetupError};
+
+/// Most calls (both legs) handled at once; beyond it new INVITEs get 503.
+pub const MAX_CALLS: usize = 10_000;
+/// Queue depth of one call task: signalling is a handful of messages per call.
+const CALL_QUEUE: usize = 64;
+/// Queue depth of the outbound SIP sender.
+pub const OUTBOUND_QUEUE: usize = 8192;
+
+/// What the B2BUA needs from the call center. Calls are off until `ports` is set.
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    /// The RTP/RTCP port range (`spec.rtp`). `None` turns calls off: INVITE gets 501.
+    pub ports: Option<PortAllocator>,
+    /// G.711 laws in preference order (`spec.codecs`).
+    pub codecs: Vec<Codec>,
+    /// The address put in Via, Contact and SDP (`spec.sip.advertisedAddress`). Default: the
+    /// SIP UDP listener's address, or 127.0.0.1 when that is a wildcard.
+    pub advertised_address: Option<IpAddr>,
+    /// Where RTP sockets are bound. Default: the advertised address.
+    pub media_bind: Option<IpAddr>,
+    /// With a directory, every bridged call is recorded there (stereo WAV + JSON sidecar).
+    pub recording_dir: Option<PathBuf>,
+    /// CDR file (JSON lines). Default: `cdr.jsonl` in `recording_dir`; none without either.
+    pub cdr_path: Option<PathBuf>,
+    /// This node's name in recordings and CDRs (the pod name).
+    pub node_name: String,
+    /// How long a seat may ring before the caller gets 480 (ring-no-answer).
+    pub ring_timeout: Duration,
+}
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        Self {
+            ports: None,
+            codecs: vec![Codec::Pcmu, Codec::Pcma],
+            advertised_address: None,
+            media_bind: None,
+            recording_dir: None,
+            cdr_path: None,
+            node_name: "media-node".into(),
+            ring_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A message the node sends on its own (requests and responses of the B2BUA legs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    pub bytes: Vec<u8>,
+    pub destination: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Where the transport listens, and the queue its sender task reads.
+#[derive(Debug, Clone)]
+pub struct OutboundLink {
+    pub sender: mpsc::Sender<Outbound>,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+}
+
+/// Why the B2BUA could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CallSetupError {
+    #[error("cannot open the CDR file: {0}")]
+    Cdr(#[from] RecordingError),
+    #[error("cannot create the recording directory {path}: {source}")]
+    RecordingDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no codecs configured for calls")]
+    NoCodecs,
+}
+
+/// Node-wide call counters (also exported as Prometheus metrics by the SIP layer).
+#[derive(Debug, Default)]
+pub struct CallCounters {
+    pub started: AtomicU64,
+    pub ended: AtomicU64,
+}
+
+#[derive(Clone)]
+struct CallRef {
+    sender: mpsc::Sender<session::CallEvent>,
+    leg: Leg,
+}
+
+/// The live calls and what every call shares.
+pub struct CallEngine {
+    settings: CallSettings,
+    ports: PortAllocator,
+    realm: String,
+    calls: Mutex<HashMap<String, CallRef>>,
+    link: OnceLock<OutboundLink>,
+    cdr: Option<CdrWriter>,
+    relay_stats: Arc<RelayStats>,
+    counters: CallCounters,
+    metrics: Option<crate::sip::SipMetrics>,
+}
+
+impl CallEngine {
+    /// Sets up the B2BUA; `None` when `settings.ports` is unset (calls off).
+    pub fn new(
+        settings: CallSettings,
+        realm: String,
+        metrics: Option<crate::sip::SipMetrics>,
+    ) -> Result<Option<Arc<Self>>, CallSetupError> {
+        let Some(ports) = settings.ports.clone() else {
+            return Ok(None);
+        };
+        if settings.codecs.is_empty() {
+            return Err(CallSetupError::NoCodecs);
+        }
+        if let Some(dir) = &settings.recording_dir {
+            std::fs::create_dir_all(dir).map_err(|source| CallSetupError::RecordingDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let cdr_path = settings
+            .cdr_path
+            .clone()
+            .or_else(|| settings.recording_dir.as_ref().map(|d| d.join("cdr.jsonl")));
+        let cdr = cdr_path.map(|p| CdrWriter::open(&p)).transpose()?;
+        Ok(Some(Arc::new(Self {
+            settings,
+            ports,
+            realm,
+            calls: Mutex::new(HashMap::new()),
+            link: OnceLock::new(),
+            cdr,
+            relay_stats: Arc::new(RelayStats::default()),
+            counters: CallCounters::default(),
+            metrics,
+        })))
+    }
+
+    /// Connects the engine to the transport's sender (once; later calls are ignored).
+    pub fn attach(&self, link: OutboundLink) {
+        let _ = self.link.set(link);
+    }
+
+    /// The RTP port allocator (tests check it is back to zero after every call).
+    pub fn ports(&self) -> &PortAllocator {
+        &self.ports
+    }
+
+    /// Packets relayed over all calls so far.
+    pub fn relay_stats(&self) -> &RelayStats {
+        &self.relay_stats
+    }
+
+    pub fn counters(&self) -> &CallCounters {
+        &self.counters
+    }
+
+    /// Calls with a live task (including those finishing their transaction timers).
+    pub fn live_calls(&self) -> usize {
+        self.calls
+            .lock()
+            .values()
+            .filter(|c| c.leg == Leg::Caller)
+            .count()
+    }
+
+    /// Whether a Call-ID belongs to a live call.
+    pub fn knows(&self, call_id: &str) -> bool {
+        self.calls.lock().contains_key(call_id)
+    }
+
+    /// Hands an in-dialog request (or a retransmitted INVITE, or an ACK) to its call. `false`
+    /// when no call has this Call-ID.
+    pub fn deliver_request(
+        &self,
+        request: &SipRequest,
+        source: SocketAddr,
+        transport: Transport,
+    ) -> bool {
+        let Some(call_id) = request.header("Call-ID") else {
+            return false;
+        };
+        let Some(call) = self.calls.lock().get(call_id).cloned() else {
+            return false;
+        };
+        self.send_event(
+            &call,
+            session::CallEvent::Request {
+                request: request.clone(),
+                source,
+                transport,
+                leg: call.leg,
+            },
+        );
+        true
+    }
+
+    /// Hands a response to the call whose leg sent the request. `false` when none matches.
+    pub fn deliver_response(&self, response: SipResponse) -> bool {
+        let Some(call_id) = response.header("Call-ID").map(str::to_string) else {
+            return false;
+        };
+        let Some(call) = self.calls.lock().get(&call_id).cloned() else {
+            return false;
+        };
+        let leg = call.leg;
+        self.send_event(&call, session::CallEvent::Response { response, leg });
+        true
+    }
+
+    fn send_event(&self, call: &CallRef, event: session::CallEvent) {
+        if call.sender.try_send(event).is_err() {
+            // A call task that cannot keep up with its own signalling is stuck or gone;
+            // the message is dropped like a lost datagram (the peer retransmits).
+            warn!("call task queue full or closed; SIP message dropped");
+        }
+    }
+
+    fn register(&self, call_ids: [(&str, Leg); 2], sender: &mpsc::Sender<session::CallEvent>) {
+        let mut calls = self.calls.lock();
+        for (id, leg) in call_ids {
+            calls.insert(
+                id.to_string(),
+                CallRef {
+                    sender: sender.clone(),
+                    leg,
+                },
+            );
+        }
+    }
+
+    fn unregister(&self, call_ids: [&str; 2]) {
+        let mut calls = self.calls.lock();
+        for id in call_ids {
+            calls.remove(id);
+        }
+        debug!(live = calls.len() / 2, "call finished");
+    }
+
+    /// Writes the CDR of a call refused before it rang anyone (routing or setup failure), so
+    /// every offered call has its line.
+    pub fn record_refused(&self, call_id: &str, caller: &str, dialed: &str, status: u16) {
+        if let Some(m) = &self.metrics {
+            m.calls.with_label_values(&["failed"]).inc();
+        }
+        let Some(cdr) = &self.cdr else {
+            return;
+        };
+        let now = chrono::Utc::now();
+        let record = CallDetailRecord {
+            call_id: call_id.to_string(),
+            from: caller.to_string(),
+            to: dialed.to_string(),
+            direction: CallDirection::Internal,
+            trunk: None,
+            seat: None,
+            queue: None,
+            offered_at: now,
+            answered_at: None,
+            ended_at: now,
+            outcome: CallOutcome::Failed,
+            hangup_cause: Some(format!("{status} {}", reason_phrase(status))),
+            hangup_side: Some(HangupSide::Node),
+            recording: None,
+            node: self.settings.node_name.clone(),
+        };
+        // A failed append is counted and logged by the CDR writer.
+        let _ = cdr.append(&record);
+    }
+
+    fn at_capacity(&self) -> bool {
+        self.calls.lock().len() >= MAX_CALLS * 2
+    }
+
+    fn send(&self, out: Outbound) {
+        let Some(link) = self.link.get() else {
+            warn!("no SIP transport attached; message not sent");
+            return;
+        };
+        if link.sender.try_send(out).is_err() {
+            warn!("outbound SIP queue full; message dropped (the retransmission timer retries)");
+            if let Some(m) = &self.metrics {
+                m.dropped.with_label_values(&["outbound_queue_full"]).inc();
+            }
+        }
+    }
+
+    /// The address and port peers reach this node's SIP on, for Via and Contact.
+    fn sip_address(&self, transport: Transport) -> SocketAddr {
+        let listener = self.link.get().map(|l| match transport {
+            Transport::Udp => l.udp,
+            Transport::Tcp => l.tcp,
+        });
+        let port = listener.map_or(5060, |l| l.port());
+        SocketAddr::new(self.advertised_ip(), port)
+    }
+
+    fn advertised_ip(&self) -> IpAddr {
+        if let Some(ip) = self.settings.advertised_address {
+            return ip;
+        }
+        match self.link.get().map(|l| l.udp.ip()) {
+            Some(ip) if !ip.is_unspecified() => ip,
+            _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    fn media_bind(&self) -> IpAddr {
+        self.settings
+            .media_bind
+            .unwrap_or_else(|| self.advertised_ip())
+    }
+}
+
+impl CallCounters {
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Relaxed)
+    }
+}

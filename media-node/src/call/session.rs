@@ -1,0 +1,1309 @@
+//! One call: the caller's leg (node = UAS) and the callee's leg (node = UAC), their RFC 3261
+//! transactions and timers, and the media relay. The task owns all of it; messages reach it
+//! through its queue and timers are deadlines it sleeps on.
+//!
+//! Transactions handled here: the INVITE server transaction towards the caller (100 Trying at
+//! once, provisional responses relayed, the final response retransmitted with Timer G until
+//! ACK, given up after Timer H; retransmitted INVITEs answered with the latest response), the
+//! INVITE client transaction towards the callee (Timer A retransmission, Timer B timeout, ACK
+//! for non-2xx in the transaction and for 2xx end-to-end, re-sent on retransmitted finals,
+//! Timer D), and non-INVITE client transactions (BYE, CANCEL) with Timers E and F. Over TCP
+//! nothing is retransmitted but the timeouts still apply. BYE and CANCEL received are answered
+//! by the SIP server (with its Timer J cache) before they reach the call.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+use tracing::{debug, info, warn};
+
+use super::relay::{Leg, LegPeer, MediaError, MediaLeg, MediaSession, RelayMetrics, RelayStats};
+use super::{CALL_QUEUE, CallEngine, Outbound};
+use crate::recording::cdr::{CallDetailRecord, CallDirection, CallOutcome};
+use crate::recording::sidecar::{HangupSide, RecordingSegment, RecordingSidecar, sidecar_path};
+use crate::recording::wav_writer::{CallRecorder, RecorderOptions};
+use crate::sdp::{
+    Direction, LocalMedia, NegotiationError, SdpError, SessionDescription, answer_offer,
+    build_offer, read_answer,
+};
+use crate::sip::Transport;
+use crate::sip::message::{
+    BRANCH_MAGIC_COOKIE, NameAddr, SipRequest, SipResponse, build_response_with_body, random_tag,
+    reason_phrase, split_list,
+};
+use crate::sip::registrar::Binding;
+
+/// RFC 3261 timer values (§17, table 4).
+pub const T1: Duration = Duration::from_millis(500);
+pub const T2: Duration = Duration::from_secs(4);
+/// Timers B, F and H: 64 × T1.
+pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(32);
+/// Timer D for UDP: how long retransmitted final responses are absorbed (and re-ACKed).
+pub const TIMER_D: Duration = Duration::from_secs(32);
+
+const SDP: &str = "application/sdp";
+
+/// A message for a call task.
+#[derive(Debug)]
+pub(crate) enum CallEvent {
+    Request {
+        request: SipRequest,
+        source: SocketAddr,
+        transport: Transport,
+        leg: Leg,
+    },
+    Response {
+        response: SipResponse,
+        leg: Leg,
+    },
+}
+
+/// A call about to be set up: the authenticated caller's INVITE and the routing decision.
+#[derive(Debug)]
+pub struct CallSetup<'a> {
+    pub invite: &'a SipRequest,
+    pub source: SocketAddr,
+    pub transport: Transport,
+    /// The caller's seat extension (digest username).
+    pub caller: String,
+    /// The dialed seat and the contact to ring.
+    pub callee: String,
+    pub contact: Binding,
+}
+
+/// Why a call was refused before ringing; [`SetupError::status`] is the answer to the INVITE.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("INVITE without an SDP offer (late offer is not supported)")]
+    NoOffer,
+    #[error("malformed SDP offer: {0}")]
+    BadSdp(#[from] SdpError),
+    #[error("SDP offer not acceptable: {0}")]
+    Negotiation(#[from] NegotiationError),
+    #[error("no media for the call: {0}")]
+    Media(#[from] MediaError),
+    #[error("the node is at its call limit")]
+    AtCapacity,
+}
+
+impl SetupError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NoOffer | Self::Negotiation(_) => 488,
+            Self::BadSdp(_) => 400,
+            Self::Media(_) | Self::AtCapacity => 503,
+        }
+    }
+}
+
+/// A request or response sent until answered or timed out.
+#[derive(Debug)]
+struct Retransmit {
+    out: Outbound,
+    /// Next retransmission; `None` over TCP (reliable transport).
+    next: Option<Instant>,
+    interval: Duration,
+    /// Timer A doubles without bound; E and G cap at T2.
+    capped: bool,
+    deadline: Instant,
+}
+
+impl Retransmit {
+    fn new(out: Outbound, now: Instant, capped: bool) -> Self {
+        let next = (out.transport == Transport::Udp).then(|| now + T1);
+        Self {
+            out,
+            next,
+            interval: T1,
+            capped,
+            deadline: now + TRANSACTION_TIMEOUT,
+        }
+    }
+
+    fn wake(&self) -> Instant {
+        self.next.map_or(self.deadline, |n| n.min(self.deadline))
+    }
+
+    /// The message to resend now, if due.
+    fn due(&mut self, now: Instant) -> Option<Outbound> {
+        let next = self.next?;
+        if now < next {
+            return None;
+        }
+        self.interval = if self.capped {
+            (self.interval * 2).min(T2)
+        } else {
+            self.interval * 2
+        };
+        self.next = Some(now + self.interval);
+        Some(self.out.clone())
+    }
+}
+
+/// The request line and transaction identity of a request the node builds.
+struct RequestLine<'a> {
+    method: &'a str,
+    uri: &'a str,
+    branch: &'a str,
+    cseq: u32,
+    /// Whether the dialog's route set applies (not for CANCEL and non-2xx ACK).
+    route: bool,
+}
+
+/// A BYE or CANCEL the node sent.
+#[derive(Debug)]
+struct ClientRequest {
+    leg: Leg,
+    branch: String,
+    method: &'static str,
+    retransmit: Retransmit,
+}
+
+/// One dialog as the node sees it (either leg).
+#[derive(Debug)]
+struct DialogSide {
+    call_id: String,
+    /// Our From (or To) header value, with our tag.
+    local: String,
+    /// The peer's header value; its tag is added when learned.
+    remote: String,
+    /// Request-URI of in-dialog requests (the peer's Contact).
+    remote_target: String,
+    /// Route headers for in-dialog requests.
+    route: Vec<String>,
+    /// Where requests are sent: the address the peer's signalling comes from (NAT-safe).
+    destination: SocketAddr,
+    transport: Transport,
+    local_cseq: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallerState {
+    /// INVITE received, no final response yet.
+    Proceeding,
+    /// 200 sent, waiting for ACK.
+    Accepted,
+    /// ACK received: the dialog is up.
+    Confirmed,
+    /// A non-2xx final response sent.
+    Rejected,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CalleeState {
+    /// INVITE sent, nothing heard.
+    Calling,
+    /// A provisional response received.
+    Proceeding,
+    /// 2xx received and ACKed: the dialog is up.
+    Established,
+    /// A final non-2xx response, a timeout, or our BYE.
+    Terminated,
+}
+
+#[derive(Debug, Clone)]
+struct Ending {
+    cause: String,
+    side: HangupSide,
+    outcome: CallOutcome,
+}
+
+pub(crate) struct CallSession {
+    engine: Arc<CallEngine>,
+    rx: mpsc::Receiver<CallEvent>,
+    caller_ext: String,
+    callee_ext: String,
+    offered_at: DateTime<Utc>,
+    answered_at: Option<DateTime<Utc>>,
+
+    a_invite: SipRequest,
+    a_source: SocketAddr,
+    /// Where responses to the caller go (Via / rport).
+    a_response_to: SocketAddr,
+    a_tag: String,
+    a: DialogSide,
+    a_state: CallerState,
+    a_answer: Vec<u8>,
+    a_last_response: Vec<u8>,
+    a_final: Option<Retransmit>,
+
+    b: DialogSide,
+    b_state: CalleeState,
+    b_invite_branch: String,
+    b_invite_uri: String,
+    b_invite: Option<Retransmit>,
+    /// Timer B, until a provisional response arrives.
+    timer_b: Option<Instant>,
+    b_ack: Option<Outbound>,
+    cancel_pending: bool,
+    b_codec_known: bool,
+
+    pending: Vec<ClientRequest>,
+    media: Option<MediaSession>,
+    stats: Arc<RelayStats>,
+    ring_deadline: Option<Instant>,
+    ending: Option<Ending>,
+    linger_until: Option<Instant>,
+    recording: Option<PathBuf>,
+}
+
+impl CallEngine {
+    /// Sets a call up (media ports, both SDPs) and starts its task, which rings the callee.
+    /// Returns the 100 Trying for the caller; on error, the status to refuse the INVITE with.
+    pub fn start_call(self: &Arc<Self>, setup: CallSetup<'_>) -> Result<Vec<u8>, SetupError> {
+        if self.at_capacity() {
+            return Err(SetupError::AtCapacity);
+        }
+        if setup.invite.body.is_empty() {
+            return Err(SetupError::NoOffer);
+        }
+        let offer_text = String::from_utf8_lossy(&setup.invite.body);
+        let offer = SessionDescription::parse(&offer_text)?;
+        let address = self.advertised_ip();
+        let session_id = rand::random::<u32>().into();
+        let a_local = LocalMedia {
+            address,
+            rtp_port: 0,
+            session_id,
+            session_version: 1,
+            direction: Direction::SendRecv,
+        };
+        // Negotiate before taking ports so a bad offer costs nothing.
+        answer_offer(&offer, &self.settings.codecs, &a_local)?;
+        let caller_media = MediaLeg::bind(&self.ports, self.media_bind())?;
+        let callee_media = MediaLeg::bind(&self.ports, self.media_bind())?;
+        let a_local = LocalMedia {
+            rtp_port: caller_media.rtp_port(),
+            ..a_local
+        };
+        let (answer, negotiated) = answer_offer(&offer, &self.settings.codecs, &a_local)?;
+        let b_local = LocalMedia {
+            rtp_port: callee_media.rtp_port(),
+            session_id: session_id + 1,
+            ..a_local.clone()
+        };
+        let b_offer = build_offer(&b_local, &self.settings.codecs).to_string();
+        let stats = Arc::new(RelayStats::default());
+        let media = MediaSession::start(
+            caller_media,
+            callee_media,
+            Arc::clone(&stats),
+            Arc::clone(&self.relay_stats),
+            self.metrics.as_ref().map(RelayMetrics::from_sip),
+        );
+        media.set_peer(
+            Leg::Caller,
+            LegPeer::new(
+                negotiated.codec,
+                negotiated.payload_type,
+                negotiated.telephone_event,
+                negotiated.remote,
+            ),
+        );
+
+        let invite = setup.invite;
+        let via = invite.top_via();
+        let a_response_to = match (setup.transport, via) {
+            (Transport::Udp, Some(via)) => via.response_destination(setup.source),
+            _ => setup.source,
+        };
+        let a_tag = random_tag();
+        let header = |name| invite.header(name).unwrap_or_default().to_string();
+        let a_remote_target = invite
+            .header("Contact")
+            .and_then(NameAddr::parse)
+            .or_else(|| invite.header("From").and_then(NameAddr::parse))
+            .map(|c| c.uri)
+            .unwrap_or_default();
+        let a = DialogSide {
+            call_id: header("Call-ID"),
+            local: format!("{};tag={a_tag}", header("To")),
+            remote: header("From"),
+            remote_target: a_remote_target,
+            route: invite
+                .header_values("Record-Route")
+                .flat_map(split_list)
+                .map(str::to_string)
+                .collect(),
+            destination: setup.source,
+            transport: setup.transport,
+            local_cseq: 0,
+        };
+        let realm = &self.realm;
+        let b_call_id = format!("{}@switchboard", random_tag());
+        let b = DialogSide {
+            call_id: b_call_id,
+            local: format!("<sip:{}@{realm}>;tag={}", setup.caller, random_tag()),
+            remote: format!("<sip:{}@{realm}>", setup.callee),
+            remote_target: setup.contact.uri.clone(),
+            route: Vec::new(),
+            destination: setup.contact.source,
+            transport: setup.contact.transport,
+            local_cseq: 1,
+        };
+        let trying = build_response_with_body(invite, 100, "Trying", setup.source, None, &[], None);
+        let (sender, rx) = mpsc::channel(CALL_QUEUE);
+        self.register(
+            [(&a.call_id, Leg::Caller), (&b.call_id, Leg::Callee)],
+            &sender,
+        );
+        self.counters.started.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.calls_active.inc();
+        }
+        info!(
+            call_id = a.call_id,
+            caller = setup.caller,
+            callee = setup.callee,
+            contact = setup.contact.uri,
+            "seat call: ringing"
+        );
+        let session = CallSession {
+            engine: Arc::clone(self),
+            rx,
+            caller_ext: setup.caller,
+            callee_ext: setup.callee,
+            offered_at: Utc::now(),
+            answered_at: None,
+            a_invite: invite.clone(),
+            a_source: setup.source,
+            a_response_to,
+            a_tag,
+            a,
+            a_state: CallerState::Proceeding,
+            a_answer: answer.to_string().into_bytes(),
+            a_last_response: trying.clone(),
+            a_final: None,
+            b,
+            b_state: CalleeState::Calling,
+            b_invite_branch: branch(),
+            b_invite_uri: setup.contact.uri,
+            b_invite: None,
+            timer_b: None,
+            b_ack: None,
+            cancel_pending: false,
+            b_codec_known: false,
+            pending: Vec::new(),
+            media: Some(media),
+            stats,
+            ring_deadline: None,
+            ending: None,
+            linger_until: None,
+            recording: None,
+        };
+        tokio::spawn(session.run(b_offer.into_bytes()));
+        Ok(trying)
+    }
+}
+
+fn branch() -> String {
+    format!("{BRANCH_MAGIC_COOKIE}-sb-{}", random_tag())
+}
+
+impl CallSession {
+    async fn run(mut self, b_offer: Vec<u8>) {
+        let now = Instant::now();
+        self.send_invite(b_offer, now);
+        self.ring_deadline = Some(now + self.engine.settings.ring_timeout);
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                event = self.rx.recv() => match event {
+                    Some(event) => self.on_event(event, Instant::now()),
+                    // The engine never drops a live call's sender; be safe anyway.
+                    None => break,
+                },
+                () = sleep_until(wake.into()) => self.on_timer(Instant::now()),
+            }
+            if self.finished(Instant::now()) {
+                break;
+            }
+        }
+        // Every exit path releases the media (ports) and writes the records.
+        self.end(
+            HangupSide::Node,
+            "node shutdown",
+            CallOutcome::Failed,
+            Instant::now(),
+        );
+        self.engine.unregister([&self.a.call_id, &self.b.call_id]);
+    }
+
+    fn next_wake(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut wake = far;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                wake = wake.min(t);
+            }
+        };
+        consider(self.b_invite.as_ref().map(Retransmit::wake));
+        consider(self.timer_b);
+        consider(self.a_final.as_ref().map(Retransmit::wake));
+        consider(self.ring_deadline);
+        consider(self.linger_until);
+        for p in &self.pending {
+            consider(Some(p.retransmit.wake()));
+        }
+        wake
+    }
+
+    fn finished(&self, now: Instant) -> bool {
+        self.ending.is_some()
+            && self.pending.is_empty()
+            && self.a_final.is_none()
+            && self.b_invite.is_none()
+            && self.linger_until.is_none_or(|t| now >= t)
+    }
+
+    // ---- sending ----------------------------------------------------------------------
+
+    fn send(&self, out: Outbound) {
+        self.engine.send(out);
+    }
+
+    fn to_caller(&self, bytes: Vec<u8>) -> Outbound {
+        Outbound {
+            bytes,
+            destination: self.a_response_to,
+            transport: self.a.transport,
+        }
+    }
+
+    fn dialog(&self, leg: Leg) -> &DialogSide {
+        match leg {
+            Leg::Caller => &self.a,
+            Leg::Callee => &self.b,
+        }
+    }
+
+    /// Builds a request on a leg.
+    fn request(&self, leg: Leg, line: RequestLine<'_>, body: Option<&[u8]>) -> Outbound {
+        use std::fmt::Write as _;
+        let RequestLine {
+            method,
+            uri,
+            branch,
+            cseq,
+            route,
+        } = line;
+        let d = self.dialog(leg);
+        let via = self.engine.sip_address(d.transport);
+        let mut out = format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{} {via};branch={branch};rport\r\nMax-Forwards: 70\r\n",
+            d.transport
+        );
+        if route {
+            for r in &d.route {
+                let _ = write!(out, "Route: {r}\r\n");
+            }
+        }
+        let _ = write!(
+            out,
+            "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\n",
+            d.local, d.remote, d.call_id
+        );
+        if method == "INVITE" {
+            let user = match leg {
+                Leg::Caller => &self.callee_ext,
+                Leg::Callee => &self.caller_ext,
+            };
+            let _ = write!(
+                out,
+                "Contact: <sip:{user}@{via};transport={}>\r\n",
+                d.transport
+            );
+            out.push_str("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n");
+        }
+        let _ = write!(
+            out,
+            "User-Agent: Switchboard media-node {}\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        let mut bytes = match body {
+            Some(b) => {
+                let _ = write!(
+                    out,
+                    "Content-Type: {SDP}\r\nContent-Length: {}\r\n\r\n",
+                    b.len()
+                );
+                let mut bytes = out.into_bytes();
+                bytes.extend_from_slice(b);
+                bytes
+            }
+            None => {
+                out.push_str("Content-Length: 0\r\n\r\n");
+                out.into_bytes()
+            }
+        };
+        bytes.shrink_to_fit();
+        Outbound {
+            bytes,
+            destination: d.destination,
+            transport: d.transport,
+        }
+    }
+
+    fn send_invite(&mut self, offer: Vec<u8>, now: Instant) {
+        let uri = self.b_invite_uri.clone();
+        let branch = self.b_invite_branch.clone();
+        let line = RequestLine {
+            method: "INVITE",
+            uri: &uri,
+            branch: &branch,
+            cseq: 1,
+            route: false,
+        };
+        let out = self.request(Leg::Callee, line, Some(&offer));
+        self.send(out.clone());
+        self.b_invite = Some(Retransmit::new(out, now, false));
+        self.timer_b = Some(now + TRANSACTION_TIMEOUT);
+    }
+
+    /// Sends BYE (in the confirmed dialog) on a leg.
+    fn send_bye(&mut self, leg: Leg, now: Instant) {
+        let branch = branch();
+        let d = match leg {
+            Leg::Caller => &mut self.a,
+            Leg::Callee => &mut self.b,
+        };
+        d.local_cseq += 1;
+        let cseq = d.local_cseq;
+        let target = d.remote_target.clone();
+        let out = self.request(
+            leg,
+            RequestLine {
+                method: "BYE",
+                uri: &target,
+                branch: &branch,
+                cseq,
+                route: true,
+            },
+            None,
+        );
+        self.send(out.clone());
+        info!(call_id = self.a.call_id, ?leg, "BYE sent");
+        self.pending.push(ClientRequest {
+            leg,
+            branch,
+            method: "BYE",
+            retransmit: Retransmit::new(out, now, true),
+        });
+    }
+
+    /// Sends CANCEL for the INVITE to the callee (RFC 3261 §9.1: same branch, CSeq number
+    /// and Request-URI, To without tag).
+    fn send_cancel(&mut self, now: Instant) {
+        let branch = self.b_invite_branch.clone();
+        let uri = self.b_invite_uri.clone();
+        let out = self.request(
+            Leg::Callee,
+            RequestLine {
+                method: "CANCEL",
+                uri: &uri,
+                branch: &branch,
+                cseq: 1,
+                route: false,
+            },
+            None,
+        );
+        self.send(out.clone());
+        self.cancel_pending = false;
+        self.pending.push(ClientRequest {
+            leg: Leg::Callee,
+            branch,
+            method: "CANCEL",
+            retransmit: Retransmit::new(out, now, true),
+        });
+    }
+
+    /// Sends a response to the caller's INVITE; finals are retransmitted until ACK.
+    fn respond_caller(&mut self, status: u16, reason: &str, with_sdp: bool, now: Instant) {
+        let mut extra: Vec<(&str, String)> = Vec::new();
+        let contact;
+        if (101..300).contains(&status) {
+            let via = self.engine.sip_address(self.a.transport);
+            contact = format!(
+                "<sip:{}@{via};transport={}>",
+                self.callee_ext, self.a.transport
+            );
+            extra.push(("Contact", contact));
+            // The UAS copies Record-Route into responses that create the dialog (§12.1.1).
+            for rr in self.a_invite.header_values("Record-Route") {
+                extra.push(("Record-Route", rr.to_string()));
+            }
+        }
+        if status == 200 {
+            extra.push(("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS".to_string()));
+        }
+        let body = with_sdp.then_some((SDP, self.a_answer.as_slice()));
+        let tag = (status > 100).then_some(self.a_tag.as_str());
+        let bytes = build_response_with_body(
+            &self.a_invite,
+            status,
+            reason,
+            self.a_source,
+            tag,
+            &extra,
+            body,
+        );
+        if let Some(m) = &self.engine.metrics {
+            m.responses.with_label_values(&[&status.to_string()]).inc();
+        }
+        self.a_last_response = bytes.clone();
+        let out = self.to_caller(bytes);
+        self.send(out.clone());
+        if status >= 200 {
+            self.a_state = if status < 300 {
+                CallerState::Accepted
+            } else {
+                CallerState::Rejected
+            };
+            self.a_final = Some(Retransmit::new(out, now, true));
+        }
+    }
+
+    // ---- events -----------------------------------------------------------------------
+
+    fn on_event(&mut self, event: CallEvent, now: Instant) {
+        match event {
+            CallEvent::Request {
+                request,
+                source,
+                transport,
+                leg,
+            } => self.on_request(request, source, transport, leg, now),
+            CallEvent::Response { response, leg } => self.on_response(response, leg, now),
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        request: SipRequest,
+        source: SocketAddr,
+        transport: Transport,
+        leg: Leg,
+        now: Instant,
+    ) {
+        let has_to_tag = request
+            .header("To")
+            .and_then(NameAddr::parse)
+            .is_some_and(|t| t.tag().is_some());
+        match (&request.method, leg) {
+            (rsip::Method::Invite, Leg::Caller) if !has_to_tag => {
+                // A retransmitted INVITE: repeat the latest response (§17.2.1).
+                let out = self.to_caller(self.a_last_response.clone());
+                self.send(out);
+            }
+            (rsip::Method::Invite, _) => {
+                // re-INVITE (hold, session refresh) is not passed across yet: refuse it and
+                // keep the call as it is (RFC 3261 §14.2).
+                let reply = build_response_with_body(
+                    &request,
+                    488,
+                    "Not Acceptable Here (re-INVITE not supported yet)",
+                    source,
+                    None,
+                    &[],
+                    None,
+                );
+                let to = request
+                    .top_via()
+                    .filter(|_| transport == Transport::Udp)
+                    .map_or(source, |v| v.response_destination(source));
+                self.send(Outbound {
+                    bytes: reply,
+                    destination: to,
+                    transport,
+                });
+            }
+            (rsip::Method::Ack, Leg::Caller) => match self.a_state {
+                CallerState::Accepted => {
+                    self.a_state = CallerState::Confirmed;
+                    self.a_final = None;
+                    debug!(call_id = self.a.call_id, "caller ACKed the answer");
+                }
+                CallerState::Rejected => self.a_final = None,
+                _ => {}
+            },
+            (rsip::Method::Bye, _) => self.on_bye(leg, now),
+            (rsip::Method::Cancel, Leg::Caller)
+                if self.a_state == CallerState::Proceeding && self.ending.is_none() =>
+            {
+                info!(call_id = self.a.call_id, "caller cancelled before answer");
+                self.respond_caller(487, "Request Terminated", false, now);
+                self.cancel_callee(now);
+                self.end(
+                    HangupSide::Caller,
+                    "487 Request Terminated",
+                    CallOutcome::Abandoned,
+                    now,
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn on_bye(&mut self, leg: Leg, now: Instant) {
+        if self.ending.is_some() {
+            return;
+        }
+        match leg {
+            Leg::Caller => {
+                if self.a_state == CallerState::Proceeding {
+                    return;
+                }
+                info!(call_id = self.a.call_id, "caller hung up");
+                if self.b_state == CalleeState::Established {
+                    self.b_state = CalleeState::Terminated;
+                    self.send_bye(Leg::Callee, now);
+                }
+                // A BYE ends waiting for the ACK too.
+                self.a_final = None;
+                self.end(HangupSide::Caller, "BYE", CallOutcome::Answered, now);
+            }
+            Leg::Callee => {
+                if self.b_state != CalleeState::Established {
+                    return;
+                }
+                info!(call_id = self.a.call_id, "callee hung up");
+                self.b_state = CalleeState::Terminated;
+                if matches!(self.a_state, CallerState::Accepted | CallerState::Confirmed) {
+                    self.a_final = None;
+                    self.send_bye(Leg::Caller, now);
+                }
+                self.end(HangupSide::Called, "BYE", CallOutcome::Answered, now);
+            }
+        }
+    }
+
+    fn cancel_callee(&mut self, now: Instant) {
+        match self.b_state {
+            CalleeState::Proceeding => self.send_cancel(now),
+            // CANCEL may only follow a provisional response (§9.1): send it when one comes.
+            CalleeState::Calling => self.cancel_pending = true,
+            CalleeState::Established => {
+                self.b_state = CalleeState::Terminated;
+                self.send_bye(Leg::Callee, now);
+            }
+            CalleeState::Terminated => {}
+        }
+    }
+
+    fn on_response(&mut self, response: SipResponse, leg: Leg, now: Instant) {
+        let Some(branch) = response
+            .top_via()
+            .and_then(|v| v.branch().map(str::to_string))
+        else {
+            return;
+        };
+        let method = response.cseq().map(|(_, m)| m.to_ascii_uppercase());
+        if leg == Leg::Callee
+            && branch == self.b_invite_branch
+            && method.as_deref() == Some("INVITE")
+        {
+            self.on_invite_response(response, now);
+            return;
+        }
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|p| p.leg == leg && p.branch == branch && method.as_deref() == Some(p.method))
+        {
+            if response.status >= 200 {
+                let done = self.pending.remove(i);
+                debug!(
+                    method = done.method,
+                    status = response.status,
+                    ?leg,
+                    "request answered"
+                );
+            } else {
+                // A provisional stops retransmission (Timer E then runs at T2; keep it simple:
+                // stop resending and wait for the final until Timer F).
+                self.pending[i].retransmit.next = None;
+            }
+        }
+    }
+
+    fn on_invite_response(&mut self, response: SipResponse, now: Instant) {
+        let status = response.status;
+        match status {
+            100..=199 => {
+                self.b_invite = None;
+                self.timer_b = None;
+                if self.b_state == CalleeState::Calling {
+                    self.b_state = CalleeState::Proceeding;
+                }
+                if self.cancel_pending {
+                    self.send_cancel(now);
+                    return;
+                }
+                if status == 100 || self.a_state != CallerState::Proceeding || self.ending.is_some()
+                {
+                    return;
+                }
+                // Early media: the callee's SDP in a 183 sets its leg up now.
+                let early =
+                    status == 183 && !response.body.is_empty() && self.learn_callee_sdp(&response);
+                if early {
+                    self.respond_caller(183, "Session Progress", true, now);
+                } else {
+                    self.respond_caller(180, "Ringing", false, now);
+                }
+            }
+            200..=299 => self.on_callee_answer(response, now),
+            _ => {
+                // ACK in the INVITE transaction: same branch, To with the callee's tag.
+                let first = self.b_state != CalleeState::Terminated || self.b_ack.is_none();
+                if first {
+                    if let Some(tag) = response.to_tag()
+                        && !self.b.remote.contains(";tag=")
+                    {
+                        self.b.remote = format!("{};tag={tag}", self.b.remote);
+                    }
+                    let uri = self.b_invite_uri.clone();
+                    let branch = self.b_invite_branch.clone();
+                    self.b_ack = Some(self.request(
+                        Leg::Callee,
+                        RequestLine {
+                            method: "ACK",
+                            uri: &uri,
+                            branch: &branch,
+                            cseq: 1,
+                            route: false,
+                        },
+                        None,
+                    ));
+                }
+                if let Some(ack) = self.b_ack.clone() {
+                    self.send(ack);
+                }
+                if !first {
+                    return;
+                }
+                self.b_invite = None;
+                self.timer_b = None;
+                self.b_state = CalleeState::Terminated;
+                if self.a_state == CallerState::Proceeding && self.ending.is_none() {
+                    let (out_status, outcome) = map_callee_failure(status);
+                    info!(call_id = self.a.call_id, status, "callee refused the call");
+                    self.respond_caller(out_status, reason_phrase(out_status), false, now);
+                    self.end(
+                        HangupSide::Called,
+                        &format!("{status} {}", reason_phrase(status)),
+                        outcome,
+                        now,
+                    );
+                }
+                if self.linger_until.is_none() && self.b.transport == Transport::Udp {
+                    self.linger_until = Some(now + TIMER_D);
+                }
+            }
+        }
+    }
+
+    /// Reads the callee's SDP answer into the relay. `false` when it is unusable.
+    fn learn_callee_sdp(&mut self, response: &SipResponse) -> bool {
+        let text = String::from_utf8_lossy(&response.body);
+        let negotiated = match SessionDescription::parse(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|sdp| read_answer(&sdp).map_err(|e| e.to_string()))
+        {
+            Ok(n) => n,
+            Err(error) => {
+                warn!(call_id = self.a.call_id, %error, "callee's SDP answer unusable");
+                return false;
+            }
+        };
+        if let Some(media) = &self.media {
+            media.set_peer(
+                Leg::Callee,
+                LegPeer::new(
+                    negotiated.codec,
+                    negotiated.payload_type,
+                    negotiated.telephone_event,
+                    negotiated.remote,
+                ),
+            );
+        }
+        self.b_codec_known = true;
+        true
+    }
+
+    fn on_callee_answer(&mut self, response: SipResponse, now: Instant) {
+        self.b_invite = None;
+        self.timer_b = None;
+        if self.b_state == CalleeState::Established
+            || (self.b_state == CalleeState::Terminated && self.b_ack.is_some())
+        {
+            // A retransmitted 2xx: our ACK was lost (§13.2.2.4).
+            if let Some(ack) = self.b_ack.clone() {
+                self.send(ack);
+            }
+            return;
+        }
+        if let Some(tag) = response.to_tag() {
+            self.b.remote = format!("{};tag={tag}", self.b.remote);
+        }
+        if let Some(contact) = response.header("Contact").and_then(NameAddr::parse) {
+            self.b.remote_target = contact.uri;
+        }
+        // The UAC's route set is the Record-Route in reverse (§12.1.2).
+        let mut route: Vec<String> = response
+            .header_values("Record-Route")
+            .flat_map(split_list)
+            .map(str::to_string)
+            .collect();
+        route.reverse();
+        self.b.route = route;
+        self.b_state = CalleeState::Established;
+        // The 2xx ACK is its own transaction: new branch, sent end to end (§13.2.2.4).
+        let target = self.b.remote_target.clone();
+        let ack = self.request(
+            Leg::Callee,
+            RequestLine {
+                method: "ACK",
+                uri: &target,
+                branch: &branch(),
+                cseq: 1,
+                route: true,
+            },
+            None,
+        );
+        self.send(ack.clone());
+        self.b_ack = Some(ack);
+        self.b.local_cseq = 1;
+
+        if self.a_state != CallerState::Proceeding || self.ending.is_some() {
+            // The caller is gone (CANCEL crossed the answer): hang the callee up.
+            self.b_state = CalleeState::Terminated;
+            self.send_bye(Leg::Callee, now);
+            return;
+        }
+        if !self.learn_callee_sdp(&response) {
+            self.b_state = CalleeState::Terminated;
+            self.send_bye(Leg::Callee, now);
+            self.respond_caller(488, reason_phrase(488), false, now);
+            self.end(
+                HangupSide::Node,
+                "488 callee SDP unusable",
+                CallOutcome::Failed,
+                now,
+            );
+            return;
+        }
+        info!(
+            call_id = self.a.call_id,
+            callee = self.callee_ext,
+            "call answered"
+        );
+        self.answered_at = Some(Utc::now());
+        self.ring_deadline = None;
+        self.respond_caller(200, "OK", true, now);
+        self.start_recording();
+    }
+
+    fn on_timer(&mut self, now: Instant) {
+        if let Some(t) = self.b_invite.as_mut() {
+            if now >= t.deadline {
+                self.b_invite = None;
+            } else if let Some(out) = t.due(now) {
+                self.send(out);
+            }
+        }
+        if self.timer_b.is_some_and(|t| now >= t) {
+            // Timer B: the callee never answered at all.
+            self.timer_b = None;
+            self.b_invite = None;
+            self.b_state = CalleeState::Terminated;
+            self.cancel_pending = false;
+            if self.a_state == CallerState::Proceeding && self.ending.is_none() {
+                warn!(call_id = self.a.call_id, "callee did not respond (Timer B)");
+                self.respond_caller(408, reason_phrase(408), false, now);
+                self.end(
+                    HangupSide::Node,
+                    "408 Request Timeout",
+                    CallOutcome::NoAnswer,
+                    now,
+                );
+            }
+        }
+        if self.ring_deadline.is_some_and(|t| now >= t) {
+            self.ring_deadline = None;
+            if self.a_state == CallerState::Proceeding && self.ending.is_none() {
+                info!(call_id = self.a.call_id, "ring-no-answer");
+                self.respond_caller(480, reason_phrase(480), false, now);
+                self.cancel_callee(now);
+                self.end(
+                    HangupSide::Node,
+                    "480 ring-no-answer",
+                    CallOutcome::NoAnswer,
+                    now,
+                );
+            }
+        }
+        if let Some(t) = self.a_final.as_mut() {
+            if now >= t.deadline {
+                // Timer H: no ACK. A 2xx never acknowledged means the caller is gone (§13.3.1.4).
+                self.a_final = None;
+                if self.a_state == CallerState::Accepted && self.ending.is_none() {
+                    warn!(call_id = self.a.call_id, "no ACK for the answer (Timer H)");
+                    self.send_bye(Leg::Caller, now);
+                    if self.b_state == CalleeState::Established {
+                        self.b_state = CalleeState::Terminated;
+                        self.send_bye(Leg::Callee, now);
+                    }
+                    self.end(HangupSide::Node, "no ACK", CallOutcome::Failed, now);
+                }
+            } else if let Some(out) = t.due(now) {
+                self.send(out);
+            }
+        }
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &mut self.pending[i];
+            if now >= p.retransmit.deadline {
+                // Timer F: the peer is gone; the call ends regardless.
+                warn!(method = p.method, leg = ?p.leg, "request timed out (Timer F)");
+                self.pending.remove(i);
+                continue;
+            }
+            if let Some(out) = p.retransmit.due(now) {
+                self.engine.send(out);
+            }
+            i += 1;
+        }
+    }
+
+    // ---- the end ----------------------------------------------------------------------
+
+    fn start_recording(&mut self) {
+        let Some(dir) = self.engine.settings.recording_dir.clone() else {
+            return;
+        };
+        let Some(media) = &self.media else {
+            return;
+        };
+        let safe: String = self
+            .a
+            .call_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        let name = format!("{}-{safe}.wav", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"));
+        let path = dir.join(&name);
+        match CallRecorder::create(&path, RecorderOptions::default()) {
+            Ok(recorder) => {
+                media.record(recorder);
+                self.recording = Some(path.clone());
+                // Written now too, so a recording whose node dies still has its metadata.
+                let _ = self.sidecar(None).write_atomic(&sidecar_path(&path));
+            }
+            // Counted and logged by the recording module; the call goes on unrecorded.
+            Err(error) => warn!(call_id = self.a.call_id, %error, "call not recorded"),
+        }
+    }
+
+    fn sidecar(&self, ending: Option<&Ending>) -> RecordingSidecar {
+        let file = self
+            .recording
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ended_at = ending.map(|_| Utc::now());
+        RecordingSidecar {
+            call_id: self.a.call_id.clone(),
+            from: self.caller_ext.clone(),
+            to: self.callee_ext.clone(),
+            trunk: None,
+            seat: Some(self.callee_ext.clone()),
+            offered_at: self.offered_at,
+            answered_at: self.answered_at,
+            ended_at,
+            hangup_cause: ending.map(|e| e.cause.clone()),
+            hangup_side: ending.map(|e| e.side),
+            file: file.clone(),
+            segments: vec![RecordingSegment {
+                file,
+                node: self.engine.settings.node_name.clone(),
+                started_at: self.answered_at.unwrap_or(self.offered_at),
+                ended_at,
+            }],
+        }
+    }
+
+    /// Ends the call once: releases the media, finishes the recording, writes the CDR.
+    fn end(&mut self, side: HangupSide, cause: &str, outcome: CallOutcome, now: Instant) {
+        if self.ending.is_some() {
+            return;
+        }
+        let ending = Ending {
+            cause: cause.to_string(),
+            side,
+            outcome: if self.answered_at.is_some() {
+                CallOutcome::Answered
+            } else {
+                outcome
+            },
+        };
+        self.ring_deadline = None;
+        let relayed = (
+            self.stats.caller_to_callee.load(Ordering::Relaxed),
+            self.stats.callee_to_caller.load(Ordering::Relaxed),
+        );
+        if let Some(media) = self.media.take() {
+            media.stop();
+        }
+        info!(
+            call_id = self.a.call_id,
+            cause,
+            ?side,
+            caller_to_callee = relayed.0,
+            callee_to_caller = relayed.1,
+            "call ended"
+        );
+        if self.recording.is_some()
+            && let Some(path) = &self.recording
+        {
+            let _ = self
+                .sidecar(Some(&ending))
+                .write_atomic(&sidecar_path(path));
+        }
+        if let Some(cdr) = &self.engine.cdr {
+            let record = CallDetailRecord {
+                call_id: self.a.call_id.clone(),
+                from: self.caller_ext.clone(),
+                to: self.callee_ext.clone(),
+                direction: CallDirection::Internal,
+                trunk: None,
+                seat: Some(self.callee_ext.clone()),
+                queue: None,
+                offered_at: self.offered_at,
+                answered_at: self.answered_at,
+                ended_at: Utc::now(),
+                outcome: ending.outcome,
+                hangup_cause: Some(ending.cause.clone()),
+                hangup_side: Some(side),
+                recording: self
+                    .recording
+                    .as_ref()
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned()),
+                node: self.engine.settings.node_name.clone(),
+            };
+            // A failed append is counted and logged by the CDR writer.
+            let _ = cdr.append(&record);
+        }
+        self.engine.counters.ended.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.engine.metrics {
+            m.calls_active.dec();
+            m.calls
+                .with_label_values(&[outcome_label(ending.outcome)])
+                .inc();
+        }
+        self.ending = Some(ending);
+        // Absorb retransmissions of the caller's INVITE or our finals for a while (UDP).
+        if self.linger_until.is_none() {
+            let udp = self.a.transport == Transport::Udp || self.b.transport == Transport::Udp;
+            self.linger_until = Some(if udp { now + TIMER_D } else { now });
+        }
+    }
+}
+
+/// What the caller hears when the callee refuses, and how the CDR counts it.
+fn map_callee_failure(status: u16) -> (u16, CallOutcome) {
+    match status {
+        486 | 600 => (486, CallOutcome::Busy),
+        408 | 480 => (480, CallOutcome::NoAnswer),
+        487 => (487, CallOutcome::Abandoned),
+        // Redirects are not followed for seat calls.
+        300..=399 => (480, CallOutcome::Failed),
+        400..=699 => (status, CallOutcome::Failed),
+        _ => (500, CallOutcome::Failed),
+    }
+}
+
+fn outcome_label(outcome: CallOutcome) -> &'static str {
+    match outcome {
+        CallOutcome::Answered => "answered",
+        CallOutcome::Abandoned => "abandoned",
+        CallOutcome::Busy => "busy",
+        CallOutcome::NoAnswer => "no_answer",
+        CallOutcome::Failed => "failed",
+        CallOutcome::Blocked => "blocked",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_a_doubles_and_timer_e_caps_at_t2() {
+        let now = Instant::now();
+        let out = Outbound {
+            bytes: b"INVITE".to_vec(),
+            destination: "127.0.0.1:5060".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        let mut a = Retransmit::new(out.clone(), now, false);
+        let mut e = Retransmit::new(out.clone(), now, true);
+        let mut at = now;
+        let mut a_intervals = Vec::new();
+        let mut e_intervals = Vec::new();
+        for _ in 0..5 {
+            at = a.next.unwrap();
+            assert!(a.due(at).is_some());
+            a_intervals.push(a.interval.as_millis());
+        }
+        for _ in 0..5 {
+            let t = e.next.unwrap();
+            assert!(e.due(t).is_some());
+            e_intervals.push(e.interval.as_millis());
+        }
+        assert_eq!(a_intervals, [1000, 2000, 4000, 8000, 16000]);
+        assert_eq!(e_intervals, [1000, 2000, 4000, 4000, 4000]);
+        assert!(a.due(at).is_none(), "not due twice at the same instant");
+        assert_eq!(a.deadline, now + TRANSACTION_TIMEOUT);
+    }
+
+    #[test]
+    fn tcp_is_never_retransmitted() {
+        let now = Instant::now();
+        let mut r = Retransmit::new(
+            Outbound {
+                bytes: Vec::new(),
+                destination: "127.0.0.1:5060".parse().unwrap(),
+                transport: Transport::Tcp,
+            },
+            now,
+            true,
+        );
+        assert!(r.due(now + Duration::from_secs(10)).is_none());
+        assert_eq!(r.wake(), now + TRANSACTION_TIMEOUT);
+    }
+
+    #[test]
+    fn callee_failures_map_to_caller_codes() {
+        assert_eq!(map_callee_failure(486).0, 486);
+        assert_eq!(map_callee_failure(600).0, 486);
+        assert_eq!(map_callee_failure(408).0, 480);
+        assert_eq!(map_callee_failure(302).0, 480);
+        assert_eq!(map_callee_failure(403).0, 403);
+        assert_eq!(map_callee_failure(503).0, 503);
+    }
+}

@@ -1,0 +1,490 @@
+//! The node's gRPC control server (`switchboard.node.v1.NodeControl`) on `--control-listen`,
+//! port [`switchboard_proto::CONTROL_PORT`] (9091) by default: plain HTTP/2 (h2c), because it
+//! is reached only inside the pod network, from the operator. Securing it (mTLS or a
+//! NetworkPolicy admitting only the operator) is the operator's deployment concern.
+//!
+//! - `ApplyConfig` follows the generation rules of the contract (see [`decide`]).
+//! - `WatchState` reports what the node really knows: its name, its role, the running config
+//!   generation, and for each seat whether the registrar holds a live contact for it.
+//! - `SetAgentState` and `Drain` are not served yet (issues 4 and 6 bring them).
+//!
+//! Runtime swap: the SIP registrar ([`SipServer`]) takes its realm and seats once, at start,
+//! and offers no way to replace them. An applied config is therefore recorded (it is what
+//! `WatchState`, the metrics and the next `ApplyConfig` compare against), and when its realm
+//! or seat credentials differ from what the registrar runs, the reply says so: they take
+//! effect when the node restarts (the operator's pod template carries the config hash, so a
+//! content change rolls the pods).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use switchboard_proto::node::v1::apply_config_reply::Outcome;
+use switchboard_proto::node::v1::node_control_server::{NodeControl, NodeControlServer};
+use switchboard_proto::node::v1::{
+    AgentState, ApplyConfigReply, ConfigSnapshot, DrainReply, DrainRequest, NodeRole, NodeState,
+    SeatState, SetAgentStateReply, SetAgentStateRequest, WatchStateRequest,
+};
+use switchboard_proto::node_config::NodeConfig;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::http::NodeMetrics;
+use crate::node::{parse_node_config, sip_settings};
+use crate::sip::SipServer;
+
+/// How often a watcher's state is recomputed when no config change wakes it: registrations
+/// come and go without notice from the registrar, so they are sampled.
+const REGISTRATION_POLL: Duration = Duration::from_secs(2);
+
+/// What `ApplyConfig` decided, before anything is changed.
+#[derive(Debug, PartialEq)]
+pub enum Decision {
+    /// Run this config from now on.
+    Apply(Box<NodeConfig>),
+    Unchanged,
+    Stale(String),
+    Rejected(String),
+}
+
+/// The generation rules, as a pure function of the running config and a snapshot:
+/// 1. a snapshot whose hash does not match its bytes is REJECTED (torn or corrupted);
+/// 2. an older generation is STALE (a late retry from before a newer push);
+/// 3. a snapshot that does not parse or check is REJECTED, naming the field;
+/// 4. the running generation is UNCHANGED if the content is the same, and REJECTED if it is
+///    not (one generation must always mean one content, or status would lie);
+/// 5. anything newer is applied.
+///
+/// On every outcome but the last the running config stays as it is.
+pub fn decide(running: &NodeConfig, snapshot: &ConfigSnapshot) -> Decision {
+    if !snapshot.is_intact() {
+        return Decision::Rejected(format!(
+            "config_hash {:?} does not match the MD5 of config_yaml ({} bytes): the snapshot \
+             is truncated or corrupted",
+            snapshot.config_hash,
+            snapshot.config_yaml.len()
+        ));
+    }
+    if snapshot.generation < running.generation {
+        return Decision::Stale(format!(
+            "generation {} is older than the running generation {}",
+            snapshot.generation, running.generation
+        ));
+    }
+    let config = match parse_node_config(&snapshot.config_yaml) {
+        Ok(c) => c,
+        Err(e) => return Decision::Rejected(e.to_string()),
+    };
+    if config.generation != snapshot.generation {
+        return Decision::Rejected(format!(
+            "generation: config_yaml says {} but the snapshot says {}",
+            config.generation, snapshot.generation
+        ));
+    }
+    if snapshot.generation == running.generation {
+        return if config == *running {
+            Decision::Unchanged
+        } else {
+            Decision::Rejected(format!(
+                "generation {} already runs with different content; a changed config needs a \
+                 new generation",
+                running.generation
+            ))
+        };
+    }
+    Decision::Apply(Box::new(config))
+}
+
+struct Inner {
+    node_name: String,
+    /// The running config. Replaced whole, under the lock, so decisions never interleave.
+    running: Mutex<Arc<NodeConfig>>,
+    /// The config the registrar was built from (it cannot be swapped, see the module docs).
+    registrar_config: Arc<NodeConfig>,
+    sip: Arc<SipServer>,
+    metrics: NodeMetrics,
+    /// Wakes `WatchState` streams when the running config changes.
+    changed: watch::Sender<i64>,
+}
+
+/// The `NodeControl` service. Cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+impl Control {
+    /// `config` is the config the node started with, the one `sip` was built from.
+    pub fn new(
+        node_name: String,
+        config: NodeConfig,
+        sip: Arc<SipServer>,
+        metrics: NodeMetrics,
+    ) -> Self {
+        metrics.config_generation.set(config.generation);
+        let (changed, _) = watch::channel(config.generation);
+        let config = Arc::new(config);
+        Self {
+            inner: Arc::new(Inner {
+                node_name,
+                running: Mutex::new(Arc::clone(&config)),
+                registrar_config: config,
+                sip,
+                metrics,
+                changed,
+            }),
+        }
+    }
+
+    /// The running config.
+    pub fn running(&self) -> Arc<NodeConfig> {
+        Arc::clone(&self.inner.running.lock())
+    }
+
+    /// Applies a snapshot by the rules of [`decide`].
+    pub fn apply(&self, snapshot: &ConfigSnapshot) -> ApplyConfigReply {
+        let mut running = self.inner.running.lock();
+        let (outcome, message) = match decide(&running, snapshot) {
+            Decision::Apply(config) => {
+                let message = self.restart_note(&config);
+                *running = Arc::from(config);
+                self.inner.metrics.config_generation.set(running.generation);
+                self.inner.changed.send_replace(running.generation);
+                (Outcome::Applied, message)
+            }
+            Decision::Unchanged => (Outcome::Unchanged, String::new()),
+            Decision::Stale(m) => (Outcome::Stale, m),
+            Decision::Rejected(m) => (Outcome::Rejected, m),
+        };
+        let label = outcome.as_str_name().to_ascii_lowercase();
+        self.inner
+            .metrics
+            .config_applies
+            .with_label_values(&[label.as_str()])
+            .inc();
+        let reply = ApplyConfigReply {
+            outcome: outcome as i32,
+            running_generation: running.generation,
+            message,
+        };
+        match outcome {
+            Outcome::Applied | Outcome::Unchanged => info!(
+                generation = snapshot.generation,
+                outcome = %label,
+                note = %reply.message,
+                "config snapshot"
+            ),
+            _ => warn!(
+                generation = snapshot.generation,
+                running = running.generation,
+                outcome = %label,
+                reason = %reply.message,
+                "config snapshot refused"
+            ),
+        }
+        reply
+    }
+
+    /// Says what of an applied config the registrar cannot take until restart; empty when
+    /// nothing it uses changed.
+    fn restart_note(&self, config: &NodeConfig) -> String {
+        let now = sip_settings(config);
+        let started = sip_settings(&self.inner.registrar_config);
+        if now.realm == started.realm && now.seats == started.seats {
+            return String::new();
+        }
+        format!(
+            "recorded; the SIP registrar keeps the realm and seat credentials of generation {} \
+             until the node restarts (it cannot swap them at runtime yet)",
+            self.inner.registrar_config.generation
+        )
+    }
+
+    /// The node's state now. Seat registration comes from the registrar; what the node does not
+    /// track yet (agent states, call counts, queues, trunks) is left unset rather than made up.
+    pub fn state(&self) -> NodeState {
+        let config = self.running();
+        let now = Instant::now();
+        NodeState {
+            node: self.inner.node_name.clone(),
+            // No HA yet: every node serves, which is what ACTIVE means.
+            role: NodeRole::Active as i32,
+            config_generation: config.generation,
+            seats: config
+                .seats
+                .iter()
+                .map(|s| SeatState {
+                    seat: s.name.clone(),
+                    registered: !self.inner.sip.contacts(&s.spec.extension, now).is_empty(),
+                    agent_state: AgentState::Unspecified as i32,
+                    ..SeatState::default()
+                })
+                .collect(),
+            queues: Vec::new(),
+            trunks: Vec::new(),
+        }
+    }
+}
+
+type StateStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<NodeState, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeControl for Control {
+    async fn apply_config(
+        &self,
+        request: Request<ConfigSnapshot>,
+    ) -> Result<Response<ApplyConfigReply>, Status> {
+        Ok(Response::new(self.apply(request.get_ref())))
+    }
+
+    type WatchStateStream = StateStream;
+
+    async fn watch_state(
+        &self,
+        _: Request<WatchStateRequest>,
+    ) -> Result<Response<Self::WatchStateStream>, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        let control = self.clone();
+        let mut changed = self.inner.changed.subscribe();
+        tokio::spawn(async move {
+            let mut last: Option<NodeState> = None;
+            let mut poll = tokio::time::interval(REGISTRATION_POLL);
+            loop {
+                let state = control.state();
+                // Only changes are sent, after one full report.
+                if last.as_ref() != Some(&state) {
+                    if tx.send(Ok(state.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(state);
+                }
+                tokio::select! {
+                    () = tx.closed() => return,
+                    r = changed.changed() => if r.is_err() { return },
+                    _ = poll.tick() => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn set_agent_state(
+        &self,
+        _: Request<SetAgentStateRequest>,
+    ) -> Result<Response<SetAgentStateReply>, Status> {
+        Err(Status::unimplemented(
+            "SetAgentState: agent states arrive with the ACD (issue 4, media-node II)",
+        ))
+    }
+
+    async fn drain(&self, _: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+        Err(Status::unimplemented(
+            "Drain: graceful drain arrives with hot-standby failover (issue 6)",
+        ))
+    }
+}
+
+/// Why the control server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot listen for the control API on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read the local address of the control listener: {0}")]
+    LocalAddr(std::io::Error),
+    #[error("the control API server failed: {0}")]
+    Serve(tonic::transport::Error),
+    #[error("the control API server stopped")]
+    Stopped,
+}
+
+impl ControlError {
+    /// Whether binding failed because the port is taken.
+    pub fn is_address_in_use(&self) -> bool {
+        matches!(self, Self::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
+    }
+}
+
+/// A bound control listener, so the caller learns the address (port 0) before serving.
+pub struct ControlListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl ControlListener {
+    pub async fn bind(addr: SocketAddr) -> Result<Self, ControlError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ControlError::Bind { addr, source })?;
+        let addr = listener.local_addr().map_err(ControlError::LocalAddr)?;
+        Ok(Self { listener, addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until the future is dropped.
+    pub async fn serve(self, control: Control) -> ControlError {
+        let result = tonic::transport::Server::builder()
+            .add_service(NodeControlServer::new(control))
+            .serve_with_incoming(TcpListenerStream::new(self.listener))
+            .await;
+        match result {
+            Ok(()) => ControlError::Stopped,
+            Err(e) => ControlError::Serve(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::Registry;
+    use switchboard_proto::node::v1::ConfigSnapshot;
+
+    use super::*;
+    use crate::sip::SipMetrics;
+
+    fn minimal() -> NodeConfig {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/minimal.yaml");
+        crate::node::load(&path).expect("minimal loads").config
+    }
+
+    fn snapshot(config: &NodeConfig) -> ConfigSnapshot {
+        ConfigSnapshot::new(
+            config.generation,
+            config.to_yaml().expect("yaml").into_bytes(),
+        )
+    }
+
+    fn with_generation(mut config: NodeConfig, generation: i64) -> NodeConfig {
+        config.generation = generation;
+        config
+    }
+
+    fn control(config: NodeConfig) -> (Control, Registry) {
+        let registry = Registry::new();
+        let sip_metrics = SipMetrics::new(&registry).expect("sip metrics");
+        let sip = Arc::new(SipServer::new(
+            sip_settings(&config),
+            sip_metrics,
+            Instant::now(),
+        ));
+        let metrics = NodeMetrics::new(&registry).expect("node metrics");
+        (
+            Control::new("node-a".into(), config, sip, metrics),
+            registry,
+        )
+    }
+
+    #[test]
+    fn the_generation_rules() {
+        let running = with_generation(minimal(), 5);
+        let newer = with_generation(minimal(), 6);
+        assert_eq!(
+            decide(&running, &snapshot(&newer)),
+            Decision::Apply(Box::new(newer.clone()))
+        );
+        assert_eq!(decide(&running, &snapshot(&running)), Decision::Unchanged);
+        let older = with_generation(minimal(), 4);
+        assert!(matches!(
+            decide(&running, &snapshot(&older)),
+            Decision::Stale(m) if m == "generation 4 is older than the running generation 5"
+        ));
+
+        let mut torn = snapshot(&newer);
+        torn.config_yaml.truncate(10);
+        assert!(matches!(
+            decide(&running, &torn),
+            Decision::Rejected(m) if m.contains("truncated or corrupted")
+        ));
+
+        let mut same_generation = running.clone();
+        same_generation.queues[0].spec.wrap_up_seconds += 1;
+        assert!(matches!(
+            decide(&running, &snapshot(&same_generation)),
+            Decision::Rejected(m) if m.contains("different content")
+        ));
+
+        let mut mislabelled = snapshot(&newer);
+        mislabelled.generation = 7;
+        assert!(matches!(
+            decide(&running, &mislabelled),
+            Decision::Rejected(m) if m == "generation: config_yaml says 6 but the snapshot says 7"
+        ));
+
+        let mut broken = newer.clone();
+        broken.seats[0].ha1 = "plain".into();
+        assert!(matches!(
+            decide(&running, &snapshot(&broken)),
+            Decision::Rejected(m) if m.contains("seats[0].ha1")
+        ));
+        let unknown = ConfigSnapshot::new(9, b"format: something/else\n".to_vec());
+        assert!(matches!(
+            decide(&running, &unknown),
+            Decision::Rejected(m) if m.contains("unknown node-config format")
+        ));
+    }
+
+    #[test]
+    fn a_rejected_snapshot_keeps_the_running_config_and_everything_is_counted() {
+        let (control, registry) = control(minimal());
+        let mut next = with_generation(minimal(), 2);
+        next.seats[0].ha1 = "nope".into();
+        let reply = control.apply(&snapshot(&next));
+        assert_eq!(reply.outcome(), Outcome::Rejected);
+        assert_eq!(reply.running_generation, 1);
+        assert_eq!(control.running().generation, 1);
+
+        let reply = control.apply(&snapshot(&with_generation(minimal(), 2)));
+        assert_eq!(reply.outcome(), Outcome::Applied);
+        assert_eq!(reply.message, "", "the registrar's inputs did not change");
+        assert_eq!(control.running().generation, 2);
+        assert_eq!(control.state().config_generation, 2);
+
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("encode");
+        assert!(text.contains("switchboard_config_generation 2"), "{text}");
+        assert!(text.contains("switchboard_config_applies_total{outcome=\"applied\"} 1"));
+        assert!(text.contains("switchboard_config_applies_total{outcome=\"rejected\"} 1"));
+    }
+
+    #[test]
+    fn a_credential_change_is_recorded_and_the_reply_says_it_needs_a_restart() {
+        let (control, _) = control(minimal());
+        let mut next = with_generation(minimal(), 2);
+        next.seats[0].ha1 = "0123456789abcdef0123456789abcdef".into();
+        let reply = control.apply(&snapshot(&next));
+        assert_eq!(reply.outcome(), Outcome::Applied);
+        assert_eq!(reply.running_generation, 2);
+        assert!(
+            reply.message.contains("until the node restarts"),
+            "{reply:?}"
+        );
+    }
+
+    #[test]
+    fn the_state_names_the_node_and_its_unregistered_seats() {
+        let (control, _) = control(minimal());
+        let state = control.state();
+        assert_eq!(state.node, "node-a");
+        assert_eq!(state.role(), NodeRole::Active);
+        assert_eq!(state.config_generation, 1);
+        let seats: Vec<_> = state
+            .seats
+            .iter()
+            .map(|s| (s.seat.as_str(), s.registered))
+            .collect();
+        assert_eq!(seats, [("agent-1001", false), ("agent-1002", false)]);
+        assert!(state.queues.is_empty() && state.trunks.is_empty());
+    }
+}

@@ -1,0 +1,375 @@
+//! The media-node binary run as the operator runs it: from a `node-config.yaml` built by the
+//! operator's own `build_node_config` (from `examples/minimal.yaml`), with the pod's
+//! environment. Checks the probes, the metrics and the gRPC control API over loopback:
+//! `/readyz` turns 200, `/metrics` shows `switchboard_*` metrics, `ApplyConfig` answers
+//! APPLIED, UNCHANGED, STALE and REJECTED by the generation rules, and `WatchState` reports
+//! the node, then a seat's registration once a phone registers with the config's HA1. Every listener is on 127.0.0.1 port 0 (the node prints the addresses); the child
+//! is always killed. Waits are bounded; nothing is timed.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use switchboard_crds::{CallCenter, Queue, Seat};
+use switchboard_proto::node::v1::apply_config_reply::Outcome;
+use switchboard_proto::node::v1::node_control_client::NodeControlClient;
+use switchboard_proto::node::v1::{ConfigSnapshot, NodeRole, WatchStateRequest};
+use switchboard_proto::node_config::{NodeConfig, build_node_config};
+
+const NODE: &str = env!("CARGO_BIN_EXE_media-node");
+/// Upper bound for the node to print its addresses and for `/readyz` to turn 200.
+const STARTUP_LIMIT: Duration = Duration::from_secs(60);
+const NAMESPACE: &str = "college";
+const POD_NAME: &str = "minimal-media-0";
+
+/// The node config the operator would write for `examples/minimal.yaml` in `college`.
+fn operator_config(generation: i64) -> NodeConfig {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/minimal.yaml");
+    let text = std::fs::read_to_string(&path).expect("read examples/minimal.yaml");
+    let mut center: Option<CallCenter> = None;
+    let (mut queues, mut seats) = (Vec::<Queue>::new(), Vec::<Seat>::new());
+    let mut secrets: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut value: serde_yaml::Value = serde::Deserialize::deserialize(doc).expect("YAML");
+        // As the API server holds them: in the CallCenter's namespace.
+        value["metadata"]["namespace"] = NAMESPACE.into();
+        match value["kind"].as_str() {
+            Some("CallCenter") => center = Some(serde_yaml::from_value(value).expect("center")),
+            Some("Queue") => queues.push(serde_yaml::from_value(value).expect("queue")),
+            Some("Seat") => seats.push(serde_yaml::from_value(value).expect("seat")),
+            Some("Secret") => {
+                let name = value["metadata"]["name"]
+                    .as_str()
+                    .expect("name")
+                    .to_string();
+                let data = serde_yaml::from_value(value["stringData"].clone()).expect("data");
+                secrets.insert(name, data);
+            }
+            other => panic!("unexpected kind {other:?}"),
+        }
+    }
+    let center = center.expect("a CallCenter");
+    let (config, problems) =
+        build_node_config(&center, &queues, &seats, &secrets, generation).expect("builds");
+    assert!(problems.is_empty(), "{problems:?}");
+    config
+}
+
+fn snapshot(config: &NodeConfig) -> ConfigSnapshot {
+    ConfigSnapshot::new(
+        config.generation,
+        config.to_yaml().expect("yaml").into_bytes(),
+    )
+}
+
+/// The running node; killed when dropped, also when an assertion fails.
+struct Node {
+    child: Child,
+    metrics: SocketAddr,
+    control: SocketAddr,
+    sip_udp: SocketAddr,
+    stderr: mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    fn start(config: &NodeConfig) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("node-config.yaml");
+        std::fs::write(&file, config.to_yaml().expect("yaml")).expect("write the config");
+        let mut child = Command::new(NODE)
+            .arg("--config")
+            .arg(&file)
+            .args(["--sip-listen", "127.0.0.1", "--sip-port", "0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--control-listen", "127.0.0.1:0"])
+            .env("POD_NAME", POD_NAME)
+            .env("POD_NAMESPACE", NAMESPACE)
+            .env("POD_IP", "127.0.0.1")
+            .env("NODE_IP", "127.0.0.1")
+            .env("SWITCHBOARD_CALL_CENTER", "minimal")
+            .env("SWITCHBOARD_LEASE_NAME", "minimal-media")
+            .env("SWITCHBOARD_RECORDINGS_DIR", dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start media-node");
+        // Readers on threads, so a silent child cannot block the test past its limit.
+        let (out_tx, out_rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if out_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (err_tx, err_rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        let mut node = Node {
+            child,
+            metrics: SocketAddr::from(([0, 0, 0, 0], 0)),
+            control: SocketAddr::from(([0, 0, 0, 0], 0)),
+            sip_udp: SocketAddr::from(([0, 0, 0, 0], 0)),
+            stderr: err_rx,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        let (mut metrics, mut control, mut sip_udp) = (None, None, None);
+        while metrics.is_none() || control.is_none() || sip_udp.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match out_rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(e) => panic!(
+                    "no listener addresses from media-node ({e}):\n{}",
+                    node.log()
+                ),
+            };
+            if let Some(a) =
+                line.strip_prefix("media-node: metrics, /healthz and /readyz on http://")
+            {
+                metrics = Some(a.parse().expect("metrics address"));
+            } else if let Some(a) = line.strip_prefix("media-node: control API (gRPC, h2c) on ") {
+                control = Some(a.parse().expect("control address"));
+            } else if line.starts_with("media-node: SIP for domain") {
+                let udp = line
+                    .split(" on udp ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .expect("the UDP address");
+                sip_udp = Some(udp.parse().expect("SIP UDP address"));
+            }
+        }
+        node.metrics = metrics.expect("metrics address");
+        node.control = control.expect("control address");
+        node.sip_udp = sip_udp.expect("SIP UDP address");
+        node
+    }
+
+    /// What the node logged so far, for failure messages.
+    fn log(&self) -> String {
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// One HTTP/1.1 GET: status code and body. `None` while the node does not answer.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(5)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let code = out.split_whitespace().nth(1)?.parse().ok()?;
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    }
+}
+
+fn md5_hex(text: &str) -> String {
+    use md5::{Digest, Md5};
+    hex::encode(Md5::digest(text.as_bytes()))
+}
+
+/// Registers `extension` over UDP as a phone would: REGISTER, 401 with a nonce, REGISTER with
+/// a digest (qop=auth) computed from the seat's HA1. Returns the final status line.
+fn register(node: SocketAddr, extension: &str, ha1: &str) -> String {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a phone socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let local = socket.local_addr().expect("local address");
+    let request = |cseq: u32, auth: &str| {
+        format!(
+            "REGISTER sip:localhost SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK-runtime-{cseq};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:{extension}@localhost>;tag=runtime\r\n\
+             To: <sip:{extension}@localhost>\r\n\
+             Call-ID: runtime-register@127.0.0.1\r\n\
+             CSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:{extension}@{local}>\r\n\
+             Expires: 300\r\n\
+             {auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    let exchange = |message: String| {
+        socket.send_to(message.as_bytes(), node).expect("send");
+        let mut buf = [0u8; 4096];
+        let (n, _) = socket.recv_from(&mut buf).expect("a response");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let challenge = exchange(request(1, ""));
+    assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+    let nonce = challenge
+        .split("nonce=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a nonce");
+    let (nc, cnonce, uri) = ("00000001", "runtime-cnonce", "sip:localhost");
+    let ha2 = md5_hex(&format!("REGISTER:{uri}"));
+    let response = md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    let auth = format!(
+        "Authorization: Digest username=\"{extension}\", realm=\"localhost\", \
+         nonce=\"{nonce}\", uri=\"{uri}\", response=\"{response}\", algorithm=MD5, \
+         qop=auth, nc={nc}, cnonce=\"{cnonce}\"\r\n"
+    );
+    let answer = exchange(request(2, &auth));
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_control() {
+    let config = operator_config(3);
+    let node = tokio::task::block_in_place(|| Node::start(&config));
+
+    // Readiness: bounded wait for 200 (the node answers 503 with a reason until then).
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = tokio::task::block_in_place(|| node.get("/readyz"));
+        if matches!(&last, Some((200, _))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        last,
+        Some((200, "ready\n".to_string())),
+        "/readyz never turned 200:\n{}",
+        node.log()
+    );
+    let health = tokio::task::block_in_place(|| node.get("/healthz"));
+    assert_eq!(health.map(|h| h.0), Some(200));
+
+    let (code, metrics) = tokio::task::block_in_place(|| node.get("/metrics")).expect("metrics");
+    assert_eq!(code, 200);
+    for name in [
+        "switchboard_config_generation 3",
+        "switchboard_registered_seats",
+        "switchboard_recording_failures_total",
+        "switchboard_node_start_time_seconds",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+
+    let mut client = NodeControlClient::connect(format!("http://{}", node.control))
+        .await
+        .expect("connect to the control API");
+    let apply = |snap: ConfigSnapshot| {
+        let mut client = client.clone();
+        async move {
+            client
+                .apply_config(snap)
+                .await
+                .expect("ApplyConfig answers")
+                .into_inner()
+        }
+    };
+
+    let next = operator_config(4);
+    let reply = apply(snapshot(&next)).await;
+    assert_eq!(
+        (reply.outcome(), reply.running_generation),
+        (Outcome::Applied, 4),
+        "{reply:?}"
+    );
+
+    let reply = apply(snapshot(&next)).await;
+    assert_eq!(
+        (reply.outcome(), reply.running_generation),
+        (Outcome::Unchanged, 4)
+    );
+
+    let reply = apply(snapshot(&config)).await;
+    assert_eq!(
+        (reply.outcome(), reply.running_generation),
+        (Outcome::Stale, 4)
+    );
+    assert!(reply.message.contains("older"), "{reply:?}");
+
+    let mut corrupted = snapshot(&operator_config(5));
+    corrupted.config_hash = "0".repeat(32);
+    let reply = apply(corrupted).await;
+    assert_eq!(
+        (reply.outcome(), reply.running_generation),
+        (Outcome::Rejected, 4),
+        "the previous config keeps running"
+    );
+    assert!(reply.message.contains("config_hash"), "{reply:?}");
+
+    let mut stream = client
+        .watch_state(WatchStateRequest {})
+        .await
+        .expect("WatchState answers")
+        .into_inner();
+    let state = tokio::time::timeout(STARTUP_LIMIT, stream.message())
+        .await
+        .expect("a first state within the limit")
+        .expect("a healthy stream")
+        .expect("a first state");
+    assert_eq!(state.node, POD_NAME);
+    assert_eq!(state.role(), NodeRole::Active);
+    assert_eq!(state.config_generation, 4);
+    let seats: Vec<_> = state
+        .seats
+        .iter()
+        .map(|s| (s.seat.as_str(), s.registered))
+        .collect();
+    assert_eq!(seats, [("agent-1001", false), ("agent-1002", false)]);
+
+    // A phone registers with the HA1 the config carries; the stream reports it (the node
+    // samples its registrar, so the next message comes within a bounded wait).
+    let ha1 = next.seats[0].ha1.clone();
+    let sip = node.sip_udp;
+    let status = tokio::task::block_in_place(|| register(sip, "1001", &ha1));
+    assert!(
+        status.starts_with("SIP/2.0 200"),
+        "{status}\n{}",
+        node.log()
+    );
+    let state = tokio::time::timeout(STARTUP_LIMIT, stream.message())
+        .await
+        .expect("a state change within the limit")
+        .expect("a healthy stream")
+        .expect("a second state");
+    let seats: Vec<_> = state
+        .seats
+        .iter()
+        .map(|s| (s.seat.as_str(), s.registered))
+        .collect();
+    assert_eq!(seats, [("agent-1001", true), ("agent-1002", false)]);
+
+    let unimplemented = client
+        .drain(switchboard_proto::node::v1::DrainRequest::default())
+        .await
+        .expect_err("Drain is not served yet");
+    assert_eq!(unimplemented.code(), tonic::Code::Unimplemented);
+    assert!(unimplemented.message().contains("issue 6"));
+
+    let (_, metrics) = tokio::task::block_in_place(|| node.get("/metrics")).expect("metrics");
+    assert!(
+        metrics.contains("switchboard_config_generation 4"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchboard_config_applies_total{outcome=\"stale\"} 1"));
+}
