@@ -12,10 +12,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
+use media_node::call::CallSettings;
 use media_node::control::{Control, ControlListener};
 use media_node::http::{HttpListener, NodeMetrics, Readiness};
+use media_node::media::ports::PortAllocator;
 use media_node::node::{self, ConfigSource, LoadedConfig, PodEnv};
 use media_node::sip::{SipListeners, SipMetrics, SipServer};
+use switchboard_crds::callcenter::RecordingMode;
 use tracing::{info, warn};
 
 #[derive(Parser)]
@@ -44,6 +47,46 @@ struct Cli {
     /// free one].
     #[arg(long, value_name = "ADDR")]
     control_listen: Option<SocketAddr>,
+    /// Where recordings (WAV + JSON sidecar) and the CDR file `cdr.jsonl` are written
+    /// [default: $SWITCHBOARD_RECORDINGS_DIR, else ./recordings].
+    #[arg(long, value_name = "DIR")]
+    recordings_dir: Option<PathBuf>,
+}
+
+/// The B2BUA's settings from the config: RTP range, codecs, the address in SDP, recording.
+fn call_settings(
+    cli: &Cli,
+    config: &switchboard_proto::node_config::NodeConfig,
+    env: &PodEnv,
+    node_name: &str,
+) -> Result<CallSettings, String> {
+    let spec = &config.spec;
+    let ports = PortAllocator::from_spec(&spec.rtp).map_err(|e| format!("spec.rtp: {e}"))?;
+    // The address peers must send media to: the configured one, else the pod's own address
+    // (a wildcard SIP listener says nothing about it).
+    let advertised_address = match spec.sip.advertised_address.as_deref() {
+        Some(a) => Some(a.parse::<IpAddr>().map_err(|_| {
+            format!("spec.sip.advertisedAddress: {a:?}: the media node needs an IP address here")
+        })?),
+        None => env.pod_ip.as_deref().and_then(|ip| ip.parse().ok()),
+    };
+    let dir = cli
+        .recordings_dir
+        .clone()
+        .or_else(|| env.recordings_dir.as_ref().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("recordings"));
+    let record = spec.recording.mode == RecordingMode::Always;
+    Ok(CallSettings {
+        ports: Some(ports),
+        codecs: spec.codecs.clone(),
+        advertised_address,
+        media_bind: None,
+        recording_dir: record.then(|| dir.clone()),
+        // Every call gets a CDR line, recorded or not.
+        cdr_path: Some(dir.join("cdr.jsonl")),
+        node_name: node_name.to_string(),
+        ..CallSettings::default()
+    })
 }
 
 const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9090);
@@ -183,7 +226,16 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     let settings = node::sip_settings(&config);
     let realm = settings.realm.clone();
     let seats = settings.seats.len();
-    let sip = Arc::new(SipServer::new(settings, sip_metrics, Instant::now()));
+    let calls = call_settings(cli, &config, &env, &node_name)?;
+    if let Some(dir) = &calls.cdr_path.as_ref().and_then(|p| p.parent()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let sip = Arc::new(
+        SipServer::new(settings, sip_metrics, Instant::now())
+            .with_calls(calls)
+            .map_err(|e| format!("cannot start calls: {e}"))?,
+    );
     let sip_config = &config.spec.sip;
     let udp = SocketAddr::new(cli.sip_listen, cli.sip_port.unwrap_or(sip_config.udp_port));
     let tcp = SocketAddr::new(cli.sip_listen, cli.sip_port.unwrap_or(sip_config.tcp_port));
@@ -191,7 +243,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     println!(
-        "media-node: SIP for domain {realm:?} ({seats} seat(s)) on udp {} and tcp {}; serving REGISTER and OPTIONS",
+        "media-node: SIP for domain {realm:?} ({seats} seat(s)) on udp {} and tcp {}; serving REGISTER, OPTIONS and seat-to-seat calls",
         listeners.udp_addr(),
         listeners.tcp_addr()
     );
