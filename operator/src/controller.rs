@@ -33,7 +33,7 @@ use crate::builders::{
     PodDisruptionBudgetObject, build_children,
 };
 use crate::metrics::Metrics;
-use switchboard_proto::node_config::{NodeConfigError, build_node_config};
+use switchboard_proto::node_config::{NodeConfigError, ObjectKind, Problem, build_node_config};
 
 /// The field manager of everything the operator applies.
 pub const FIELD_MANAGER: &str = "switchboard-operator";
@@ -203,10 +203,9 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
         match build_node_config(center, &queues, &seats, &secrets, previous_generation) {
             Ok(built) => built,
             Err(e) => {
-                publish(
+                publish_on(
                     recorder,
-                    center,
-                    EventType::Warning,
+                    &center.object_ref(&()),
                     "InvalidCallCenter",
                     &e.to_string(),
                 )
@@ -269,15 +268,15 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
     apply_children(client, &namespace, &children).await?;
 
     for problem in &problems {
-        publish(
+        publish_on(
             recorder,
-            center,
-            EventType::Warning,
+            &center.object_ref(&()),
             problem.reason.as_str(),
             &problem.to_string(),
         )
         .await;
     }
+    mark_members(client, recorder, center, &queues, &seats, &problems).await?;
     let ready_replicas = Api::<StatefulSet>::namespaced(client.clone(), &namespace)
         .get_opt(&names.stateful_set)
         .await?
@@ -375,6 +374,131 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
+/// Sets `Resolved` on every Queue and Seat of the center — False with the problems that name
+/// it (and an Event on it), True otherwise — writing only conditions that changed.
+async fn mark_members(
+    client: &Client,
+    recorder: &Recorder,
+    center: &CallCenter,
+    queues: &[Queue],
+    seats: &[Seat],
+    problems: &[Problem],
+) -> Result<(), ReconcileError> {
+    let center_name = center.name_any();
+    let namespace = center.namespace().unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let resolved = |kind: ObjectKind, name: &str, generation: Option<i64>| {
+        let mine: Vec<&Problem> = problems
+            .iter()
+            .filter(|p| p.kind == kind && p.name == name)
+            .collect();
+        match mine.first() {
+            None => condition(
+                conditions::RESOLVED,
+                "True",
+                "Resolved",
+                format!("served by CallCenter {center_name}"),
+                generation,
+                now.clone(),
+            ),
+            Some(first) => condition(
+                conditions::RESOLVED,
+                "False",
+                first.reason.as_str(),
+                mine.iter()
+                    .map(|p| format!("{}: {}", p.field, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                generation,
+                now.clone(),
+            ),
+        }
+    };
+    let queues_api: Api<Queue> = Api::namespaced(client.clone(), &namespace);
+    for queue in queues.iter().filter(|q| q.spec.call_center == center_name) {
+        let current = queue.status.as_ref().map(|s| s.conditions.clone());
+        let cond = resolved(
+            ObjectKind::Queue,
+            &queue.name_any(),
+            queue.metadata.generation,
+        );
+        set_resolved(
+            &queues_api,
+            recorder,
+            queue,
+            current.unwrap_or_default(),
+            cond,
+        )
+        .await?;
+    }
+    let seats_api: Api<Seat> = Api::namespaced(client.clone(), &namespace);
+    for seat in seats.iter().filter(|s| s.spec.call_center == center_name) {
+        let current = seat.status.as_ref().map(|s| s.conditions.clone());
+        let cond = resolved(ObjectKind::Seat, &seat.name_any(), seat.metadata.generation);
+        set_resolved(
+            &seats_api,
+            recorder,
+            seat,
+            current.unwrap_or_default(),
+            cond,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Writes `cond` into an object's status conditions when it changed, with an Event when it
+/// says the object was left out.
+async fn set_resolved<K>(
+    api: &Api<K>,
+    recorder: &Recorder,
+    object: &K,
+    mut conds: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    cond: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) -> Result<(), ReconcileError>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if !set_condition(&mut conds, cond.clone()) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"status": {"conditions": conds}});
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    if cond.status == "False" {
+        publish_on(
+            recorder,
+            &object.object_ref(&()),
+            &cond.reason,
+            &cond.message,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+async fn publish_on(
+    recorder: &Recorder,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, regarding).await {
+        tracing::warn!(error = %e, "cannot publish an Event");
+    }
+}
+
 fn summarize(problems: &[crate::node_config::Problem]) -> String {
     let shown: Vec<String> = problems.iter().take(5).map(ToString::to_string).collect();
     let more = problems.len().saturating_sub(shown.len());
@@ -430,25 +554,6 @@ async fn write_status(
     )
     .await?;
     Ok(())
-}
-
-async fn publish(
-    recorder: &Recorder,
-    center: &CallCenter,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".to_string(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &center.object_ref(&())).await {
-        tracing::warn!(error = %e, "cannot publish an Event");
-    }
 }
 
 async fn apply_children(

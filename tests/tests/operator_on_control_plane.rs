@@ -189,6 +189,35 @@ spec:
         "{}",
         degraded.message
     );
+    // The seat left out says why; the others say they are served.
+    let seats: Api<switchboard_crds::Seat> = Api::namespaced(client.clone(), &ns.name);
+    let resolved = |name: &'static str| {
+        let seats = seats.clone();
+        async move {
+            let status = seats.get(name).await.ok()?.status?;
+            status
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Resolved")
+        }
+    };
+    let left_out = wait_for(WAIT, "Resolved=False on the copy", || async {
+        resolved("zz-agent-copy")
+            .await
+            .filter(|c| c.status == "False")
+    })
+    .await?;
+    assert_eq!(left_out.reason, "DuplicateExtension");
+    assert!(
+        left_out.message.contains("spec.extension"),
+        "{}",
+        left_out.message
+    );
+    let served = wait_for(WAIT, "Resolved=True on agent-1001", || async {
+        resolved("agent-1001").await.filter(|c| c.status == "True")
+    })
+    .await?;
+    assert!(served.message.contains("minimal"), "{}", served.message);
 
     // HotStandby runs two media nodes.
     centers
