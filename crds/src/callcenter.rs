@@ -596,7 +596,8 @@ pub struct NodesSpec {
     /// campus-cluster option for phones and trunks outside the cluster that cannot reach pod
     /// IPs. The SIP ports and the metrics port 9090 become host ports, so one host runs at
     /// most one media node using them: with `HotStandby` the two nodes need two hosts, and
-    /// centers sharing hosts need distinct SIP ports and RTP ranges. Default: pod networking,
+    /// centers sharing hosts need distinct SIP ports and RTP ranges, all 1024 or above (the
+    /// node runs as non-root). Default: pod networking,
     /// where in-cluster peers reach RTP on the pod IP and SIP through the center's Service.
     #[serde(default)]
     pub host_network: bool,

@@ -117,6 +117,21 @@ pub fn call_center(spec: &CallCenterSpec) -> FieldErrors {
     }
 
     check_unique(&spec.codecs, |i| format!("spec.codecs[{i}]"), &mut errs);
+    if spec.nodes.host_network {
+        // The node runs as non-root; in the host's network namespace nothing lets it bind
+        // below 1024 (the pod-network case uses a namespaced sysctl).
+        for (field, port) in [
+            ("spec.sip.udpPort", spec.sip.udp_port),
+            ("spec.sip.tcpPort", spec.sip.tcp_port),
+        ] {
+            if port < 1024 {
+                errs.push(
+                    field,
+                    format!("Invalid value: {port}: with spec.nodes.hostNetwork the SIP ports must be 1024 or above"),
+                );
+            }
+        }
+    }
 
     let ha = &spec.high_availability;
     if ha.renew_interval_seconds >= ha.lease_duration_seconds {

@@ -70,6 +70,13 @@ fn every_cross_field_rule_names_its_field() {
         ),
         ("spec.sip.udpPort", Box::new(|s| s.sip.udp_port = 12000)),
         (
+            "spec.sip.tcpPort",
+            Box::new(|s| {
+                s.nodes.host_network = true;
+                s.sip.tcp_port = 506
+            }),
+        ),
+        (
             "spec.codecs[1]",
             Box::new(|s| s.codecs = vec![crate::callcenter::Codec::Pcmu; 2]),
         ),

@@ -18,9 +18,12 @@
 //! - Preferred anti-affinity by host name between the two nodes of a center: a host failure
 //!   should not take both, but a small cluster may still run them on one host. (With
 //!   `hostNetwork`, the declared host ports already keep them apart.)
-//! - Non-root, no privilege escalation, read-only root file system, every capability dropped;
-//!   `NET_BIND_SERVICE` is added back only for a SIP port below 1024 (the image gives the
-//!   binary that file capability).
+//! - Non-root, no privilege escalation, read-only root file system, every capability dropped.
+//!   A SIP port below 1024 is opened with the namespaced sysctl
+//!   `net.ipv4.ip_unprivileged_port_start` (a "safe" sysctl from Kubernetes 1.22; older
+//!   kubelets must allow it with `--allowed-unsafe-sysctls`), not with a capability: a non-root
+//!   process never holds an added capability, and no-new-privileges ignores file capabilities.
+//!   With hostNetwork the pod cannot set it, so validation requires ports of 1024 or above.
 //! - The recording volume claim template is sized and classed from `spec.recording`. A
 //!   StatefulSet's claim templates cannot change after creation: a new size applies to new
 //!   volumes only.
@@ -32,7 +35,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
+    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Sysctl, Volume,
     VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -155,13 +158,10 @@ fn container(
         host_port: host_network.then_some(number),
         ..ContainerPort::default()
     };
-    let mut capabilities = Capabilities {
+    let capabilities = Capabilities {
         drop: Some(vec!["ALL".to_string()]),
         ..Capabilities::default()
     };
-    if sip.udp_port < 1024 || sip.tcp_port < 1024 {
-        capabilities.add = Some(vec!["NET_BIND_SERVICE".to_string()]);
-    }
     let mut mounts = vec![
         VolumeMount {
             name: CONFIG_VOLUME.to_string(),
@@ -223,6 +223,17 @@ fn container(
         volume_mounts: Some(mounts),
         ..Container::default()
     }
+}
+
+/// Lets the non-root node bind a SIP port below 1024 inside its own network namespace.
+fn privileged_port_sysctl(sip: &switchboard_crds::callcenter::SipSpec) -> Option<Vec<Sysctl>> {
+    let lowest = sip.udp_port.min(sip.tcp_port);
+    (lowest < 1024).then(|| {
+        vec![Sysctl {
+            name: "net.ipv4.ip_unprivileged_port_start".to_string(),
+            value: lowest.to_string(),
+        }]
+    })
 }
 
 fn anti_affinity(center: &Center<'_>) -> Affinity {
@@ -332,6 +343,7 @@ pub fn stateful_set(
                 type_: "RuntimeDefault".to_string(),
                 ..SeccompProfile::default()
             }),
+            sysctls: privileged_port_sysctl(&center.spec.sip),
             ..PodSecurityContext::default()
         }),
         containers: vec![container(center, options, trunk_mounts)],
@@ -648,15 +660,25 @@ mod tests {
     }
 
     #[test]
-    fn a_privileged_sip_port_gets_only_net_bind_service_back() {
+    fn a_privileged_sip_port_is_opened_by_sysctl_not_by_a_capability() {
         let mut cc = center("campus", HaMode::None);
         cc.spec.sip.udp_port = 506;
-        let sc = media_container(&build(&cc))
+        let built = build(&cc);
+        let sc = media_container(&built)
             .security_context
             .expect("security context");
+        assert_eq!(sc.capabilities.and_then(|c| c.add), None);
+        let sysctls = pod(&built)
+            .security_context
+            .and_then(|p| p.sysctls)
+            .expect("sysctls");
+        assert_eq!(sysctls[0].name, "net.ipv4.ip_unprivileged_port_start");
+        assert_eq!(sysctls[0].value, "506");
         assert_eq!(
-            sc.capabilities.and_then(|c| c.add),
-            Some(vec!["NET_BIND_SERVICE".to_string()])
+            pod(&build(&center("campus", HaMode::None)))
+                .security_context
+                .and_then(|p| p.sysctls),
+            None
         );
     }
 
