@@ -85,6 +85,18 @@ fn call_settings(
         // Every call gets a CDR line, recorded or not.
         cdr_path: Some(dir.join("cdr.jsonl")),
         node_name: node_name.to_string(),
+        trunks: media_node::call::TrunkSettings {
+            trunks: spec.trunks.clone(),
+            secrets: config.trunk_secrets.clone(),
+            // In a pod the Secrets are mounted where each TrunkSecret says.
+            secrets_dir: None,
+        },
+        entry_points: spec.entry_points.clone(),
+        seat_extensions: config
+            .seats
+            .iter()
+            .map(|s| (s.name.clone(), s.spec.extension.clone()))
+            .collect(),
         ..CallSettings::default()
     })
 }

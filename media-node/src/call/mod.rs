@@ -3,14 +3,16 @@
 //!
 //! [`CallEngine`] owns the table of live calls (Call-ID → call task) and sets calls up; each
 //! call then runs as one tokio task ([`session`]) that owns both legs' transactions, timers
-//! and media, so no lock is held across a call's state changes. Seat-to-seat calls are served;
-//! trunks and entry points plug into [`routing`].
+//! and media, so no lock is held across a call's state changes. Seat-to-seat calls, inbound
+//! trunk calls (by entry point or extension) and outbound calls through a trunk are served
+//! ([`routing`], [`trunks`]); IVR and queue routes are not yet.
 
 pub mod relay;
 pub mod routing;
 mod session;
+pub mod trunks;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use switchboard_crds::callcenter::Codec;
+use switchboard_crds::callcenter::{Codec, EntryPoint};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -31,7 +33,8 @@ use crate::sip::message::reason_phrase;
 use crate::sip::message::{SipRequest, SipResponse};
 
 pub use relay::{Leg, RelayStats};
-pub use session::{CallSetup, SetupError};
+pub use session::{CallSetup, CallTarget, SetupError};
+pub use trunks::{TrunkSettings, Trunks};
 
 /// Most calls (both legs) handled at once; beyond it new INVITEs get 503.
 pub const MAX_CALLS: usize = 10_000;
@@ -60,6 +63,12 @@ pub struct CallSettings {
     pub node_name: String,
     /// How long a seat may ring before the caller gets 480 (ring-no-answer).
     pub ring_timeout: Duration,
+    /// The trunks (`spec.trunks`) and where their credentials are.
+    pub trunks: TrunkSettings,
+    /// `spec.entryPoints`: dialed numbers that enter the center.
+    pub entry_points: Vec<EntryPoint>,
+    /// Seat name → extension, for entry points that route to a seat.
+    pub seat_extensions: BTreeMap<String, String>,
 }
 
 impl Default for CallSettings {
@@ -73,6 +82,9 @@ impl Default for CallSettings {
             cdr_path: None,
             node_name: "media-node".into(),
             ring_timeout: Duration::from_secs(60),
+            trunks: TrunkSettings::default(),
+            entry_points: Vec::new(),
+            seat_extensions: BTreeMap::new(),
         }
     }
 }
@@ -83,6 +95,9 @@ pub struct Outbound {
     pub bytes: Vec<u8>,
     pub destination: SocketAddr,
     pub transport: Transport,
+    /// Over TCP with no open connection to `destination`: open one (requests to a trunk).
+    /// Phones are never connected to: they connect to the node.
+    pub connect: bool,
 }
 
 /// Where the transport listens, and the queue its sender task reads.
@@ -131,6 +146,19 @@ pub struct CallEngine {
     relay_stats: Arc<RelayStats>,
     counters: CallCounters,
     metrics: Option<crate::sip::SipMetrics>,
+    trunks: Trunks,
+}
+
+/// A call refused before it rang anyone, for its CDR line.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused<'a> {
+    pub call_id: &'a str,
+    pub caller: &'a str,
+    pub dialed: &'a str,
+    pub status: u16,
+    pub direction: CallDirection,
+    pub trunk: Option<&'a str>,
+    pub outcome: CallOutcome,
 }
 
 impl CallEngine {
@@ -157,6 +185,7 @@ impl CallEngine {
             .clone()
             .or_else(|| settings.recording_dir.as_ref().map(|d| d.join("cdr.jsonl")));
         let cdr = cdr_path.map(|p| CdrWriter::open(&p)).transpose()?;
+        let trunks = Trunks::new(&settings.trunks, metrics.as_ref().map(|m| m.trunks.clone()));
         Ok(Some(Arc::new(Self {
             settings,
             ports,
@@ -167,6 +196,7 @@ impl CallEngine {
             relay_stats: Arc::new(RelayStats::default()),
             counters: CallCounters::default(),
             metrics,
+            trunks,
         })))
     }
 
@@ -187,6 +217,20 @@ impl CallEngine {
 
     pub fn counters(&self) -> &CallCounters {
         &self.counters
+    }
+
+    /// The trunks and their channel counters.
+    pub fn trunks(&self) -> &Trunks {
+        &self.trunks
+    }
+
+    /// The dial plan the routing core decides over.
+    pub fn dial_plan(&self) -> routing::DialPlan<'_> {
+        routing::DialPlan {
+            entry_points: &self.settings.entry_points,
+            seat_extensions: &self.settings.seat_extensions,
+            trunks: &self.trunks,
+        }
     }
 
     /// Calls with a live task (including those finishing their transaction timers).
@@ -271,29 +315,35 @@ impl CallEngine {
         debug!(live = calls.len() / 2, "call finished");
     }
 
-    /// Writes the CDR of a call refused before it rang anyone (routing or setup failure), so
-    /// every offered call has its line.
-    pub fn record_refused(&self, call_id: &str, caller: &str, dialed: &str, status: u16) {
+    /// Writes the CDR of a call refused before it rang anyone (routing or setup failure, a
+    /// trunk at its channel limit), so every offered call has its line.
+    pub fn record_refused(&self, refused: Refused<'_>) {
         if let Some(m) = &self.metrics {
-            m.calls.with_label_values(&["failed"]).inc();
+            m.calls
+                .with_label_values(&[session::outcome_label(refused.outcome)])
+                .inc();
         }
         let Some(cdr) = &self.cdr else {
             return;
         };
         let now = chrono::Utc::now();
         let record = CallDetailRecord {
-            call_id: call_id.to_string(),
-            from: caller.to_string(),
-            to: dialed.to_string(),
-            direction: CallDirection::Internal,
-            trunk: None,
+            call_id: refused.call_id.to_string(),
+            from: refused.caller.to_string(),
+            to: refused.dialed.to_string(),
+            direction: refused.direction,
+            trunk: refused.trunk.map(str::to_string),
             seat: None,
             queue: None,
             offered_at: now,
             answered_at: None,
             ended_at: now,
-            outcome: CallOutcome::Failed,
-            hangup_cause: Some(format!("{status} {}", reason_phrase(status))),
+            outcome: refused.outcome,
+            hangup_cause: Some(format!(
+                "{} {}",
+                refused.status,
+                reason_phrase(refused.status)
+            )),
             hangup_side: Some(HangupSide::Node),
             recording: None,
             node: self.settings.node_name.clone(),

@@ -1,12 +1,22 @@
-//! Where a call goes: a pure decision over the dialed number and the registrar's bindings, so
-//! every path is unit-tested without sockets.
+//! Where a call goes: a pure decision over the caller, the dialed number, the dial plan
+//! (entry points, trunk dial prefixes) and the registrar's bindings, so every path is
+//! unit-tested without sockets.
 //!
-//! Served now: seat-to-seat calls by extension. A seat's call rings the seat's most recently
-//! refreshed contact (no forking yet: one phone per agent is the call-center norm, and the
-//! newest binding is the phone the agent last used). Trunk calls (inbound numbers, outbound
-//! dial-prefix rules) and entry points (dialed number → IVR or queue) are new [`Destination`]
-//! variants decided in [`route`] before the seat lookup; they are not served yet.
+//! A seat's call: its own extension space first (a dialed extension rings that seat), then the
+//! center's entry points (short numbers), then the trunks' outbound dial prefixes (longest
+//! prefix wins). A trunk's call (trusted by source address): the entry points (the dialed
+//! number as delivered, E.164 or short), then the seats' extensions; a trunk never reaches
+//! another trunk (no toll fraud through the node). Entry points routed to a seat ring it; IVR
+//! menus, queues and voicemail are not served by this node yet and are refused with 480 (and
+//! counted), never faked. A call to a seat rings the seat's most recently refreshed contact
+//! (no forking: one phone per agent is the call-center norm, and the newest binding is the
+//! phone the agent last used).
 
+use std::collections::BTreeMap;
+
+use switchboard_crds::callcenter::{EntryPoint, RouteAction};
+
+use super::trunks::Trunks;
 use crate::sip::registrar::Binding;
 
 /// What the routing core needs to know about seats.
@@ -17,11 +27,31 @@ pub trait SeatDirectory {
     fn contacts(&self, extension: &str) -> Vec<Binding>;
 }
 
+/// Who places the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller<'a> {
+    /// A seat, authenticated by digest.
+    Seat(&'a str),
+    /// A trunk, trusted by its source address.
+    Trunk(&'a str),
+}
+
+/// The call center's dial plan.
+#[derive(Debug, Clone, Copy)]
+pub struct DialPlan<'a> {
+    pub entry_points: &'a [EntryPoint],
+    /// Seat name → extension (entry points name seats).
+    pub seat_extensions: &'a BTreeMap<String, String>,
+    pub trunks: &'a Trunks,
+}
+
 /// Where a call is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
     /// Ring this registered contact of a seat.
     Seat { extension: String, contact: Binding },
+    /// Out through a trunk, sending `number`.
+    Trunk { trunk: String, number: String },
 }
 
 /// The routing decision for one call.
@@ -36,6 +66,14 @@ pub enum RouteDecision {
     SelfCall,
     /// Nothing answers to this number: 404 Not Found.
     NotFound,
+    /// An entry point whose route this node does not serve yet (IVR menu, queue, voicemail):
+    /// 480 with a reason phrase that says so.
+    NotServed {
+        number: String,
+        action: RouteAction,
+    },
+    /// An entry point routed to `Hangup`: 603 Decline.
+    Declined,
 }
 
 impl RouteDecision {
@@ -43,37 +81,135 @@ impl RouteDecision {
     pub fn rejection_status(&self) -> Option<u16> {
         match self {
             Self::Ring(_) => None,
-            Self::SeatUnavailable { .. } => Some(480),
+            Self::SeatUnavailable { .. } | Self::NotServed { .. } => Some(480),
             Self::SelfCall => Some(486),
             Self::NotFound => Some(404),
+            Self::Declined => Some(603),
+        }
+    }
+
+    /// The reason phrase of [`Self::rejection_status`] where the standard one says too little.
+    pub fn rejection_reason(&self) -> Option<String> {
+        match self {
+            Self::NotServed { action, .. } => Some(format!(
+                "Temporarily Unavailable ({} routing is not served by this node yet)",
+                action_label(*action)
+            )),
+            _ => None,
         }
     }
 }
 
-/// Routes a call from seat `caller` to the dialed number (the Request-URI user part).
-pub fn route(caller: &str, dialed: &str, seats: &impl SeatDirectory) -> RouteDecision {
+/// The route action as a metric label / log word.
+pub fn action_label(action: RouteAction) -> &'static str {
+    match action {
+        RouteAction::Menu => "menu",
+        RouteAction::Queue => "queue",
+        RouteAction::Seat => "seat",
+        RouteAction::Voicemail => "voicemail",
+        RouteAction::Hangup => "hangup",
+    }
+}
+
+/// Routes a call to the dialed number (the Request-URI user part).
+pub fn route(
+    caller: Caller<'_>,
+    dialed: &str,
+    plan: &DialPlan<'_>,
+    seats: &impl SeatDirectory,
+) -> RouteDecision {
     let dialed = dialed.trim();
     if dialed.is_empty() {
         return RouteDecision::NotFound;
     }
-    // Extension point: trunk outbound prefixes and entry points are matched here, first.
-    if !seats.seat_exists(dialed) {
-        return RouteDecision::NotFound;
+    match caller {
+        Caller::Seat(seat) => {
+            if seats.seat_exists(dialed) {
+                return ring_seat(Some(seat), dialed, seats);
+            }
+            if let Some(entry) = entry_point(plan, dialed) {
+                return route_entry(Some(seat), entry, plan, seats);
+            }
+            match plan.trunks.outbound(dialed) {
+                Some(out) => RouteDecision::Ring(Destination::Trunk {
+                    trunk: out.trunk,
+                    number: out.number,
+                }),
+                None => RouteDecision::NotFound,
+            }
+        }
+        Caller::Trunk(_) => {
+            if let Some(entry) = entry_point(plan, dialed) {
+                return route_entry(None, entry, plan, seats);
+            }
+            if seats.seat_exists(dialed) {
+                return ring_seat(None, dialed, seats);
+            }
+            // Includes an inbound number (DID) that has no entry point.
+            RouteDecision::NotFound
+        }
     }
-    if dialed == caller {
+}
+
+/// The entry point for a dialed number; E.164 numbers also match without their `+` (many
+/// carriers deliver them that way).
+fn entry_point<'p>(plan: &DialPlan<'p>, dialed: &str) -> Option<&'p EntryPoint> {
+    let bare = |n: &str| n.strip_prefix('+').unwrap_or(n).to_string();
+    plan.entry_points
+        .iter()
+        .find(|e| e.number == dialed)
+        .or_else(|| {
+            plan.entry_points
+                .iter()
+                .find(|e| bare(&e.number) == bare(dialed))
+        })
+}
+
+fn route_entry(
+    seat: Option<&str>,
+    entry: &EntryPoint,
+    plan: &DialPlan<'_>,
+    seats: &impl SeatDirectory,
+) -> RouteDecision {
+    match entry.route.action {
+        RouteAction::Seat => {
+            let extension = entry
+                .route
+                .target
+                .as_ref()
+                .and_then(|name| plan.seat_extensions.get(name));
+            match extension {
+                Some(extension) if seats.seat_exists(extension) => {
+                    ring_seat(seat, extension, seats)
+                }
+                _ => RouteDecision::NotFound,
+            }
+        }
+        RouteAction::Hangup => RouteDecision::Declined,
+        action @ (RouteAction::Menu | RouteAction::Queue | RouteAction::Voicemail) => {
+            RouteDecision::NotServed {
+                number: entry.number.clone(),
+                action,
+            }
+        }
+    }
+}
+
+fn ring_seat(caller: Option<&str>, extension: &str, seats: &impl SeatDirectory) -> RouteDecision {
+    if caller == Some(extension) {
         return RouteDecision::SelfCall;
     }
     let newest = seats
-        .contacts(dialed)
+        .contacts(extension)
         .into_iter()
         .max_by_key(|b| b.refreshed_at);
     match newest {
         Some(contact) => RouteDecision::Ring(Destination::Seat {
-            extension: dialed.to_string(),
+            extension: extension.to_string(),
             contact,
         }),
         None => RouteDecision::SeatUnavailable {
-            extension: dialed.to_string(),
+            extension: extension.to_string(),
         },
     }
 }
@@ -81,6 +217,7 @@ pub fn route(caller: &str, dialed: &str, seats: &impl SeatDirectory) -> RouteDec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::trunks::TrunkSettings;
     use crate::sip::Transport;
     use std::collections::HashMap;
     use std::time::{Duration, Instant};
@@ -108,6 +245,21 @@ mod tests {
         }
     }
 
+    fn no_trunks() -> Trunks {
+        Trunks::new(&TrunkSettings::default(), None)
+    }
+
+    fn route_seat(caller: &str, dialed: &str, seats: &Seats) -> RouteDecision {
+        let trunks = no_trunks();
+        let names = BTreeMap::new();
+        let plan = DialPlan {
+            entry_points: &[],
+            seat_extensions: &names,
+            trunks: &trunks,
+        };
+        route(Caller::Seat(caller), dialed, &plan, seats)
+    }
+
     fn seats() -> Seats {
         let t0 = Instant::now();
         Seats(HashMap::from([
@@ -125,7 +277,7 @@ mod tests {
 
     #[test]
     fn seat_call_rings_the_newest_contact() {
-        match route("1001", "1002", &seats()) {
+        match route_seat("1001", "1002", &seats()) {
             RouteDecision::Ring(Destination::Seat { extension, contact }) => {
                 assert_eq!(extension, "1002");
                 assert_eq!(contact.uri, "sip:1002@192.0.2.21");
@@ -136,7 +288,7 @@ mod tests {
 
     #[test]
     fn unregistered_seat_is_unavailable() {
-        let decision = route("1001", "1003", &seats());
+        let decision = route_seat("1001", "1003", &seats());
         assert_eq!(
             decision,
             RouteDecision::SeatUnavailable {
@@ -149,7 +301,7 @@ mod tests {
     #[test]
     fn unknown_numbers_are_not_found() {
         for dialed in ["9999", "", "  ", "+4930123456"] {
-            let decision = route("1001", dialed, &seats());
+            let decision = route_seat("1001", dialed, &seats());
             assert_eq!(decision, RouteDecision::NotFound, "{dialed:?}");
             assert_eq!(decision.rejection_status(), Some(404));
         }
@@ -158,8 +310,111 @@ mod tests {
     #[test]
     fn calling_oneself_is_busy() {
         assert_eq!(
-            route("1001", "1001", &seats()).rejection_status(),
+            route_seat("1001", "1001", &seats()).rejection_status(),
             Some(486)
         );
+    }
+
+    fn center() -> (Trunks, Vec<EntryPoint>, BTreeMap<String, String>) {
+        let trunk: switchboard_crds::callcenter::TrunkSpec = serde_yaml::from_str(
+            "name: pstn\npeer: {host: 192.0.2.7}\ninboundNumbers: ['+4930111', '+4930999']\n\
+             dialPrefixes: [{prefix: '0', strip: 1}]",
+        )
+        .unwrap();
+        let entries: Vec<EntryPoint> = serde_yaml::from_str(
+            "[{number: '+4930111', route: {action: Seat, target: front-desk}},\
+              {number: '+4930222', route: {action: Queue, target: sales}},\
+              {number: '+4930333', route: {action: Menu, target: main}},\
+              {number: '+4930444', route: {action: Voicemail}},\
+              {number: '+4930555', route: {action: Hangup}},\
+              {number: '+4930666', route: {action: Seat, target: gone}},\
+              {number: '500', route: {action: Seat, target: front-desk}}]",
+        )
+        .unwrap();
+        let names = BTreeMap::from([("front-desk".to_string(), "1002".to_string())]);
+        (
+            Trunks::new(
+                &TrunkSettings {
+                    trunks: vec![trunk],
+                    ..TrunkSettings::default()
+                },
+                None,
+            ),
+            entries,
+            names,
+        )
+    }
+
+    #[test]
+    fn trunk_calls_follow_entry_points_then_extensions() {
+        let (trunks, entries, names) = center();
+        let plan = DialPlan {
+            entry_points: &entries,
+            seat_extensions: &names,
+            trunks: &trunks,
+        };
+        let from_trunk = |d: &str| route(Caller::Trunk("pstn"), d, &plan, &seats());
+        for dialed in ["+4930111", "4930111", "1002"] {
+            match from_trunk(dialed) {
+                RouteDecision::Ring(Destination::Seat { extension, .. }) => {
+                    assert_eq!(extension, "1002", "{dialed}")
+                }
+                other => panic!("{dialed}: unexpected {other:?}"),
+            }
+        }
+        for (dialed, action) in [
+            ("+4930222", RouteAction::Queue),
+            ("+4930333", RouteAction::Menu),
+            ("+4930444", RouteAction::Voicemail),
+        ] {
+            let decision = from_trunk(dialed);
+            assert_eq!(
+                decision,
+                RouteDecision::NotServed {
+                    number: dialed.into(),
+                    action
+                }
+            );
+            assert_eq!(decision.rejection_status(), Some(480));
+            assert!(decision.rejection_reason().unwrap().contains("not served"));
+        }
+        assert_eq!(from_trunk("+4930555").rejection_status(), Some(603));
+        // An inbound number without an entry point, a route to a missing seat, a number the
+        // center does not have, and a trunk trying to dial out again: 404.
+        for dialed in ["+4930999", "+4930666", "+4930777", "0301234"] {
+            assert_eq!(from_trunk(dialed), RouteDecision::NotFound, "{dialed}");
+        }
+        assert_eq!(
+            from_trunk("1003"),
+            RouteDecision::SeatUnavailable {
+                extension: "1003".into()
+            }
+        );
+    }
+
+    #[test]
+    fn seat_calls_reach_entry_points_and_trunks() {
+        let (trunks, entries, names) = center();
+        let plan = DialPlan {
+            entry_points: &entries,
+            seat_extensions: &names,
+            trunks: &trunks,
+        };
+        let from_seat = |d: &str| route(Caller::Seat("1001"), d, &plan, &seats());
+        assert!(matches!(
+            from_seat("500"),
+            RouteDecision::Ring(Destination::Seat { extension, .. }) if extension == "1002"
+        ));
+        assert_eq!(
+            from_seat("0301234"),
+            RouteDecision::Ring(Destination::Trunk {
+                trunk: "pstn".into(),
+                number: "301234".into()
+            })
+        );
+        assert_eq!(from_seat("1002").rejection_status(), None);
+        assert_eq!(from_seat("4711"), RouteDecision::NotFound);
+        let self_call = route(Caller::Seat("1002"), "500", &plan, &seats());
+        assert_eq!(self_call, RouteDecision::SelfCall);
     }
 }

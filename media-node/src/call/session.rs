@@ -23,6 +23,7 @@ use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 
 use super::relay::{Leg, LegPeer, MediaError, MediaLeg, MediaSession, RelayMetrics, RelayStats};
+use super::trunks::{ChannelGuard, Trunk};
 use super::{CALL_QUEUE, CallEngine, Outbound};
 use crate::recording::cdr::{CallDetailRecord, CallDirection, CallOutcome};
 use crate::recording::sidecar::{HangupSide, RecordingSegment, RecordingSidecar, sidecar_path};
@@ -32,6 +33,7 @@ use crate::sdp::{
     build_offer, read_answer,
 };
 use crate::sip::Transport;
+use crate::sip::digest::answer_challenge;
 use crate::sip::message::{
     BRANCH_MAGIC_COOKIE, NameAddr, SipRequest, SipResponse, build_response_with_body, random_tag,
     reason_phrase, split_list,
@@ -63,17 +65,36 @@ pub(crate) enum CallEvent {
     },
 }
 
-/// A call about to be set up: the authenticated caller's INVITE and the routing decision.
+/// A call about to be set up: the authenticated (or trunk-trusted) caller's INVITE and the
+/// routing decision.
 #[derive(Debug)]
 pub struct CallSetup<'a> {
     pub invite: &'a SipRequest,
     pub source: SocketAddr,
     pub transport: Transport,
-    /// The caller's seat extension (digest username).
+    /// The caller: a seat's extension (digest username), or the calling number a trunk sent.
     pub caller: String,
-    /// The dialed seat and the contact to ring.
+    /// The dialed seat's extension, or the number sent to the trunk.
     pub callee: String,
-    pub contact: Binding,
+    /// Where the callee's leg goes.
+    pub target: CallTarget,
+    /// Inbound, outbound (through a trunk) or internal (seat to seat).
+    pub direction: CallDirection,
+    /// The trunk channel the call holds (inbound or outbound trunk calls); released when the
+    /// call ends.
+    pub channel: Option<ChannelGuard>,
+}
+
+/// Where the callee's leg of a call goes.
+#[derive(Debug, Clone)]
+pub enum CallTarget {
+    /// A seat's registered contact.
+    Seat(Binding),
+    /// A trunk's peer (resolved address), answering its digest challenge once.
+    Trunk {
+        trunk: Arc<Trunk>,
+        destination: SocketAddr,
+    },
 }
 
 /// Why a call was refused before ringing; [`SetupError::status`] is the answer to the INVITE.
@@ -89,6 +110,8 @@ pub enum SetupError {
     Media(#[from] MediaError),
     #[error("the node is at its call limit")]
     AtCapacity,
+    #[error("the trunk peer's address cannot be resolved")]
+    TrunkUnreachable,
 }
 
 impl SetupError {
@@ -96,7 +119,7 @@ impl SetupError {
         match self {
             Self::NoOffer | Self::Negotiation(_) => 488,
             Self::BadSdp(_) => 400,
-            Self::Media(_) | Self::AtCapacity => 503,
+            Self::Media(_) | Self::AtCapacity | Self::TrunkUnreachable => 503,
         }
     }
 }
@@ -218,6 +241,15 @@ pub(crate) struct CallSession {
     rx: mpsc::Receiver<CallEvent>,
     caller_ext: String,
     callee_ext: String,
+    direction: CallDirection,
+    /// The seat of the call (the callee, or the caller of an outbound call).
+    seat: Option<String>,
+    /// The trunk of an inbound or outbound trunk call.
+    trunk: Option<Arc<Trunk>>,
+    /// Outbound through a trunk: the challenge has been answered once already.
+    trunk_auth_sent: bool,
+    /// The trunk channel, released at the end of the call.
+    channel: Option<ChannelGuard>,
     offered_at: DateTime<Utc>,
     answered_at: Option<DateTime<Utc>>,
 
@@ -236,6 +268,17 @@ pub(crate) struct CallSession {
     b_state: CalleeState,
     b_invite_branch: String,
     b_invite_uri: String,
+    /// CSeq number of the current INVITE to the callee (CANCEL and ACK reuse it).
+    b_invite_cseq: u32,
+    /// `(header, value)` authorising the INVITE to a trunk after a challenge.
+    b_invite_auth: Option<(&'static str, String)>,
+    /// The callee's SDP offer, kept to re-send the INVITE after a challenge.
+    b_offer: Vec<u8>,
+    /// The challenged INVITE transaction: its branch and ACK, re-sent if the challenge is
+    /// retransmitted.
+    b_challenged: Option<(String, Outbound)>,
+    /// The callee's To before any tag, for a re-sent INVITE.
+    b_remote_initial: String,
     b_invite: Option<Retransmit>,
     /// Timer B, until a provisional response arrives.
     timer_b: Option<Instant>,
@@ -336,14 +379,46 @@ impl CallEngine {
         };
         let realm = &self.realm;
         let b_call_id = format!("{}@switchboard", random_tag());
+        let (remote, remote_target, destination, b_transport, trunk, seat) = match &setup.target {
+            CallTarget::Seat(contact) => (
+                format!("<sip:{}@{realm}>", setup.callee),
+                contact.uri.clone(),
+                contact.source,
+                contact.transport,
+                setup.channel.as_ref().map(|c| Arc::clone(c.trunk())),
+                Some(setup.callee.clone()),
+            ),
+            CallTarget::Trunk { trunk, destination } => {
+                let peer = &trunk.spec.peer;
+                let host = if peer.host.contains(':') {
+                    format!("[{}]", peer.host)
+                } else {
+                    peer.host.clone()
+                };
+                let transport = trunk.transport();
+                let param = if transport == Transport::Tcp {
+                    ";transport=tcp"
+                } else {
+                    ""
+                };
+                (
+                    format!("<sip:{}@{host}>", setup.callee),
+                    format!("sip:{}@{host}:{}{param}", setup.callee, peer.port),
+                    *destination,
+                    transport,
+                    Some(Arc::clone(trunk)),
+                    Some(setup.caller.clone()),
+                )
+            }
+        };
         let b = DialogSide {
             call_id: b_call_id,
             local: format!("<sip:{}@{realm}>;tag={}", setup.caller, random_tag()),
-            remote: format!("<sip:{}@{realm}>", setup.callee),
-            remote_target: setup.contact.uri.clone(),
+            remote: remote.clone(),
+            remote_target: remote_target.clone(),
             route: Vec::new(),
-            destination: setup.contact.source,
-            transport: setup.contact.transport,
+            destination,
+            transport: b_transport,
             local_cseq: 1,
         };
         let trying = build_response_with_body(invite, 100, "Trying", setup.source, None, &[], None);
@@ -360,14 +435,21 @@ impl CallEngine {
             call_id = a.call_id,
             caller = setup.caller,
             callee = setup.callee,
-            contact = setup.contact.uri,
-            "seat call: ringing"
+            target = remote_target,
+            trunk = trunk.as_ref().map(|t| t.name()),
+            direction = ?setup.direction,
+            "call: ringing"
         );
         let session = CallSession {
             engine: Arc::clone(self),
             rx,
             caller_ext: setup.caller,
             callee_ext: setup.callee,
+            direction: setup.direction,
+            seat,
+            trunk,
+            trunk_auth_sent: false,
+            channel: setup.channel,
             offered_at: Utc::now(),
             answered_at: None,
             a_invite: invite.clone(),
@@ -382,7 +464,12 @@ impl CallEngine {
             b,
             b_state: CalleeState::Calling,
             b_invite_branch: branch(),
-            b_invite_uri: setup.contact.uri,
+            b_invite_uri: remote_target,
+            b_invite_cseq: 1,
+            b_invite_auth: None,
+            b_offer: b_offer.clone().into_bytes(),
+            b_challenged: None,
+            b_remote_initial: remote,
             b_invite: None,
             timer_b: None,
             b_ack: None,
@@ -472,6 +559,7 @@ impl CallSession {
             bytes,
             destination: self.a_response_to,
             transport: self.a.transport,
+            connect: false,
         }
     }
 
@@ -519,6 +607,11 @@ impl CallSession {
                 d.transport
             );
             out.push_str("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n");
+            if leg == Leg::Callee
+                && let Some((name, value)) = &self.b_invite_auth
+            {
+                let _ = write!(out, "{name}: {value}\r\n");
+            }
         }
         let _ = write!(
             out,
@@ -546,6 +639,8 @@ impl CallSession {
             bytes,
             destination: d.destination,
             transport: d.transport,
+            // Requests to a trunk peer may open the TCP connection to it.
+            connect: leg == Leg::Callee && self.direction == CallDirection::Outbound,
         }
     }
 
@@ -556,7 +651,7 @@ impl CallSession {
             method: "INVITE",
             uri: &uri,
             branch: &branch,
-            cseq: 1,
+            cseq: self.b_invite_cseq,
             route: false,
         };
         let out = self.request(Leg::Callee, line, Some(&offer));
@@ -607,7 +702,7 @@ impl CallSession {
                 method: "CANCEL",
                 uri: &uri,
                 branch: &branch,
-                cseq: 1,
+                cseq: self.b_invite_cseq,
                 route: false,
             },
             None,
@@ -720,6 +815,7 @@ impl CallSession {
                     bytes: reply,
                     destination: to,
                     transport,
+                    connect: false,
                 });
             }
             (rsip::Method::Ack, Leg::Caller) => match self.a_state {
@@ -804,6 +900,16 @@ impl CallSession {
         };
         let method = response.cseq().map(|(_, m)| m.to_ascii_uppercase());
         if leg == Leg::Callee
+            && response.status >= 300
+            && let Some((challenged, ack)) = &self.b_challenged
+            && *challenged == branch
+        {
+            // The challenge again: our ACK for it was lost.
+            let ack = ack.clone();
+            self.send(ack);
+            return;
+        }
+        if leg == Leg::Callee
             && branch == self.b_invite_branch
             && method.as_deref() == Some("INVITE")
         {
@@ -875,7 +981,7 @@ impl CallSession {
                             method: "ACK",
                             uri: &uri,
                             branch: &branch,
-                            cseq: 1,
+                            cseq: self.b_invite_cseq,
                             route: false,
                         },
                         None,
@@ -890,6 +996,14 @@ impl CallSession {
                 self.b_invite = None;
                 self.timer_b = None;
                 self.b_state = CalleeState::Terminated;
+                if matches!(status, 401 | 407)
+                    && self.a_state == CallerState::Proceeding
+                    && self.ending.is_none()
+                    && self.trunk.is_some()
+                {
+                    self.on_trunk_challenge(&response, now);
+                    return;
+                }
                 if self.a_state == CallerState::Proceeding && self.ending.is_none() {
                     let (out_status, outcome) = map_callee_failure(status);
                     info!(call_id = self.a.call_id, status, "callee refused the call");
@@ -906,6 +1020,86 @@ impl CallSession {
                 }
             }
         }
+    }
+
+    /// A trunk answered our INVITE with 401/407 (already ACKed): answer the challenge once
+    /// with the trunk's credentials and re-send the INVITE (new transaction, CSeq + 1). A
+    /// second challenge, or no usable credentials, fails the call with 403 to the caller.
+    fn on_trunk_challenge(&mut self, response: &SipResponse, now: Instant) {
+        let Some(trunk) = self.trunk.clone() else {
+            return;
+        };
+        let (challenge_header, auth_header) = if response.status == 407 {
+            ("Proxy-Authenticate", "Proxy-Authorization")
+        } else {
+            ("WWW-Authenticate", "Authorization")
+        };
+        let authorization = if self.trunk_auth_sent {
+            warn!(
+                call_id = self.a.call_id,
+                trunk = trunk.name(),
+                "trunk refused our credentials (challenged twice)"
+            );
+            None
+        } else {
+            let credentials = self.engine.trunks.credentials(trunk.name());
+            let challenge = response
+                .header_values(challenge_header)
+                .find(|v| v.trim_start().to_ascii_lowercase().starts_with("digest"));
+            match (credentials, challenge) {
+                (Some(c), Some(challenge)) => {
+                    match answer_challenge(
+                        challenge,
+                        &c.username,
+                        &c.password,
+                        "INVITE",
+                        &self.b_invite_uri,
+                    ) {
+                        Ok(value) => Some(value),
+                        Err(error) => {
+                            warn!(call_id = self.a.call_id, trunk = trunk.name(), %error, "cannot answer the trunk's challenge");
+                            None
+                        }
+                    }
+                }
+                (_, None) => {
+                    warn!(
+                        call_id = self.a.call_id,
+                        trunk = trunk.name(),
+                        "trunk challenge without a Digest {challenge_header}"
+                    );
+                    None
+                }
+                (None, _) => None,
+            }
+        };
+        let Some(authorization) = authorization else {
+            self.respond_caller(403, "Forbidden (trunk authentication failed)", false, now);
+            self.end(
+                HangupSide::Called,
+                &format!("{} trunk authentication failed", response.status),
+                CallOutcome::Failed,
+                now,
+            );
+            return;
+        };
+        info!(
+            call_id = self.a.call_id,
+            trunk = trunk.name(),
+            status = response.status,
+            "answering the trunk's challenge"
+        );
+        if let Some(ack) = self.b_ack.take() {
+            self.b_challenged = Some((self.b_invite_branch.clone(), ack));
+        }
+        self.trunk_auth_sent = true;
+        self.b_invite_auth = Some((auth_header, authorization));
+        self.b_invite_cseq += 1;
+        self.b_invite_branch = branch();
+        self.b.remote = self.b_remote_initial.clone();
+        self.b_state = CalleeState::Calling;
+        let offer = self.b_offer.clone();
+        self.send_invite(offer, now);
     }
 
     /// Reads the callee's SDP answer into the relay. `false` when it is unusable.
@@ -971,14 +1165,14 @@ impl CallSession {
                 method: "ACK",
                 uri: &target,
                 branch: &branch(),
-                cseq: 1,
+                cseq: self.b_invite_cseq,
                 route: true,
             },
             None,
         );
         self.send(ack.clone());
         self.b_ack = Some(ack);
-        self.b.local_cseq = 1;
+        self.b.local_cseq = self.b_invite_cseq;
 
         if self.a_state != CallerState::Proceeding || self.ending.is_some() {
             // The caller is gone (CANCEL crossed the answer): hang the callee up.
@@ -1129,8 +1323,8 @@ impl CallSession {
             call_id: self.a.call_id.clone(),
             from: self.caller_ext.clone(),
             to: self.callee_ext.clone(),
-            trunk: None,
-            seat: Some(self.callee_ext.clone()),
+            trunk: self.trunk.as_ref().map(|t| t.name().to_string()),
+            seat: self.seat.clone(),
             offered_at: self.offered_at,
             answered_at: self.answered_at,
             ended_at,
@@ -1168,6 +1362,8 @@ impl CallSession {
         if let Some(media) = self.media.take() {
             media.stop();
         }
+        // The trunk channel is free as soon as the call is (not after the linger timers).
+        drop(self.channel.take());
         info!(
             call_id = self.a.call_id,
             cause,
@@ -1188,9 +1384,9 @@ impl CallSession {
                 call_id: self.a.call_id.clone(),
                 from: self.caller_ext.clone(),
                 to: self.callee_ext.clone(),
-                direction: CallDirection::Internal,
-                trunk: None,
-                seat: Some(self.callee_ext.clone()),
+                direction: self.direction,
+                trunk: self.trunk.as_ref().map(|t| t.name().to_string()),
+                seat: self.seat.clone(),
                 queue: None,
                 offered_at: self.offered_at,
                 answered_at: self.answered_at,
@@ -1237,7 +1433,7 @@ fn map_callee_failure(status: u16) -> (u16, CallOutcome) {
     }
 }
 
-fn outcome_label(outcome: CallOutcome) -> &'static str {
+pub(crate) fn outcome_label(outcome: CallOutcome) -> &'static str {
     match outcome {
         CallOutcome::Answered => "answered",
         CallOutcome::Abandoned => "abandoned",
@@ -1259,6 +1455,7 @@ mod tests {
             bytes: b"INVITE".to_vec(),
             destination: "127.0.0.1:5060".parse().unwrap(),
             transport: Transport::Udp,
+            connect: false,
         };
         let mut a = Retransmit::new(out.clone(), now, false);
         let mut e = Retransmit::new(out.clone(), now, true);
@@ -1289,6 +1486,7 @@ mod tests {
                 bytes: Vec::new(),
                 destination: "127.0.0.1:5060".parse().unwrap(),
                 transport: Transport::Tcp,
+                connect: false,
             },
             now,
             true,

@@ -287,6 +287,85 @@ pub fn verify_response(credentials: &DigestCredentials, method: &str, ha1_hex: &
     )
 }
 
+/// A UAC's answer to a `WWW-Authenticate` / `Proxy-Authenticate` challenge (RFC 2617 §3.2.2):
+/// the header value for `Authorization` / `Proxy-Authorization`. `qop=auth` is used when the
+/// challenge offers it (nonce-count 1, a fresh cnonce), RFC 2069 style otherwise. Only MD5.
+pub fn answer_challenge(
+    challenge: &str,
+    username: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+) -> Result<String, AuthorizationError> {
+    if challenge.len() > MAX_AUTHORIZATION_LEN {
+        return Err(AuthorizationError::TooLong);
+    }
+    let challenge = challenge.trim_start();
+    let (scheme, rest) = match challenge.find(|c: char| c.is_ascii_whitespace()) {
+        Some(i) => (&challenge[..i], &challenge[i..]),
+        None => (challenge, ""),
+    };
+    if !scheme.eq_ignore_ascii_case("Digest") {
+        return Err(AuthorizationError::NotDigest);
+    }
+    let params = parse_params(rest)?;
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    if let Some(algorithm) = get("algorithm")
+        && !algorithm.eq_ignore_ascii_case("MD5")
+    {
+        return Err(AuthorizationError::UnsupportedAlgorithm(algorithm));
+    }
+    let realm = get("realm").ok_or(AuthorizationError::Missing("realm"))?;
+    let nonce = get("nonce").ok_or(AuthorizationError::Missing("nonce"))?;
+    let offers_auth =
+        get("qop").is_some_and(|q| q.split(',').any(|o| o.trim().eq_ignore_ascii_case("auth")));
+    let (qop, nc, cnonce) = if offers_auth {
+        (
+            Some("auth".to_string()),
+            Some(1),
+            Some(format!("{:016x}", rand::random::<u64>())),
+        )
+    } else {
+        (None, None, None)
+    };
+    let mut credentials = DigestCredentials {
+        username: username.to_string(),
+        realm,
+        nonce,
+        uri: uri.to_string(),
+        response: String::new(),
+        qop,
+        nc,
+        cnonce,
+        opaque: get("opaque"),
+    };
+    let ha1_hex = ha1(username, &credentials.realm, password);
+    credentials.response = expected_response(&credentials, method, &ha1_hex);
+    let quote = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut value = format!(
+        "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{}\", response=\"{}\", algorithm=MD5",
+        quote(&credentials.username),
+        quote(&credentials.realm),
+        quote(&credentials.nonce),
+        quote(&credentials.uri),
+        credentials.response
+    );
+    if let (Some(qop), Some(nc), Some(cnonce)) =
+        (&credentials.qop, credentials.nc, &credentials.cnonce)
+    {
+        value.push_str(&format!(", qop={qop}, nc={nc:08x}, cnonce=\"{cnonce}\""));
+    }
+    if let Some(opaque) = &credentials.opaque {
+        value.push_str(&format!(", opaque=\"{}\"", quote(opaque)));
+    }
+    Ok(value)
+}
+
 /// What a nonce presented by a client turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceStatus {
@@ -645,6 +724,41 @@ mod tests {
         ] {
             assert_eq!(issuer.check(junk, epoch), NonceStatus::Forged, "{junk}");
         }
+    }
+
+    #[test]
+    fn answer_challenge_verifies_against_our_own_check() {
+        let header = challenge("carrier.example", "n0nce", false);
+        let answer = answer_challenge(
+            &header,
+            "acct",
+            "s3cret",
+            "INVITE",
+            "sip:4930@carrier.example",
+        )
+        .expect("answers");
+        let credentials = parse_authorization(&answer).expect("parses back");
+        assert_eq!(credentials.username, "acct");
+        assert_eq!(credentials.nc, Some(1));
+        assert!(verify_response(
+            &credentials,
+            "INVITE",
+            &ha1("acct", "carrier.example", "s3cret")
+        ));
+        // RFC 2069 style without qop.
+        let answer = answer_challenge(
+            "Digest realm=\"r\", nonce=\"x\"",
+            "a",
+            "p",
+            "INVITE",
+            "sip:1@r",
+        )
+        .expect("answers");
+        let credentials = parse_authorization(&answer).expect("parses back");
+        assert_eq!(credentials.qop, None);
+        assert!(verify_response(&credentials, "INVITE", &ha1("a", "r", "p")));
+        assert!(answer_challenge("Basic realm=\"r\"", "a", "p", "INVITE", "sip:1@r").is_err());
+        assert!(answer_challenge("Digest realm=\"r\"", "a", "p", "INVITE", "sip:1@r").is_err());
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! so the transport layer stays thin and every decision here is unit-tested with byte strings.
 //!
 //! Served: REGISTER (digest-authenticated against the seats' HA1) and OPTIONS. With calls on
-//! ([`SipServer::with_calls`]): a new INVITE is challenged like REGISTER (407, the seat's HA1),
-//! routed (`crate::call::routing`) and handed to the B2BUA, which answers 100 Trying here and
+//! ([`SipServer::with_calls`]): a new INVITE from a trunk's allowed source address is trusted
+//! as that trunk; any other is challenged like REGISTER (407, the seat's HA1). It is then
+//! routed (`crate::call::routing`), takes a trunk channel when a trunk is involved (503 and
+//! counted as blocked at the limit) and is handed to the B2BUA, which answers 100 Trying here and
 //! everything later through the transport's outbound queue; retransmitted INVITEs, ACKs and
 //! responses go to their call; BYE and CANCEL are answered here (200, or 481 for no call) so
 //! the Timer J cache absorbs their retransmissions. Without calls INVITE gets 501 and BYE and
@@ -20,8 +22,11 @@ use parking_lot::Mutex;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tracing::{debug, info, warn};
 
-use crate::call::routing::{self, Destination, RouteDecision, SeatDirectory};
-use crate::call::{CallEngine, CallSettings, CallSetup, CallSetupError, OutboundLink};
+use crate::call::routing::{self, Caller, Destination, RouteDecision, SeatDirectory};
+use crate::call::{
+    CallEngine, CallSettings, CallSetup, CallSetupError, CallTarget, OutboundLink, Refused,
+};
+use crate::recording::cdr::{CallDirection, CallOutcome};
 
 use super::digest::{
     self, NonceCountCheck, NonceCounts, NonceIssuer, NonceStatus, parse_authorization,
@@ -90,6 +95,10 @@ pub struct SipMetrics {
     pub rtcp_packets: IntCounter,
     /// Media datagrams dropped (malformed, unknown payload type, no destination).
     pub media_dropped: IntCounter,
+    /// Calls to an entry point whose route (IVR menu, queue, voicemail) is not served yet.
+    pub calls_not_served: IntCounterVec,
+    /// Per-trunk channels busy, channel limits and blocked calls.
+    pub trunks: crate::call::trunks::TrunkMetrics,
 }
 
 impl SipMetrics {
@@ -167,7 +176,16 @@ impl SipMetrics {
                 "switchboard_media_dropped_total",
                 "Media datagrams dropped: malformed, unnegotiated payload type, or no destination.",
             )?,
+            calls_not_served: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_calls_not_served_total",
+                    "Calls to an entry point whose route this node does not serve yet (refused with 480), by route action.",
+                ),
+                &["action"],
+            )?,
+            trunks: crate::call::trunks::TrunkMetrics::new(registry)?,
         };
+        registry.register(Box::new(metrics.calls_not_served.clone()))?;
         registry.register(Box::new(metrics.rtp_packets.clone()))?;
         registry.register(Box::new(metrics.rtp_bytes.clone()))?;
         registry.register(Box::new(metrics.rtcp_packets.clone()))?;
@@ -675,8 +693,10 @@ impl SipServer {
         }
     }
 
-    /// A new INVITE: authenticate the seat (the REGISTER challenge flow, as a proxy
-    /// challenge), route it, and start the call.
+    /// A new INVITE: a source address listed for a trunk is trusted as that trunk; anyone
+    /// else is a seat and authenticates (the REGISTER challenge flow, as a proxy challenge).
+    /// Then the call is routed, a trunk channel taken when a trunk is involved, and the call
+    /// started.
     fn invite(
         &self,
         calls: &Arc<CallEngine>,
@@ -700,9 +720,18 @@ impl SipServer {
             // In-dialog INVITE for a call we do not know (ended, or never ours).
             return reply(481, reason_phrase(481));
         }
-        let caller = match self.authenticate_caller(request, source, now, tag) {
-            Ok(caller) => caller,
-            Err(refusal) => return refusal,
+        let from_trunk = calls.trunks().by_source(source.ip()).cloned();
+        let caller = match &from_trunk {
+            Some(_) => request
+                .header("From")
+                .and_then(NameAddr::parse)
+                .and_then(|f| f.user().map(str::to_string))
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "anonymous".to_string()),
+            None => match self.authenticate_caller(request, source, now, tag) {
+                Ok(caller) => caller,
+                Err(refusal) => return refusal,
+            },
         };
         let dialed = NameAddr::parse(&format!("<{}>", request.uri))
             .and_then(|u| u.user().map(str::to_string))
@@ -711,30 +740,134 @@ impl SipServer {
             registrar: &self.registrar,
             now,
         };
-        let decision = routing::route(&caller, &dialed, &directory);
-        let RouteDecision::Ring(Destination::Seat { extension, contact }) = decision else {
+        let who = match &from_trunk {
+            Some(trunk) => Caller::Trunk(trunk.name()),
+            None => Caller::Seat(&caller),
+        };
+        let decision = routing::route(who, &dialed, &calls.dial_plan(), &directory);
+        let call_id = request.header("Call-ID").unwrap_or_default();
+        let refuse = |status: u16, reason: &str, direction, trunk: Option<&str>, outcome| {
+            calls.record_refused(Refused {
+                call_id,
+                caller: &caller,
+                dialed: &dialed,
+                status,
+                direction,
+                trunk,
+                outcome,
+            });
+            reply(status, reason)
+        };
+        let inbound_direction = if from_trunk.is_some() {
+            CallDirection::Inbound
+        } else {
+            CallDirection::Internal
+        };
+        let inbound_trunk = from_trunk.as_ref().map(|t| t.name().to_string());
+        let RouteDecision::Ring(destination) = decision else {
             let status = decision.rejection_status().unwrap_or(500);
-            info!(%source, caller, dialed, status, "call refused by routing");
-            let call_id = request.header("Call-ID").unwrap_or_default();
-            calls.record_refused(call_id, &caller, &dialed, status);
-            return reply(status, reason_phrase(status));
+            let reason = decision
+                .rejection_reason()
+                .unwrap_or_else(|| reason_phrase(status).to_string());
+            if let RouteDecision::NotServed { number, action } = &decision {
+                self.metrics
+                    .calls_not_served
+                    .with_label_values(&[routing::action_label(*action)])
+                    .inc();
+                warn!(%source, caller, number, action = routing::action_label(*action), "entry point route not served yet; call refused with 480");
+            } else {
+                info!(%source, caller, dialed, status, trunk = inbound_trunk, "call refused by routing");
+            }
+            return refuse(
+                status,
+                &reason,
+                inbound_direction,
+                inbound_trunk.as_deref(),
+                CallOutcome::Failed,
+            );
+        };
+        let (callee, target, direction, trunk) = match destination {
+            Destination::Seat { extension, contact } => (
+                extension,
+                CallTarget::Seat(contact),
+                inbound_direction,
+                from_trunk,
+            ),
+            Destination::Trunk { trunk, number } => {
+                let Some(trunk) = calls.trunks().get(&trunk).cloned() else {
+                    return refuse(
+                        404,
+                        reason_phrase(404),
+                        CallDirection::Outbound,
+                        None,
+                        CallOutcome::Failed,
+                    );
+                };
+                let Some(peer) = trunk.peer_address() else {
+                    warn!(
+                        trunk = trunk.name(),
+                        host = trunk.spec.peer.host,
+                        "trunk peer cannot be resolved; outbound call refused"
+                    );
+                    return refuse(
+                        503,
+                        reason_phrase(503),
+                        CallDirection::Outbound,
+                        Some(trunk.name()),
+                        CallOutcome::Failed,
+                    );
+                };
+                (
+                    number,
+                    CallTarget::Trunk {
+                        trunk: Arc::clone(&trunk),
+                        destination: peer,
+                    },
+                    CallDirection::Outbound,
+                    Some(trunk),
+                )
+            }
+        };
+        let channel = match &trunk {
+            Some(trunk) => match calls.trunks().acquire(trunk) {
+                Some(channel) => Some(channel),
+                None => {
+                    warn!(%source, caller, dialed, trunk = trunk.name(), limit = trunk.limit(), "trunk channels all busy; call blocked");
+                    return refuse(
+                        503,
+                        "Service Unavailable (trunk channel limit reached)",
+                        direction,
+                        Some(trunk.name()),
+                        CallOutcome::Blocked,
+                    );
+                }
+            },
+            None => None,
         };
         let setup = CallSetup {
             invite: request,
             source,
             transport,
             caller: caller.clone(),
-            callee: extension,
-            contact,
+            callee,
+            target,
+            direction,
+            channel,
         };
         match calls.start_call(setup) {
             Ok(trying) => (100, trying),
             Err(error) => {
+                // The setup (and its channel) is dropped: the channel is free again.
                 let status = error.status();
                 warn!(%source, caller, dialed, %error, status, "call refused");
-                let call_id = request.header("Call-ID").unwrap_or_default();
-                calls.record_refused(call_id, &caller, &dialed, status);
-                reply(status, reason_phrase(status))
+                let trunk_name = trunk.as_ref().map(|t| t.name());
+                refuse(
+                    status,
+                    reason_phrase(status),
+                    direction,
+                    trunk_name,
+                    CallOutcome::Failed,
+                )
             }
         }
     }

@@ -142,6 +142,10 @@ async fn send_outbound(
             }
             Transport::Tcp => {
                 let connection = connections.0.lock().get(&out.destination).cloned();
+                if connection.is_none() && out.connect {
+                    connect_tcp(out, connections.clone(), Arc::clone(&server));
+                    continue;
+                }
                 let sent = connection.is_some_and(|c| c.try_send(out.bytes).is_ok());
                 if !sent {
                     // The node does not open TCP connections to phones: they connect to it.
@@ -152,6 +156,39 @@ async fn send_outbound(
         }
     }
 }
+
+/// Opens a TCP connection to a trunk peer for `out` and serves it like an accepted one (the
+/// peer's responses and requests arrive on it). Messages queued while connecting are written
+/// once it is up; a failed connect drops them (counted; the call's timers give up).
+fn connect_tcp(out: Outbound, connections: TcpConnections, server: Arc<SipServer>) {
+    let peer = out.destination;
+    let (sender, outbound) = mpsc::channel(TCP_SEND_QUEUE);
+    // Queue the first message before anyone else can use the connection.
+    let _ = sender.try_send(out.bytes);
+    connections.0.lock().insert(peer, sender);
+    tokio::spawn(async move {
+        match tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
+            Ok(Ok(stream)) => {
+                debug!(%peer, "SIP TCP connection opened to a trunk");
+                if let Err(error) = serve_connection(stream, peer, &server, outbound).await {
+                    debug!(%peer, %error, "SIP TCP connection closed");
+                }
+            }
+            Ok(Err(error)) => {
+                server.count_dropped("tcp_connect_failed");
+                warn!(%peer, %error, "cannot open a SIP TCP connection to the trunk");
+            }
+            Err(_) => {
+                server.count_dropped("tcp_connect_failed");
+                warn!(%peer, "SIP TCP connection to the trunk timed out");
+            }
+        }
+        connections.0.lock().remove(&peer);
+    });
+}
+
+/// How long opening a TCP connection to a trunk may take.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn serve_udp(socket: Arc<UdpSocket>, server: Arc<SipServer>) {
     // The largest UDP payload; anything bigger cannot arrive in one datagram.
