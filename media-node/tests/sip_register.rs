@@ -66,6 +66,8 @@ impl Node {
             .arg("--config")
             .arg(&config)
             .args(["--sip-listen", "127.0.0.1", "--sip-port", &port.to_string()])
+            .arg("--recordings-dir")
+            .arg(dir.path().join("recordings"))
             .env("RUST_LOG", "debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
