@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::discovery::ApiResource;
@@ -562,56 +561,20 @@ async fn apply_children(
     children: &Children,
 ) -> Result<(), ReconcileError> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    apply(
-        Api::<ServiceAccount>::namespaced(client.clone(), namespace),
-        &children.service_account,
-        &params,
-    )
-    .await?;
-    apply(
-        Api::<Role>::namespaced(client.clone(), namespace),
-        &children.role,
-        &params,
-    )
-    .await?;
-    apply(
-        Api::<RoleBinding>::namespaced(client.clone(), namespace),
-        &children.role_binding,
-        &params,
-    )
-    .await?;
-    apply(
-        Api::<ConfigMap>::namespaced(client.clone(), namespace),
-        &children.config_map,
-        &params,
-    )
-    .await?;
+    apply(client, namespace, &children.service_account, &params).await?;
+    apply(client, namespace, &children.role, &params).await?;
+    apply(client, namespace, &children.role_binding, &params).await?;
+    apply(client, namespace, &children.config_map, &params).await?;
     for service in [
         &children.headless_service,
         &children.sip_service,
         &children.metrics_service,
     ] {
-        apply(
-            Api::<Service>::namespaced(client.clone(), namespace),
-            service,
-            &params,
-        )
-        .await?;
+        apply(client, namespace, service, &params).await?;
     }
-    apply(
-        Api::<StatefulSet>::namespaced(client.clone(), namespace),
-        &children.stateful_set,
-        &params,
-    )
-    .await?;
+    apply(client, namespace, &children.stateful_set, &params).await?;
     match &children.pod_disruption_budget {
-        PodDisruptionBudgetObject::V1(pdb) => {
-            let api = Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(
-                client.clone(),
-                namespace,
-            );
-            apply(api, pdb, &params).await?;
-        }
+        PodDisruptionBudgetObject::V1(pdb) => apply(client, namespace, pdb, &params).await?,
         PodDisruptionBudgetObject::V1beta1(pdb) => {
             let ar = ApiResource {
                 group: "policy".into(),
@@ -628,9 +591,14 @@ async fn apply_children(
     Ok(())
 }
 
-async fn apply<K>(api: Api<K>, object: &K, params: &PatchParams) -> Result<(), ReconcileError>
+async fn apply<K>(
+    client: &Client,
+    namespace: &str,
+    object: &K,
+    params: &PatchParams,
+) -> Result<(), ReconcileError>
 where
-    K: Resource<DynamicType = ()>
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + Serialize
         + serde::de::DeserializeOwned
@@ -643,6 +611,7 @@ where
     })?;
     body["apiVersion"] = K::api_version(&()).into();
     body["kind"] = K::kind(&()).into();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     api.patch(&object.name_any(), params, &Patch::Apply(&body))
         .await?;
     Ok(())
