@@ -8,9 +8,9 @@
 //!
 //! SIPp is required: these tests fail (they do not skip) when `sipp` is missing.
 
-use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod support;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,87 +22,11 @@ use media_node::sip::digest::{DEFAULT_NONCE_LIFETIME, ha1};
 use media_node::sip::{
     RegistrarPolicy, SeatAccount, SipListeners, SipMetrics, SipServer, SipSettings,
 };
+use support::{REALM, Sipp, free_media_port, free_port, free_rtp_range, require_sipp};
 use switchboard_crds::callcenter::Codec;
 
-const REALM: &str = "localhost";
-const PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
-/// Hard limit for one SIPp run (its own `-timeout` is shorter).
-const SIPP_LIMIT: Duration = Duration::from_secs(60);
 /// Longest wait for the node to settle after a scenario (ports released, call ended).
 const SETTLE_LIMIT: Duration = Duration::from_secs(10);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("media-node lives in the workspace")
-        .to_path_buf()
-}
-
-/// Fails loudly when SIPp or its pcap is not installed.
-fn require_sipp() {
-    if let Err(e) = Command::new("sipp").arg("-v").output() {
-        panic!(
-            "sipp is required for the SIP call tests but cannot be run ({e}). Install it with \
-             `apt-get install -y sip-tester`."
-        );
-    }
-    assert!(
-        Path::new(PCAP).exists(),
-        "{PCAP} is missing: install the Debian `sip-tester` package"
-    );
-}
-
-/// A loopback port free for both UDP and TCP right now.
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
-        let port = tcp.local_addr().expect("local address").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no loopback port free for both UDP and TCP");
-}
-
-/// An even UDP port with the three above it free (SIPp's echo uses media port + 2).
-fn free_media_port() -> u16 {
-    for _ in 0..200 {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
-        let port = socket.local_addr().expect("local address").port() & !1;
-        drop(socket);
-        if port < 60_000 && (0..4).all(|i| UdpSocket::bind(("127.0.0.1", port + i)).is_ok()) {
-            return port;
-        }
-    }
-    panic!("no free media port block on loopback");
-}
-
-/// A free block of `len` UDP ports for the node's RTP range.
-fn free_rtp_range(len: u16) -> (u16, u16) {
-    for _ in 0..200 {
-        let start = (20_000 + (rand_u16() % 20_000)) & !1;
-        let sockets: Vec<_> = (start..start + len)
-            .map_while(|p| UdpSocket::bind(("127.0.0.1", p)).ok())
-            .collect();
-        if sockets.len() == usize::from(len) {
-            return (start, start + len - 1);
-        }
-    }
-    panic!("no free RTP port range on loopback");
-}
-
-fn rand_u16() -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let thread = format!("{:?}", std::thread::current().id());
-    let mixed = nanos
-        ^ thread
-            .bytes()
-            .fold(0u32, |h, b| h.wrapping_mul(31) ^ u32::from(b));
-    (mixed % 65_521) as u16
-}
 
 /// The node in-process: a runtime serving SIP on loopback with calls on.
 struct TestNode {
@@ -196,14 +120,14 @@ impl TestNode {
     }
 
     fn sipp(&self, scenario: &str, port: u16, media_port: Option<u16>, extra: &[&str]) -> Sipp {
-        Sipp::spawn(self.port, scenario, port, media_port, extra)
+        Sipp::spawn(self.port, "127.0.0.1", scenario, port, media_port, extra)
     }
 
     /// As [`Self::sipp`], over TCP (`-t t1`).
     fn sipp_tcp(&self, scenario: &str, port: u16, media_port: Option<u16>, extra: &[&str]) -> Sipp {
         let mut args = vec!["-t", "t1"];
         args.extend_from_slice(extra);
-        Sipp::spawn(self.port, scenario, port, media_port, &args)
+        Sipp::spawn(self.port, "127.0.0.1", scenario, port, media_port, &args)
     }
 }
 
@@ -220,98 +144,6 @@ impl Drop for TestNode {
     }
 }
 
-/// One SIPp process, killed when dropped.
-struct Sipp {
-    child: Option<Child>,
-    work: tempfile::TempDir,
-    scenario: String,
-}
-
-impl Sipp {
-    fn spawn(
-        node_port: u16,
-        scenario: &str,
-        port: u16,
-        media_port: Option<u16>,
-        extra: &[&str],
-    ) -> Sipp {
-        let work = tempfile::tempdir().expect("temp dir for SIPp logs");
-        let stdout = std::fs::File::create(work.path().join("stdout.txt")).expect("log file");
-        let stderr = std::fs::File::create(work.path().join("stderr.txt")).expect("log file");
-        let mut command = Command::new("sipp");
-        command
-            .arg(format!("127.0.0.1:{node_port}"))
-            .arg("-sf")
-            .arg(repo_root().join("tests/sip").join(scenario))
-            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-key", "domain", REALM, "-key", "pcap", PCAP])
-            .args(["-m", "1", "-timeout", "30s", "-timeout_error"])
-            .args(["-nostdin", "-trace_err"])
-            .args(extra)
-            .current_dir(work.path())
-            .stdout(stdout)
-            .stderr(stderr)
-            .stdin(Stdio::null());
-        if !extra.contains(&"-t") {
-            command.args(["-t", "u1"]);
-        }
-        if let Some(mp) = media_port {
-            command.args(["-mi", "127.0.0.1", "-mp", &mp.to_string()]);
-        }
-        let child = command.spawn().expect("start sipp");
-        Sipp {
-            child: Some(child),
-            work,
-            scenario: scenario.to_string(),
-        }
-    }
-
-    /// Waits (bounded) for SIPp to exit; returns its status and everything it logged.
-    fn wait(&mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().expect("sipp already waited for");
-        let deadline = Instant::now() + SIPP_LIMIT;
-        let status = loop {
-            match child.try_wait().expect("poll sipp") {
-                Some(status) => break status,
-                None if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    break child.wait().expect("reap sipp");
-                }
-                None => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        let mut output = String::new();
-        if let Ok(entries) = std::fs::read_dir(self.work.path()) {
-            for entry in entries.flatten() {
-                if let Ok(text) = std::fs::read_to_string(entry.path()) {
-                    output.push_str(&format!("\n--- {}\n{text}", entry.path().display()));
-                }
-            }
-        }
-        (status, output)
-    }
-
-    fn assert_ok(mut self, what: &str) {
-        let (status, output) = self.wait();
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "sipp {} ({what}) failed with {status}:\n{output}",
-            self.scenario
-        );
-    }
-}
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Runs one answered call: 1002 answers with `uas`, 1001 calls with `uac` over UDP.
 fn answered_call(node: &TestNode, uas: &str, uac: &str) {
     answered_call_over(node, uas, uac, false);
 }
@@ -320,13 +152,28 @@ fn answered_call(node: &TestNode, uas: &str, uac: &str) {
 fn answered_call_over(node: &TestNode, uas: &str, uac: &str, caller_tcp: bool) {
     let callee_port = free_port();
     node.register_callee(callee_port);
-    let callee = node.sipp(uas, callee_port, Some(free_media_port()), &["-rtp_echo"]);
+    let callee = node.sipp(
+        uas,
+        callee_port,
+        Some(free_media_port("127.0.0.1")),
+        &["-rtp_echo"],
+    );
     // The callee listens before the caller dials.
     std::thread::sleep(Duration::from_millis(300));
     let caller = if caller_tcp {
-        node.sipp_tcp(uac, free_port(), Some(free_media_port()), &["-s", "1002"])
+        node.sipp_tcp(
+            uac,
+            free_port(),
+            Some(free_media_port("127.0.0.1")),
+            &["-s", "1002"],
+        )
     } else {
-        node.sipp(uac, free_port(), Some(free_media_port()), &["-s", "1002"])
+        node.sipp(
+            uac,
+            free_port(),
+            Some(free_media_port("127.0.0.1")),
+            &["-s", "1002"],
+        )
     };
     caller.assert_ok("caller 1001");
     callee.assert_ok("callee 1002");

@@ -1,0 +1,189 @@
+//! What the SIPp-driven tests share: free loopback ports, the SIPp process, and the check that
+//! SIPp is installed (these tests fail, never skip, without it).
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const REALM: &str = "localhost";
+pub const PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
+/// Hard limit for one SIPp run (its own `-timeout` is shorter).
+pub const SIPP_LIMIT: Duration = Duration::from_secs(60);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("media-node lives in the workspace")
+        .to_path_buf()
+}
+
+/// Fails loudly when SIPp or its pcap is not installed.
+pub fn require_sipp() {
+    if let Err(e) = Command::new("sipp").arg("-v").output() {
+        panic!(
+            "sipp is required for the SIP call tests but cannot be run ({e}). Install it with \
+             `apt-get install -y sip-tester`."
+        );
+    }
+    assert!(
+        Path::new(PCAP).exists(),
+        "{PCAP} is missing: install the Debian `sip-tester` package"
+    );
+}
+
+/// A loopback port free for both UDP and TCP right now.
+pub fn free_port() -> u16 {
+    free_port_on("127.0.0.1")
+}
+
+/// As [`free_port`], on another loopback address (free on 127.0.0.1 too).
+pub fn free_port_on(ip: &str) -> u16 {
+    for _ in 0..100 {
+        let port = {
+            let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
+            tcp.local_addr().expect("local address").port()
+        };
+        let free = |host: &str| {
+            TcpListener::bind((host, port)).is_ok() && UdpSocket::bind((host, port)).is_ok()
+        };
+        if free("127.0.0.1") && free(ip) {
+            return port;
+        }
+    }
+    panic!("no loopback port free for both UDP and TCP");
+}
+
+/// An even UDP port with the three above it free (SIPp's echo uses media port + 2).
+pub fn free_media_port(ip: &str) -> u16 {
+    for _ in 0..200 {
+        let socket = UdpSocket::bind((ip, 0)).expect("bind a UDP port");
+        let port = socket.local_addr().expect("local address").port() & !1;
+        drop(socket);
+        if port < 60_000 && (0..4).all(|i| UdpSocket::bind((ip, port + i)).is_ok()) {
+            return port;
+        }
+    }
+    panic!("no free media port block on loopback");
+}
+
+/// A free block of `len` UDP ports for the node's RTP range.
+pub fn free_rtp_range(len: u16) -> (u16, u16) {
+    for _ in 0..200 {
+        let start = (20_000 + (rand_u16() % 20_000)) & !1;
+        let sockets: Vec<_> = (start..start + len)
+            .map_while(|p| UdpSocket::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if sockets.len() == usize::from(len) {
+            return (start, start + len - 1);
+        }
+    }
+    panic!("no free RTP port range on loopback");
+}
+
+pub fn rand_u16() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let thread = format!("{:?}", std::thread::current().id());
+    let mixed = nanos
+        ^ thread
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31) ^ u32::from(b));
+    (mixed % 65_521) as u16
+}
+
+/// One SIPp process, killed when dropped.
+pub struct Sipp {
+    child: Option<Child>,
+    work: tempfile::TempDir,
+    scenario: String,
+}
+
+impl Sipp {
+    pub fn spawn(
+        node_port: u16,
+        ip: &str,
+        scenario: &str,
+        port: u16,
+        media_port: Option<u16>,
+        extra: &[&str],
+    ) -> Sipp {
+        let work = tempfile::tempdir().expect("temp dir for SIPp logs");
+        let stdout = std::fs::File::create(work.path().join("stdout.txt")).expect("log file");
+        let stderr = std::fs::File::create(work.path().join("stderr.txt")).expect("log file");
+        let mut command = Command::new("sipp");
+        command
+            .arg(format!("127.0.0.1:{node_port}"))
+            .arg("-sf")
+            .arg(repo_root().join("tests/sip").join(scenario))
+            .args(["-i", ip, "-p", &port.to_string()])
+            .args(["-key", "domain", REALM, "-key", "pcap", PCAP])
+            .args(["-m", "1", "-timeout", "30s", "-timeout_error"])
+            .args(["-nostdin", "-trace_err"])
+            .args(extra)
+            .current_dir(work.path())
+            .stdout(stdout)
+            .stderr(stderr)
+            .stdin(Stdio::null());
+        if !extra.contains(&"-t") {
+            command.args(["-t", "u1"]);
+        }
+        if let Some(mp) = media_port {
+            command.args(["-mi", ip, "-mp", &mp.to_string()]);
+        }
+        let child = command.spawn().expect("start sipp");
+        Sipp {
+            child: Some(child),
+            work,
+            scenario: scenario.to_string(),
+        }
+    }
+
+    /// Waits (bounded) for SIPp to exit; returns its status and everything it logged.
+    pub fn wait(&mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("sipp already waited for");
+        let deadline = Instant::now() + SIPP_LIMIT;
+        let status = loop {
+            match child.try_wait().expect("poll sipp") {
+                Some(status) => break status,
+                None if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    break child.wait().expect("reap sipp");
+                }
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let mut output = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.work.path()) {
+            for entry in entries.flatten() {
+                if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                    output.push_str(&format!("\n--- {}\n{text}", entry.path().display()));
+                }
+            }
+        }
+        (status, output)
+    }
+
+    pub fn assert_ok(mut self, what: &str) {
+        let (status, output) = self.wait();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "sipp {} ({what}) failed with {status}:\n{output}",
+            self.scenario
+        );
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
