@@ -33,13 +33,9 @@ const NONCE_HEX_LEN: usize = 2 * (8 + NONCE_SALT_LEN + NONCE_MAC_LEN);
 /// `HA1 = MD5(username ":" realm ":" password)`, lower-case hex: the only form in which a seat's
 /// secret is kept by the node.
 pub fn ha1(username: &str, realm: &str, password: &str) -> String {
-    md5_hex(&[
-        username.as_bytes(),
-        b":",
-        realm.as_bytes(),
-        b":",
-        password.as_bytes(),
-    ])
+    // One definition for the operator (which hashes seat passwords into the NodeConfig) and
+    // the node.
+    switchboard_proto::node_config::digest_ha1(username, realm, password.as_bytes())
 }
 
 fn md5_hex(parts: &[&[u8]]) -> String {
@@ -113,10 +109,9 @@ pub struct DigestCredentials {
     pub opaque: Option<String>,
 }
 
-/// Parses an `Authorization` header value: `Digest name=value, name="quoted, value", ...`.
-/// Parameter names are case-insensitive; quoted strings may contain commas and `\"` escapes.
-/// Never panics, whatever the input.
-pub fn parse_authorization(value: &str) -> Result<DigestCredentials, AuthorizationError> {
+/// The parameters of a `Digest ...` header value (Authorization or a challenge), after the
+/// length and scheme checks both share.
+fn digest_params(value: &str) -> Result<Vec<(String, String)>, AuthorizationError> {
     if value.len() > MAX_AUTHORIZATION_LEN {
         return Err(AuthorizationError::TooLong);
     }
@@ -128,7 +123,14 @@ pub fn parse_authorization(value: &str) -> Result<DigestCredentials, Authorizati
     if !scheme.eq_ignore_ascii_case("Digest") {
         return Err(AuthorizationError::NotDigest);
     }
-    let params = parse_params(rest)?;
+    parse_params(rest)
+}
+
+/// Parses an `Authorization` header value: `Digest name=value, name="quoted, value", ...`.
+/// Parameter names are case-insensitive; quoted strings may contain commas and `\"` escapes.
+/// Never panics, whatever the input.
+pub fn parse_authorization(value: &str) -> Result<DigestCredentials, AuthorizationError> {
+    let params = digest_params(value)?;
     let get = |name: &str| {
         params
             .iter()
@@ -297,18 +299,7 @@ pub fn answer_challenge(
     method: &str,
     uri: &str,
 ) -> Result<String, AuthorizationError> {
-    if challenge.len() > MAX_AUTHORIZATION_LEN {
-        return Err(AuthorizationError::TooLong);
-    }
-    let challenge = challenge.trim_start();
-    let (scheme, rest) = match challenge.find(|c: char| c.is_ascii_whitespace()) {
-        Some(i) => (&challenge[..i], &challenge[i..]),
-        None => (challenge, ""),
-    };
-    if !scheme.eq_ignore_ascii_case("Digest") {
-        return Err(AuthorizationError::NotDigest);
-    }
-    let params = parse_params(rest)?;
+    let params = digest_params(challenge)?;
     let get = |name: &str| {
         params
             .iter()

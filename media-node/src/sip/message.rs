@@ -60,16 +60,30 @@ pub struct SipResponse {
     pub body: Vec<u8>,
 }
 
+/// Values of the header `name` among `headers` (case-insensitive), in order; shared by
+/// requests and responses.
+fn header_values<'a, 'n>(
+    headers: &'a [(String, String)],
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The first element of a Via header value.
+fn top_via(value: &str) -> Option<Via> {
+    Via::parse(split_list(value).into_iter().next()?)
+}
+
 impl SipResponse {
     /// All values of a header (case-insensitive name), in order.
     pub fn header_values<'a, 'n>(
         &'a self,
         name: &'n str,
     ) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_values(&self.headers, name)
     }
 
     /// The first value of a header.
@@ -79,9 +93,7 @@ impl SipResponse {
 
     /// The top Via element (ours, for a response to a request the node sent).
     pub fn top_via(&self) -> Option<Via> {
-        let value = self.header("Via")?;
-        let first = split_list(value).into_iter().next()?;
-        Via::parse(first)
+        top_via(self.header("Via")?)
     }
 
     /// CSeq number and method.
@@ -173,10 +185,7 @@ impl SipRequest {
         &'a self,
         name: &'n str,
     ) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_values(&self.headers, name)
     }
 
     /// The first value of a header.
@@ -186,9 +195,7 @@ impl SipRequest {
 
     /// The first element of the first Via header (the hop that sent this request to us).
     pub fn top_via(&self) -> Option<Via> {
-        let value = self.header("Via")?;
-        let first = split_list(value).into_iter().next()?;
-        Via::parse(first)
+        top_via(self.header("Via")?)
     }
 
     /// CSeq number and method.
