@@ -11,137 +11,22 @@
 mod support;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use media_node::call::CallSettings;
-use media_node::media::ports::PortAllocator;
 use media_node::media::wav;
-use media_node::sip::digest::{DEFAULT_NONCE_LIFETIME, ha1};
-use media_node::sip::{
-    RegistrarPolicy, SeatAccount, SipListeners, SipMetrics, SipServer, SipSettings,
-};
-use support::{REALM, Sipp, free_media_port, free_port, free_rtp_range, require_sipp};
-use switchboard_crds::callcenter::Codec;
+use support::{TestNode, free_media_port, free_port, require_sipp};
 
-/// Longest wait for the node to settle after a scenario (ports released, call ended).
-const SETTLE_LIMIT: Duration = Duration::from_secs(10);
-
-/// The node in-process: a runtime serving SIP on loopback with calls on.
-struct TestNode {
-    runtime: tokio::runtime::Runtime,
-    server: Arc<SipServer>,
-    port: u16,
-    recordings: Option<tempfile::TempDir>,
-}
-
-impl TestNode {
-    fn start(record: bool) -> TestNode {
-        let seats = ["1001", "1002", "1003"]
-            .into_iter()
-            .map(|ext| SeatAccount {
-                extension: ext.into(),
-                ha1: ha1(ext, REALM, &format!("practice-{ext}")),
-                max_contacts: 2,
-            })
-            .collect();
-        let settings = SipSettings {
-            realm: REALM.into(),
-            seats,
-            policy: RegistrarPolicy::default(),
-            nonce_lifetime: DEFAULT_NONCE_LIFETIME,
-        };
-        let recordings = record.then(|| tempfile::tempdir().expect("recording dir"));
-        let (min, max) = free_rtp_range(40);
-        let calls = CallSettings {
-            ports: Some(PortAllocator::new(min, max).expect("RTP range")),
-            codecs: vec![Codec::Pcmu, Codec::Pcma],
-            advertised_address: Some("127.0.0.1".parse().expect("an IP address")),
-            recording_dir: recordings.as_ref().map(|d| d.path().to_path_buf()),
-            node_name: "test-node".into(),
-            ..CallSettings::default()
-        };
-        let metrics = SipMetrics::new(&prometheus::Registry::new()).expect("metrics");
-        let server = Arc::new(
-            SipServer::new(settings, metrics, Instant::now())
-                .with_calls(calls)
-                .expect("calls on"),
-        );
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}")
-            .parse()
-            .expect("a socket address");
-        let listeners = runtime
-            .block_on(SipListeners::bind(addr, addr))
-            .expect("bind SIP");
-        runtime.spawn(listeners.serve(Arc::clone(&server)));
-        TestNode {
-            runtime,
-            server,
-            port,
-            recordings,
-        }
-    }
-
-    fn engine(&self) -> &Arc<media_node::call::CallEngine> {
-        self.server.calls().expect("calls are on")
-    }
-
-    /// Waits (bounded) until every call has ended and its ports are back.
-    fn assert_settled(&self) {
-        let engine = self.engine();
-        let deadline = Instant::now() + SETTLE_LIMIT;
-        while Instant::now() < deadline {
-            if engine.ports().in_use() == 0
-                && engine.counters().started() == engine.counters().ended()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "node did not settle: {} port pair(s) in use, {} call(s) started, {} ended",
-            engine.ports().in_use(),
-            engine.counters().started(),
-            engine.counters().ended()
-        );
-    }
-
-    /// Seat 1002 registers from `port` (where its answering scenario will then listen).
-    fn register_callee(&self, port: u16) {
-        let run = self.sipp("call-register-1002.xml", port, None, &[]);
-        run.assert_ok("register 1002");
-    }
-
-    fn sipp(&self, scenario: &str, port: u16, media_port: Option<u16>, extra: &[&str]) -> Sipp {
-        Sipp::spawn(self.port, "127.0.0.1", scenario, port, media_port, extra)
-    }
-
-    /// As [`Self::sipp`], over TCP (`-t t1`).
-    fn sipp_tcp(&self, scenario: &str, port: u16, media_port: Option<u16>, extra: &[&str]) -> Sipp {
-        let mut args = vec!["-t", "t1"];
-        args.extend_from_slice(extra);
-        Sipp::spawn(self.port, "127.0.0.1", scenario, port, media_port, &args)
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        // Stops the transport and every call task (their sockets close with them).
-        let runtime = std::mem::replace(
-            &mut self.runtime,
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("runtime"),
-        );
-        runtime.shutdown_timeout(Duration::from_secs(2));
-    }
+/// The node with calls on; with `record`, recordings (and CDRs) go to the returned directory.
+fn start(record: bool) -> (TestNode, Option<tempfile::TempDir>) {
+    let recordings = record.then(|| tempfile::tempdir().expect("recording dir"));
+    let node = TestNode::start(CallSettings {
+        recording_dir: recordings.as_ref().map(|d| d.path().to_path_buf()),
+        node_name: "test-node".into(),
+        ..CallSettings::default()
+    });
+    (node, recordings)
 }
 
 fn answered_call(node: &TestNode, uas: &str, uac: &str) {
@@ -152,7 +37,7 @@ fn answered_call(node: &TestNode, uas: &str, uac: &str) {
 fn answered_call_over(node: &TestNode, uas: &str, uac: &str, caller_tcp: bool) {
     let callee_port = free_port();
     node.register_callee(callee_port);
-    let callee = node.sipp(
+    let callee = node.seat(
         uas,
         callee_port,
         Some(free_media_port("127.0.0.1")),
@@ -161,14 +46,14 @@ fn answered_call_over(node: &TestNode, uas: &str, uac: &str, caller_tcp: bool) {
     // The callee listens before the caller dials.
     std::thread::sleep(Duration::from_millis(300));
     let caller = if caller_tcp {
-        node.sipp_tcp(
+        node.seat_tcp(
             uac,
             free_port(),
             Some(free_media_port("127.0.0.1")),
             &["-s", "1002"],
         )
     } else {
-        node.sipp(
+        node.seat(
             uac,
             free_port(),
             Some(free_media_port("127.0.0.1")),
@@ -177,7 +62,7 @@ fn answered_call_over(node: &TestNode, uas: &str, uac: &str, caller_tcp: bool) {
     };
     caller.assert_ok("caller 1001");
     callee.assert_ok("callee 1002");
-    node.assert_settled();
+    node.wait_settled(|| true);
     let stats = node.engine().relay_stats();
     let forward = stats.caller_to_callee.load(Ordering::Relaxed);
     let back = stats.callee_to_caller.load(Ordering::Relaxed);
@@ -196,38 +81,38 @@ fn answered_call_over(node: &TestNode, uas: &str, uac: &str, caller_tcp: bool) {
 #[test]
 fn seat_call_answered_caller_hangs_up() {
     require_sipp();
-    let node = TestNode::start(false);
+    let (node, _) = start(false);
     answered_call(&node, "call-uas-answer.xml", "call-uac-bye.xml");
 }
 
 #[test]
 fn seat_call_answered_callee_hangs_up() {
     require_sipp();
-    let node = TestNode::start(false);
+    let (node, _) = start(false);
     answered_call(&node, "call-uas-hangup.xml", "call-uac-callee-bye.xml");
 }
 
 #[test]
 fn seat_call_from_a_tcp_caller_to_a_udp_callee() {
     require_sipp();
-    let node = TestNode::start(false);
+    let (node, _) = start(false);
     answered_call_over(&node, "call-uas-answer.xml", "call-uac-bye.xml", true);
 }
 
 #[test]
 fn caller_cancels_before_answer_and_hears_487() {
     require_sipp();
-    let node = TestNode::start(true);
+    let (node, recordings) = start(true);
     let callee_port = free_port();
     node.register_callee(callee_port);
-    let callee = node.sipp("call-uas-ring.xml", callee_port, None, &[]);
+    let callee = node.seat("call-uas-ring.xml", callee_port, None, &[]);
     std::thread::sleep(Duration::from_millis(300));
-    let caller = node.sipp("call-uac-cancel.xml", free_port(), None, &["-s", "1002"]);
+    let caller = node.seat("call-uac-cancel.xml", free_port(), None, &["-s", "1002"]);
     caller.assert_ok("caller 1001 cancels");
     callee.assert_ok("callee 1002 cancelled");
-    node.assert_settled();
+    node.wait_settled(|| true);
     // An unanswered call is not recorded, but has its CDR.
-    let dir = node.recordings.as_ref().expect("recording dir").path();
+    let dir = recordings.as_ref().expect("recording dir").path();
     let cdr = std::fs::read_to_string(dir.join("cdr.jsonl")).expect("CDR written");
     let record: serde_json::Value = serde_json::from_str(cdr.trim()).expect("one CDR line");
     assert_eq!(record["outcome"], "abandoned", "{record}");
@@ -244,15 +129,15 @@ fn caller_cancels_before_answer_and_hears_487() {
 #[test]
 fn call_to_unregistered_seat_is_480_and_unknown_number_404() {
     require_sipp();
-    let node = TestNode::start(true);
-    node.sipp(
+    let (node, recordings) = start(true);
+    node.seat(
         "call-uac-refused-480.xml",
         free_port(),
         None,
         &["-s", "1003"],
     )
     .assert_ok("call to unregistered 1003");
-    node.sipp(
+    node.seat(
         "call-uac-refused-404.xml",
         free_port(),
         None,
@@ -262,7 +147,7 @@ fn call_to_unregistered_seat_is_480_and_unknown_number_404() {
     assert_eq!(node.engine().ports().in_use(), 0);
     assert_eq!(node.engine().counters().started(), 0, "no call was set up");
     // Refused calls still get their CDR line.
-    let dir = node.recordings.as_ref().expect("recording dir").path();
+    let dir = recordings.as_ref().expect("recording dir").path();
     let cdr = std::fs::read_to_string(dir.join("cdr.jsonl")).expect("CDR written");
     let records: Vec<serde_json::Value> = cdr
         .lines()
@@ -279,9 +164,9 @@ fn call_to_unregistered_seat_is_480_and_unknown_number_404() {
 #[test]
 fn recorded_call_has_both_channels_and_the_call_length() {
     require_sipp();
-    let node = TestNode::start(true);
+    let (node, recordings) = start(true);
     answered_call(&node, "call-uas-answer.xml", "call-uac-bye.xml");
-    let dir = node.recordings.as_ref().expect("recording dir").path();
+    let dir = recordings.as_ref().expect("recording dir").path();
     let mut wavs: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("read recording dir")
         .flatten()

@@ -18,15 +18,10 @@ use std::time::{Duration, Instant};
 mod support;
 
 use media_node::call::{CallSettings, TrunkSettings};
-use media_node::media::ports::PortAllocator;
-use media_node::sip::digest::{DEFAULT_NONCE_LIFETIME, ha1};
-use media_node::sip::{
-    RegistrarPolicy, SeatAccount, SipListeners, SipMetrics, SipServer, SipSettings,
-};
 use support::{
-    REALM, Sipp, free_media_port, free_port, free_port_on, free_rtp_range, require_sipp,
+    SETTLE_LIMIT, Sipp, TestNode, free_media_port, free_port, free_port_on, require_sipp,
 };
-use switchboard_crds::callcenter::{Codec, EntryPoint, TrunkSpec};
+use switchboard_crds::callcenter::{EntryPoint, TrunkSpec};
 
 /// The carrier's address: the trunk's `allowedSources`.
 const TRUNK_IP: &str = "127.0.0.2";
@@ -35,41 +30,28 @@ const FRONT_DESK: &str = "+4930555100";
 /// An entry point routed to a queue (not served yet).
 const SALES_QUEUE: &str = "+4930555200";
 
-/// Longest wait for the node to settle after a scenario (ports released, call ended).
-const SETTLE_LIMIT: Duration = Duration::from_secs(10);
-
-/// The node in-process: a runtime serving SIP on loopback with calls and one trunk `pstn`.
-struct TestNode {
-    runtime: tokio::runtime::Runtime,
-    server: Arc<SipServer>,
-    registry: prometheus::Registry,
-    port: u16,
+/// The shared test node with the `pstn` trunk, its Secret files and a CDR file.
+struct TrunkNode {
+    node: TestNode,
     records: tempfile::TempDir,
     _secrets: tempfile::TempDir,
 }
 
-impl TestNode {
+impl std::ops::Deref for TrunkNode {
+    type Target = TestNode;
+    fn deref(&self) -> &TestNode {
+        &self.node
+    }
+}
+
+impl TrunkNode {
     /// `trunk_port`: where the carrier's SIPp UAS listens on [`TRUNK_IP`] (outbound calls).
-    fn start(channel_limit: u32, trunk_port: u16) -> TestNode {
+    fn start(channel_limit: u32, trunk_port: u16) -> TrunkNode {
         Self::start_with(channel_limit, trunk_port, "UDP")
     }
 
     /// As [`Self::start`], with the trunk peer reached over `transport` (`UDP` or `TCP`).
-    fn start_with(channel_limit: u32, trunk_port: u16, transport: &str) -> TestNode {
-        let seats = ["1001", "1002", "1003"]
-            .into_iter()
-            .map(|ext| SeatAccount {
-                extension: ext.into(),
-                ha1: ha1(ext, REALM, &format!("practice-{ext}")),
-                max_contacts: 2,
-            })
-            .collect();
-        let settings = SipSettings {
-            realm: REALM.into(),
-            seats,
-            policy: RegistrarPolicy::default(),
-            nonce_lifetime: DEFAULT_NONCE_LIFETIME,
-        };
+    fn start_with(channel_limit: u32, trunk_port: u16, transport: &str) -> TrunkNode {
         let records = tempfile::tempdir().expect("records dir");
         // The trunk's Secret as the kubelet mounts it: <dir>/<trunk>/{username,password}.
         let secrets = tempfile::tempdir().expect("secrets dir");
@@ -91,11 +73,7 @@ impl TestNode {
               {{number: '{SALES_QUEUE}', route: {{action: Queue, target: sales}}}}]"
         ))
         .expect("entry points");
-        let (min, max) = free_rtp_range(40);
-        let calls = CallSettings {
-            ports: Some(PortAllocator::new(min, max).expect("RTP range")),
-            codecs: vec![Codec::Pcmu, Codec::Pcma],
-            advertised_address: Some("127.0.0.1".parse().expect("an IP address")),
+        let node = TestNode::start(CallSettings {
             cdr_path: Some(records.path().join("cdr.jsonl")),
             node_name: "test-node".into(),
             trunks: TrunkSettings {
@@ -106,39 +84,12 @@ impl TestNode {
             entry_points,
             seat_extensions: BTreeMap::from([("front-desk".to_string(), "1002".to_string())]),
             ..CallSettings::default()
-        };
-        let registry = prometheus::Registry::new();
-        let metrics = SipMetrics::new(&registry).expect("metrics");
-        let server = Arc::new(
-            SipServer::new(settings, metrics, Instant::now())
-                .with_calls(calls)
-                .expect("calls on"),
-        );
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}")
-            .parse()
-            .expect("a socket address");
-        let listeners = runtime
-            .block_on(SipListeners::bind(addr, addr))
-            .expect("bind SIP");
-        runtime.spawn(listeners.serve(Arc::clone(&server)));
-        TestNode {
-            runtime,
-            server,
-            registry,
-            port,
+        });
+        TrunkNode {
+            node,
             records,
             _secrets: secrets,
         }
-    }
-
-    fn engine(&self) -> &Arc<media_node::call::CallEngine> {
-        self.server.calls().expect("calls are on")
     }
 
     fn trunk(&self) -> &Arc<media_node::call::trunks::Trunk> {
@@ -148,25 +99,8 @@ impl TestNode {
     /// Waits (bounded) until every call has ended, its ports are back and no trunk channel
     /// is busy.
     fn assert_settled(&self) {
-        let engine = self.engine();
-        let deadline = Instant::now() + SETTLE_LIMIT;
-        while Instant::now() < deadline {
-            if engine.ports().in_use() == 0
-                && engine.counters().started() == engine.counters().ended()
-                && self.trunk().busy() == 0
-            {
-                assert_eq!(self.metric("switchboard_trunk_channels_busy"), Some(0.0));
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "node did not settle: {} port pair(s) in use, {} call(s) started, {} ended, {} trunk channel(s) busy",
-            engine.ports().in_use(),
-            engine.counters().started(),
-            engine.counters().ended(),
-            self.trunk().busy()
-        );
+        self.wait_settled(|| self.trunk().busy() == 0);
+        assert_eq!(self.metric("switchboard_trunk_channels_busy"), Some(0.0));
     }
 
     /// Waits (bounded) until the trunk has `n` busy channels.
@@ -187,16 +121,6 @@ impl TestNode {
         self.sample(&format!("{name}{{trunk=\"pstn\"}}"))
     }
 
-    /// The value of one sample (`name{labels}`) in the Prometheus text exposition.
-    fn sample(&self, series: &str) -> Option<f64> {
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .expect("metrics encode");
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .map(|v| v.trim().parse().expect("a metric value"))
-    }
-
     fn cdrs(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.records.path().join("cdr.jsonl"))
             .expect("CDR file written");
@@ -205,37 +129,13 @@ impl TestNode {
             .collect()
     }
 
-    /// Seat 1002 registers from `port` (where its answering scenario will then listen).
-    fn register_callee(&self, port: u16) {
-        self.seat("call-register-1002.xml", port, None, &[])
-            .assert_ok("register 1002");
-    }
-
-    /// SIPp as a seat (from 127.0.0.1).
-    fn seat(&self, scenario: &str, port: u16, media_port: Option<u16>, extra: &[&str]) -> Sipp {
-        Sipp::spawn(self.port, "127.0.0.1", scenario, port, media_port, extra)
-    }
-
     /// SIPp as the carrier (from [`TRUNK_IP`]).
     fn carrier(&self, scenario: &str, port: u16, media_port: Option<u16>, extra: &[&str]) -> Sipp {
         Sipp::spawn(self.port, TRUNK_IP, scenario, port, media_port, extra)
     }
 }
 
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        // Stops the transport and every call task (their sockets close with them).
-        let runtime = std::mem::replace(
-            &mut self.runtime,
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("runtime"),
-        );
-        runtime.shutdown_timeout(Duration::from_secs(2));
-    }
-}
-
-fn relayed_both_ways(node: &TestNode) {
+fn relayed_both_ways(node: &TrunkNode) {
     let stats = node.engine().relay_stats();
     let forward = stats.caller_to_callee.load(Ordering::Relaxed);
     let back = stats.callee_to_caller.load(Ordering::Relaxed);
@@ -247,7 +147,7 @@ fn relayed_both_ways(node: &TestNode) {
 #[test]
 fn trunk_call_reaches_the_entry_points_seat_with_media_both_ways() {
     require_sipp();
-    let node = TestNode::start(2, free_port_on(TRUNK_IP));
+    let node = TrunkNode::start(2, free_port_on(TRUNK_IP));
     let callee_port = free_port();
     node.register_callee(callee_port);
     let callee = node.seat(
@@ -287,7 +187,7 @@ fn trunk_call_reaches_the_entry_points_seat_with_media_both_ways() {
 fn outbound_call_answers_the_trunks_challenge_once() {
     require_sipp();
     let trunk_port = free_port_on(TRUNK_IP);
-    let node = TestNode::start(2, trunk_port);
+    let node = TrunkNode::start(2, trunk_port);
     let carrier = node.carrier(
         "trunk-uas-challenge.xml",
         trunk_port,
@@ -321,7 +221,7 @@ fn outbound_call_answers_the_trunks_challenge_once() {
 fn outbound_call_through_a_tcp_trunk_opens_the_connection() {
     require_sipp();
     let trunk_port = free_port_on(TRUNK_IP);
-    let node = TestNode::start_with(2, trunk_port, "TCP");
+    let node = TrunkNode::start_with(2, trunk_port, "TCP");
     // The carrier listens on TCP; the node connects to it (phones are never connected to).
     let carrier = node.carrier(
         "trunk-uas-challenge.xml",
@@ -350,7 +250,7 @@ fn outbound_call_through_a_tcp_trunk_opens_the_connection() {
 fn a_second_challenge_fails_the_outbound_call_with_403() {
     require_sipp();
     let trunk_port = free_port_on(TRUNK_IP);
-    let node = TestNode::start(2, trunk_port);
+    let node = TrunkNode::start(2, trunk_port);
     let carrier = node.carrier("trunk-uas-challenge-twice.xml", trunk_port, None, &[]);
     std::thread::sleep(Duration::from_millis(300));
     node.seat(
@@ -372,7 +272,7 @@ fn a_second_challenge_fails_the_outbound_call_with_403() {
 #[test]
 fn channel_limit_blocks_the_second_trunk_call_with_503() {
     require_sipp();
-    let node = TestNode::start(1, free_port_on(TRUNK_IP));
+    let node = TrunkNode::start(1, free_port_on(TRUNK_IP));
     assert_eq!(node.metric("switchboard_trunk_channel_limit"), Some(1.0));
     let callee_port = free_port();
     node.register_callee(callee_port);
@@ -418,7 +318,7 @@ fn channel_limit_blocks_the_second_trunk_call_with_503() {
 #[test]
 fn entry_points_not_served_yet_get_480_and_unrouted_numbers_404() {
     require_sipp();
-    let node = TestNode::start(2, free_port_on(TRUNK_IP));
+    let node = TrunkNode::start(2, free_port_on(TRUNK_IP));
     node.carrier(
         "trunk-uac-refused-480.xml",
         free_port_on(TRUNK_IP),

@@ -1,12 +1,20 @@
-//! What the SIPp-driven tests share: free loopback ports, the SIPp process, and the check that
-//! SIPp is installed (these tests fail, never skip, without it).
+//! What the SIPp-driven tests share: the in-process node, free loopback ports, the SIPp
+//! process, and the check that SIPp is installed (these tests fail, never skip, without it).
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use media_node::call::{CallEngine, CallSettings};
+use media_node::media::ports::PortAllocator;
+use media_node::sip::digest::{DEFAULT_NONCE_LIFETIME, ha1};
+use media_node::sip::{
+    RegistrarPolicy, SeatAccount, SipListeners, SipMetrics, SipServer, SipSettings,
+};
 
 pub const REALM: &str = "localhost";
 pub const PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
@@ -185,5 +193,143 @@ impl Drop for Sipp {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Longest wait for the node to settle after a scenario (ports released, calls ended).
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// The node in-process: a runtime serving SIP on 127.0.0.1 with calls on, seats 1001–1003
+/// (password `practice-<ext>`), and its own metrics registry.
+pub struct TestNode {
+    runtime: tokio::runtime::Runtime,
+    pub server: Arc<SipServer>,
+    pub registry: prometheus::Registry,
+    pub port: u16,
+}
+
+impl TestNode {
+    /// Starts the node with `calls` (a free RTP range and 127.0.0.1 are filled in when left
+    /// unset).
+    pub fn start(mut calls: CallSettings) -> TestNode {
+        let seats = ["1001", "1002", "1003"]
+            .into_iter()
+            .map(|ext| SeatAccount {
+                extension: ext.into(),
+                ha1: ha1(ext, REALM, &format!("practice-{ext}")),
+                max_contacts: 2,
+            })
+            .collect();
+        let settings = SipSettings {
+            realm: REALM.into(),
+            seats,
+            policy: RegistrarPolicy::default(),
+            nonce_lifetime: DEFAULT_NONCE_LIFETIME,
+        };
+        if calls.ports.is_none() {
+            let (min, max) = free_rtp_range(40);
+            calls.ports = Some(PortAllocator::new(min, max).expect("RTP range"));
+        }
+        if calls.advertised_address.is_none() {
+            calls.advertised_address = Some("127.0.0.1".parse().expect("an IP address"));
+        }
+        let registry = prometheus::Registry::new();
+        let metrics = SipMetrics::new(&registry).expect("metrics");
+        let server = Arc::new(
+            SipServer::new(settings, metrics, Instant::now())
+                .with_calls(calls)
+                .expect("calls on"),
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}")
+            .parse()
+            .expect("a socket address");
+        let listeners = runtime
+            .block_on(SipListeners::bind(addr, addr))
+            .expect("bind SIP");
+        runtime.spawn(listeners.serve(Arc::clone(&server)));
+        TestNode {
+            runtime,
+            server,
+            registry,
+            port,
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<CallEngine> {
+        self.server.calls().expect("calls are on")
+    }
+
+    /// Waits (bounded) until every call has ended, its ports are back and `also` holds.
+    pub fn wait_settled(&self, also: impl Fn() -> bool) {
+        let engine = self.engine();
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        while Instant::now() < deadline {
+            if engine.ports().in_use() == 0
+                && engine.counters().started() == engine.counters().ended()
+                && also()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "node did not settle: {} port pair(s) in use, {} call(s) started, {} ended",
+            engine.ports().in_use(),
+            engine.counters().started(),
+            engine.counters().ended()
+        );
+    }
+
+    /// The value of one sample (`name{labels}`) in the Prometheus text exposition.
+    pub fn sample(&self, series: &str) -> Option<f64> {
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .expect("metrics encode");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.trim().parse().expect("a metric value"))
+    }
+
+    /// SIPp as a seat (from 127.0.0.1).
+    pub fn seat(&self, scenario: &str, port: u16, media_port: Option<u16>, extra: &[&str]) -> Sipp {
+        Sipp::spawn(self.port, "127.0.0.1", scenario, port, media_port, extra)
+    }
+
+    /// As [`Self::seat`], over TCP (`-t t1`).
+    pub fn seat_tcp(
+        &self,
+        scenario: &str,
+        port: u16,
+        media_port: Option<u16>,
+        extra: &[&str],
+    ) -> Sipp {
+        let mut args = vec!["-t", "t1"];
+        args.extend_from_slice(extra);
+        Sipp::spawn(self.port, "127.0.0.1", scenario, port, media_port, &args)
+    }
+
+    /// Seat 1002 registers from `port` (where its answering scenario will then listen).
+    pub fn register_callee(&self, port: u16) {
+        self.seat("call-register-1002.xml", port, None, &[])
+            .assert_ok("register 1002");
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        // Stops the transport and every call task (their sockets close with them).
+        let runtime = std::mem::replace(
+            &mut self.runtime,
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime"),
+        );
+        runtime.shutdown_timeout(Duration::from_secs(2));
     }
 }
