@@ -676,6 +676,39 @@ pub struct CallCenterStatus {
     /// Channels of each trunk.
     #[serde(default)]
     pub trunks: Vec<TrunkStatus>,
+    /// Each media node and the node configuration it runs.
+    #[serde(default)]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One media node as the operator last reached it over the control API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The node's pod name.
+    pub name: String,
+    /// Generation of the node configuration the node said it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_generation: Option<i64>,
+    /// Whether the node runs the configuration the operator pushed last.
+    pub config: NodeConfigState,
+    /// Why, when the node refused the configuration or could not be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where a node stands with the configuration the operator pushed last.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NodeConfigState {
+    /// The node acknowledged the configuration and runs it.
+    Current,
+    /// The node has no address yet (starting); it reads the ConfigMap when it starts.
+    Pending,
+    /// The node refused the configuration and keeps running the one it had; `message` says
+    /// why.
+    Rejected,
+    /// The node's control API did not answer; the operator retries with backoff.
+    Unreachable,
 }
 
 /// Observed channels of one trunk.

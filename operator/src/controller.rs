@@ -8,13 +8,13 @@
 //! Queues, Seats and Secrets are watched and mapped to the CallCenters they affect, so a change
 //! to one Queue produces a new config generation without touching anything else.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::discovery::ApiResource;
@@ -24,14 +24,17 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
+use switchboard_crds::callcenter::{NodeConfigState, NodeStatus};
 use switchboard_crds::common::{condition, conditions, set_condition};
 use switchboard_crds::{CallCenter, CallCenterStatus, Queue, Seat};
+use switchboard_proto::node::v1::ConfigSnapshot;
 
 use crate::builders::{
     BuildError, BuildOptions, CONFIG_GENERATION_ANNOTATION, CONFIG_HASH_ANNOTATION, Children,
     PodDisruptionBudgetObject, build_children,
 };
 use crate::metrics::Metrics;
+use crate::nodes::{self, NodeEndpoint, PushResult};
 use switchboard_proto::node_config::{NodeConfigError, ObjectKind, Problem, build_node_config};
 
 /// The field manager of everything the operator applies.
@@ -74,6 +77,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// Watch only this namespace (`--watch-namespace`); `None` watches every namespace.
     pub watch_namespace: Option<String>,
+    /// Consecutive reconciles (by `namespace/name`) after which some node was still not
+    /// running the pushed config: the retry backs off with them.
+    push_failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -94,7 +100,24 @@ impl Context {
             metrics,
             recorder,
             watch_namespace,
+            push_failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records how a round of pushes to a center's nodes went; returns the failed rounds in a
+    /// row so far (0 when every node is current).
+    fn note_push_round(&self, center: &str, all_current: bool) -> u32 {
+        let mut failures = self
+            .push_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if all_current {
+            failures.remove(center);
+            return 0;
+        }
+        let n = failures.entry(center.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
     }
 }
 
@@ -265,6 +288,7 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
     };
     let children = build_children(center, &config, &ctx.options)?;
     apply_children(client, &namespace, &children).await?;
+    let node_statuses = push_config(ctx, center, &config).await?;
 
     for problem in &problems {
         publish_on(
@@ -283,94 +307,202 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     let wanted = children.stateful_set.spec.replicas.unwrap_or(1);
+    let all_current = node_statuses
+        .iter()
+        .all(|n| n.config == NodeConfigState::Current);
+    let center_key = format!("{namespace}/{}", center.name_any());
+    let failed_rounds = ctx.note_push_round(&center_key, all_current);
     write_status(client, center, |status, now| {
         status.config_generation = Some(generation);
-        let problem_text = summarize(&problems);
-        if problems.is_empty() {
-            mark(
+        status.nodes = node_statuses.clone();
+        let mut degraded = Vec::new();
+        if !problems.is_empty() {
+            degraded.push(("ObjectsLeftOut", summarize(&problems)));
+        }
+        let rejected: Vec<String> = node_statuses
+            .iter()
+            .filter(|n| n.config == NodeConfigState::Rejected)
+            .map(|n| {
+                format!(
+                    "node {} refused config generation {generation} and keeps running {}: {}",
+                    n.name,
+                    n.config_generation
+                        .map_or_else(|| "its previous one".to_string(), |g| g.to_string()),
+                    n.message.as_deref().unwrap_or("no reason given")
+                )
+            })
+            .collect();
+        if !rejected.is_empty() {
+            degraded.push(("ConfigRejected", rejected.join("; ")));
+        }
+        match degraded.as_slice() {
+            [] => mark(
                 status,
                 center,
                 conditions::DEGRADED,
                 "False",
                 "NoProblems",
-                "every Queue and Seat resolves",
+                "every Queue and Seat resolves and every node runs the config",
                 now,
-            );
-        } else {
-            mark(
-                status,
-                center,
-                conditions::DEGRADED,
-                "True",
-                "ObjectsLeftOut",
-                &problem_text,
-                now,
-            );
+            ),
+            [(reason, message), rest @ ..] => {
+                let mut text = message.clone();
+                for (_, more) in rest {
+                    text.push_str("; ");
+                    text.push_str(more);
+                }
+                mark(
+                    status,
+                    center,
+                    conditions::DEGRADED,
+                    "True",
+                    reason,
+                    &text,
+                    now,
+                );
+            }
         }
+        let lagging: Vec<String> = node_statuses
+            .iter()
+            .filter(|n| n.config != NodeConfigState::Current)
+            .map(|n| match &n.message {
+                Some(m) => format!("{} ({:?}: {m})", n.name, n.config),
+                None => format!("{} ({:?})", n.name, n.config),
+            })
+            .collect();
         let serving = format!(
             "{ready_replicas} of {wanted} media node(s) ready, config generation {generation}"
         );
-        if ready_replicas >= wanted {
-            mark(
-                status,
-                center,
-                conditions::PROGRESSING,
-                "False",
-                "RolledOut",
-                &serving,
-                now,
-            );
-            mark(
-                status,
-                center,
-                conditions::AVAILABLE,
-                "True",
-                "NodesReady",
-                &serving,
-                now,
-            );
-            mark(
-                status,
-                center,
-                conditions::READY,
-                "True",
-                "NodesReady",
-                &serving,
-                now,
-            );
+        let (progressing, ready) = if ready_replicas < wanted {
+            (
+                ("True", "WaitingForNodes", serving.clone()),
+                ("False", "WaitingForNodes"),
+            )
+        } else if !lagging.is_empty() {
+            (
+                (
+                    "True",
+                    "ConfigPending",
+                    format!("{serving}; not running it yet: {}", lagging.join(", ")),
+                ),
+                ("False", "ConfigPending"),
+            )
         } else {
-            mark(
-                status,
-                center,
-                conditions::PROGRESSING,
-                "True",
-                "WaitingForNodes",
-                &serving,
-                now,
-            );
-            let available = if ready_replicas > 0 { "True" } else { "False" };
-            mark(
-                status,
-                center,
-                conditions::AVAILABLE,
-                available,
-                "WaitingForNodes",
-                &serving,
-                now,
-            );
-            mark(
-                status,
-                center,
-                conditions::READY,
-                "False",
-                "WaitingForNodes",
-                &serving,
-                now,
-            );
-        }
+            (
+                ("False", "RolledOut", serving.clone()),
+                ("True", "NodesReady"),
+            )
+        };
+        let (value, reason, message) = progressing;
+        mark(
+            status,
+            center,
+            conditions::PROGRESSING,
+            value,
+            reason,
+            &message,
+            now,
+        );
+        mark(
+            status,
+            center,
+            conditions::READY,
+            ready.0,
+            ready.1,
+            &message,
+            now,
+        );
+        let available = if ready_replicas > 0 { "True" } else { "False" };
+        let available_reason = if ready_replicas > 0 {
+            "NodesReady"
+        } else {
+            "WaitingForNodes"
+        };
+        mark(
+            status,
+            center,
+            conditions::AVAILABLE,
+            available,
+            available_reason,
+            &serving,
+            now,
+        );
     })
     .await?;
+    if !all_current {
+        // Nodes that could not take the config are retried sooner than the periodic resync.
+        return Ok(Action::requeue(nodes::retry_delay(
+            failed_rounds.saturating_sub(1),
+        )));
+    }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Pushes the center's node config to each of its media-node pods, all at once, and returns
+/// each node's status line. Every reconcile pushes: a node that already runs the generation
+/// answers UNCHANGED at once, and one that restarted from an older ConfigMap catches up.
+async fn push_config(
+    ctx: &Context,
+    center: &CallCenter,
+    config: &crate::node_config::NodeConfig,
+) -> Result<Vec<NodeStatus>, ReconcileError> {
+    let namespace = center.namespace().unwrap_or_default();
+    let selector = crate::builders::selector_labels(&center.name_any())
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    let targets = nodes::endpoints(&pods);
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let yaml = config.to_yaml().map_err(BuildError::from)?.into_bytes();
+    let generation = config.generation;
+    let pushes = targets.iter().map(|target: &NodeEndpoint| {
+        let snapshot = ConfigSnapshot::new(generation, yaml.clone());
+        async move {
+            let started = Instant::now();
+            let result = nodes::push(target, snapshot, nodes::PUSH_TIMEOUT).await;
+            if !matches!(result, PushResult::NoAddress) {
+                ctx.metrics
+                    .config_push_duration
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            ctx.metrics
+                .config_pushes
+                .with_label_values(&[result.metric_label()])
+                .inc();
+            match &result {
+                PushResult::Answered(reply) => tracing::debug!(
+                    node = %target.pod, generation, outcome = result.metric_label(),
+                    running = reply.running_generation, "config pushed"
+                ),
+                PushResult::Unreachable(reason) => tracing::warn!(
+                    node = %target.pod, generation, %reason, "media node unreachable"
+                ),
+                PushResult::NoAddress => {}
+            }
+            result
+        }
+    });
+    let results = futures::future::join_all(pushes).await;
+    let previous = center
+        .status
+        .as_ref()
+        .map(|s| s.nodes.as_slice())
+        .unwrap_or_default();
+    Ok(targets
+        .iter()
+        .zip(&results)
+        .map(|(target, result)| {
+            let before = previous.iter().find(|n| n.name == target.pod);
+            nodes::node_status(&target.pod, generation, result, before)
+        })
+        .collect())
 }
 
 /// Sets `Resolved` on every Queue and Seat of the center — False with the problems that name

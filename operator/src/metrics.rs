@@ -1,6 +1,6 @@
 //! The operator's Prometheus metrics.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 /// Every metric of the operator, registered in one registry that `/metrics` serves.
 #[derive(Clone)]
@@ -14,6 +14,10 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     /// Reconcile duration, by kind.
     pub reconcile_duration: HistogramVec,
+    /// Config pushes to media nodes (`ApplyConfig`), by outcome.
+    pub config_pushes: IntCounterVec,
+    /// Time one push took, from connecting to the node's answer.
+    pub config_push_duration: Histogram,
 }
 
 impl Metrics {
@@ -54,12 +58,33 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(reconcile_duration.clone()))?;
+        let config_pushes = IntCounterVec::new(
+            Opts::new(
+                "switchboard_operator_config_pushes_total",
+                "Node configs pushed to media nodes over the control API, by outcome \
+                 (applied, unchanged, stale, rejected, unreachable, no_address).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(config_pushes.clone()))?;
+        let config_push_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "switchboard_operator_config_push_duration_seconds",
+                "Time one ApplyConfig push to a media node took, connection included.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0,
+            ]),
+        )?;
+        registry.register(Box::new(config_push_duration.clone()))?;
         Ok(Self {
             registry,
             admission_reviews,
             reconciles,
             reconcile_errors,
             reconcile_duration,
+            config_pushes,
+            config_push_duration,
         })
     }
 

@@ -18,6 +18,7 @@ use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use kube::{Api, Client, Config, Discovery, ResourceExt};
 
 pub mod names;
+pub mod node_process;
 pub mod webhook;
 
 /// Field manager for everything the tests apply.
@@ -243,6 +244,28 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Runs the CallCenter controller in this process, watching only `namespace`, as the
+/// operator's `run` does once it leads.
+pub async fn start_controller(
+    client: &Client,
+    namespace: &str,
+) -> Result<tokio::task::JoinHandle<()>> {
+    use switchboard_operator::builders::BuildOptions;
+    use switchboard_operator::controller::{self, Context as ControllerContext};
+    let version = client.apiserver_version().await?;
+    let options = BuildOptions {
+        default_image: "switchboard-media-node:test".into(),
+        server_minor_version: version.minor.trim_end_matches('+').parse()?,
+    };
+    let ctx = std::sync::Arc::new(ControllerContext::new(
+        client.clone(),
+        options,
+        switchboard_operator::metrics::Metrics::new()?,
+        Some(namespace.to_string()),
+    ));
+    Ok(tokio::spawn(controller::run(ctx)))
 }
 
 /// A namespace of one test, deleted by [`TestNamespace::delete`].

@@ -4,7 +4,6 @@
 //! (There is no kubelet on this control plane: pods never run, so the center stays
 //! Progressing; the end-to-end tests on the single-node cluster cover running nodes.)
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -12,31 +11,14 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use switchboard_crds::CallCenter;
-use switchboard_operator::builders::{BuildOptions, CONFIG_GENERATION_ANNOTATION};
-use switchboard_operator::controller::{self, Context};
-use switchboard_operator::metrics::Metrics;
+use switchboard_operator::builders::CONFIG_GENERATION_ANNOTATION;
 use switchboard_tests::{
-    TestNamespace, apply_yaml, control_plane, install_crds, repo_root, wait_for,
+    TestNamespace, apply_yaml, control_plane, install_crds, repo_root, start_controller, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn start_controller(client: &Client, ns: &str) -> Result<tokio::task::JoinHandle<()>> {
-    let version = client.apiserver_version().await?;
-    let options = BuildOptions {
-        default_image: "switchboard-media-node:test".into(),
-        server_minor_version: version.minor.trim_end_matches('+').parse()?,
-    };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        options,
-        Metrics::new()?,
-        Some(ns.to_string()),
-    ));
-    Ok(tokio::spawn(controller::run(ctx)))
-}
 
 async fn config_generation(config_maps: &Api<ConfigMap>) -> Option<String> {
     let cm = config_maps.get_opt("minimal-node-config").await.ok()??;

@@ -50,6 +50,9 @@ use switchboard_proto::node_config::{NodeConfig, TRUNK_PASSWORD_FILE, TRUNK_USER
 
 /// Name of the media-node container.
 pub const CONTAINER_NAME: &str = "media-node";
+/// Name of the container port of the node's gRPC control API, which the operator pushes
+/// config to.
+pub const CONTROL_PORT_NAME: &str = "control";
 /// Name of the recording volume and its claim template.
 pub const RECORDINGS_VOLUME: &str = "recordings";
 /// Seconds a node gets beyond the drain timeout to flush recordings and exit.
@@ -209,6 +212,11 @@ fn container(
             port(SIP_UDP_PORT_NAME, "UDP", i32::from(sip.udp_port)),
             port(SIP_TCP_PORT_NAME, "TCP", i32::from(sip.tcp_port)),
             port(METRICS_PORT_NAME, "TCP", METRICS_PORT),
+            port(
+                CONTROL_PORT_NAME,
+                "TCP",
+                i32::from(switchboard_proto::CONTROL_PORT),
+            ),
         ]),
         readiness_probe: Some(http_probe("/readyz", 5, 0)),
         liveness_probe: Some(http_probe("/healthz", 10, 10)),
@@ -512,7 +520,7 @@ mod tests {
     }
 
     #[test]
-    fn ports_are_sip_udp_tcp_and_metrics_and_probes_use_the_metrics_port() {
+    fn ports_are_sip_udp_tcp_metrics_and_control_and_probes_use_the_metrics_port() {
         let c = media_container(&build(&center("campus", HaMode::None)));
         let ports: Vec<_> = c
             .ports
@@ -534,6 +542,7 @@ mod tests {
                 ("sip-udp".into(), "UDP".into(), 5060, None),
                 ("sip-tcp".into(), "TCP".into(), 5070, None),
                 ("metrics".into(), "TCP".into(), 9090, None),
+                ("control".into(), "TCP".into(), 9091, None),
             ]
         );
         let get = |p: Option<Probe>| {
@@ -571,7 +580,7 @@ mod tests {
             .into_iter()
             .map(|p| p.host_port)
             .collect();
-        assert_eq!(host_ports, [Some(5060), Some(5070), Some(9090)]);
+        assert_eq!(host_ports, [Some(5060), Some(5070), Some(9090), Some(9091)]);
     }
 
     #[test]

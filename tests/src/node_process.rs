@@ -1,0 +1,143 @@
+//! A media node run as a real process on loopback, from a node config, for tests that need a
+//! node without a kubelet (the control plane has none): the operator's pushes, measured config
+//! latency. Every listener is on 127.0.0.1 port 0; the node prints the addresses it got. The
+//! process is killed when the handle is dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::repo_root;
+
+/// Upper bound for the node to print its listener addresses.
+const STARTUP_LIMIT: Duration = Duration::from_secs(60);
+
+/// The `media-node` binary of this workspace. The README test command builds every binary
+/// before the tests run; a missing binary fails the test with that instruction.
+pub fn media_node_binary() -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_relative() {
+                repo_root().join(p)
+            } else {
+                p
+            }
+        })
+        .unwrap_or_else(|| repo_root().join("target"));
+    let binary = target.join("debug/media-node");
+    if !binary.is_file() {
+        bail!(
+            "{} is missing: build it first (`cargo build --workspace --bins`, as tests/run does)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// A running media node.
+pub struct NodeProcess {
+    child: Child,
+    /// The gRPC control API.
+    pub control: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub metrics: SocketAddr,
+    stderr: mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeProcess {
+    /// Starts a node on `config_yaml` (a `node-config.yaml`) as pod `pod_name`.
+    pub fn start(config_yaml: &str, pod_name: &str) -> Result<Self> {
+        let dir = tempfile::tempdir().context("temp dir for the node")?;
+        let file = dir.path().join("node-config.yaml");
+        std::fs::write(&file, config_yaml).context("writing the node config")?;
+        let mut child = Command::new(media_node_binary()?)
+            .arg("--config")
+            .arg(&file)
+            .args(["--sip-listen", "127.0.0.1", "--sip-port", "0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--control-listen", "127.0.0.1:0"])
+            .env("POD_NAME", pod_name)
+            .env("POD_IP", "127.0.0.1")
+            .env("SWITCHBOARD_RECORDINGS_DIR", dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting media-node")?;
+        // Readers on threads, so a silent child cannot block the test past its limit.
+        let (out_tx, out_rx) = mpsc::channel();
+        let stdout = child.stdout.take().context("the node's stdout")?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if out_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (err_tx, err_rx) = mpsc::channel();
+        let stderr = child.stderr.take().context("the node's stderr")?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        let mut node = NodeProcess {
+            child,
+            control: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stderr: err_rx,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        let (mut control, mut metrics) = (None, None);
+        while control.is_none() || metrics.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match out_rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(e) => bail!(
+                    "no listener addresses from media-node ({e}):\n{}",
+                    node.log()
+                ),
+            };
+            if let Some(a) = line.strip_prefix("media-node: control API (gRPC, h2c) on ") {
+                control = Some(a.parse().context("the control address")?);
+            } else if let Some(a) =
+                line.strip_prefix("media-node: metrics, /healthz and /readyz on http://")
+            {
+                metrics = Some(a.parse().context("the metrics address")?);
+            }
+        }
+        node.control = control.context("control address")?;
+        node.metrics = metrics.context("metrics address")?;
+        Ok(node)
+    }
+
+    /// What the node logged so far, for failure messages.
+    pub fn log(&self) -> String {
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// The process id (to stop it on purpose).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the node (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

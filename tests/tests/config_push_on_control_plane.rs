@@ -1,0 +1,195 @@
+//! Config delivery against a real kube-apiserver and a real media-node process: the operator
+//! pushes every new node-config generation to the node over the control API, the node
+//! acknowledges it, and the CallCenter's status says which generation each node runs. A node
+//! that does not answer shows as Unreachable (the center not Ready) and is retried with
+//! backoff until it answers again.
+//!
+//! There is no kubelet on this control plane, so the node's pod is a Pod object the test
+//! creates with the StatefulSet's labels, whose status (IP 127.0.0.1, Running) the test writes
+//! and whose `control` container port is where the node process listens.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use switchboard_crds::CallCenter;
+use switchboard_crds::callcenter::{NodeConfigState, NodeStatus};
+use switchboard_operator::builders::stateful_set::{CONTAINER_NAME, CONTROL_PORT_NAME};
+use switchboard_operator::builders::{CONFIG_FILE, selector_labels};
+use switchboard_tests::node_process::NodeProcess;
+use switchboard_tests::{
+    TestNamespace, apply_yaml, control_plane, install_crds, repo_root, start_controller, wait_for,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+const POD: &str = "minimal-media-0";
+
+/// The generation `switchboard_config_generation` on the node's `/metrics`.
+fn node_generation(metrics: SocketAddr) -> Option<i64> {
+    let mut s = TcpStream::connect_timeout(&metrics, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchboard_config_generation "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A stand-in for the StatefulSet's pod: the selector labels, the node container with its
+/// control port, and a status that says where it runs.
+async fn create_pod(client: &Client, ns: &str, control_port: u16) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": POD, "labels": selector_labels("minimal")},
+        // The center's own ServiceAccount (there is no controller-manager to make `default`),
+        // without a token (nor a token controller to make one).
+        "spec": {
+            "serviceAccountName": "minimal-media",
+            "automountServiceAccountToken": false,
+            "containers": [{
+            "name": CONTAINER_NAME,
+            "image": "switchboard-media-node:test",
+            "ports": [{"name": CONTROL_PORT_NAME, "containerPort": control_port, "protocol": "TCP"}],
+        }]
+        },
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let status = serde_json::json!({"status": {
+        "phase": "Running",
+        "podIP": "127.0.0.1",
+        "podIPs": [{"ip": "127.0.0.1"}],
+    }});
+    pods.patch_status(POD, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
+}
+
+async fn node_line(centers: &Api<CallCenter>) -> Option<(Option<i64>, NodeStatus)> {
+    let status = centers.get("minimal").await.ok()?.status?;
+    let node = status.nodes.into_iter().find(|n| n.name == POD)?;
+    Some((status.config_generation, node))
+}
+
+/// Changes the Queue so the operator computes (and pushes) a new generation.
+async fn bump_queue(client: &Client, ns: &str, wrap_up: u32) -> Result<()> {
+    let queues: Api<switchboard_crds::Queue> = Api::namespaced(client.clone(), ns);
+    queues
+        .patch(
+            "support",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"wrapUpSeconds": wrap_up}})),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_generation_is_pushed_and_acknowledged_and_an_absent_node_is_shown() -> Result<()> {
+    let client = control_plane().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "push").await?;
+    let controller = start_controller(&client, &ns.name).await?;
+    let minimal = std::fs::read_to_string(repo_root().join("examples/minimal.yaml"))?;
+    for a in apply_yaml(&client, &minimal, &ns.name).await? {
+        a.result?;
+    }
+
+    // The node starts from the ConfigMap, as a pod would.
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let yaml = wait_for(WAIT, "a node config with both seats", || async {
+        let cm = config_maps.get_opt("minimal-node-config").await.ok()??;
+        let yaml = cm.data?.get(CONFIG_FILE)?.clone();
+        (yaml.contains("agent-1001") && yaml.contains("agent-1002")).then_some(yaml)
+    })
+    .await?;
+    let mut node = NodeProcess::start(&yaml, POD)?;
+    create_pod(&client, &ns.name, node.control.port()).await?;
+
+    // A Queue change: a new generation, pushed, acknowledged, and running on the node.
+    bump_queue(&client, &ns.name, 20).await?;
+    let centers: Api<CallCenter> = Api::namespaced(client.clone(), &ns.name);
+    let (generation, line) = wait_for(
+        WAIT,
+        "the node acknowledging the new generation",
+        || async {
+            let (generation, line) = node_line(&centers).await?;
+            (line.config == NodeConfigState::Current && line.config_generation == generation)
+                .then_some((generation?, line))
+        },
+    )
+    .await
+    .with_context(|| format!("node log:\n{}", node.log()))?;
+    assert_eq!(line.message, None, "{line:?}");
+    assert_eq!(node_generation(node.metrics), Some(generation));
+    let center = centers.get("minimal").await?;
+    let condition = |t: &str| {
+        center
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == t).cloned())
+            .with_context(|| format!("no {t} condition"))
+    };
+    // No kubelet: the StatefulSet never reports ready replicas, so the center still waits
+    // for its nodes; but nothing is degraded and the node's config is current.
+    assert_eq!(condition("Degraded")?.status, "False");
+    assert_eq!(condition("Progressing")?.reason, "WaitingForNodes");
+
+    // The node goes away: the next generation cannot be delivered, and status says so.
+    node.kill();
+    bump_queue(&client, &ns.name, 25).await?;
+    let (missed, line) = wait_for(WAIT, "the node shown as unreachable", || async {
+        let (generation, line) = node_line(&centers).await?;
+        (line.config == NodeConfigState::Unreachable).then_some((generation?, line))
+    })
+    .await?;
+    assert!(missed > generation);
+    assert_eq!(
+        line.config_generation,
+        Some(generation),
+        "the last generation it acknowledged"
+    );
+    let reason = line.message.unwrap_or_default();
+    assert!(
+        reason.contains(&format!("127.0.0.1:{}", node.control.port())),
+        "{reason}"
+    );
+
+    // It comes back on the same address (as a restarted pod keeps its control port) from the
+    // ConfigMap of the missed generation; the operator's retry finds it current.
+    let cm = config_maps.get("minimal-node-config").await?;
+    let yaml = cm
+        .data
+        .and_then(|d| d.get(CONFIG_FILE).cloned())
+        .context("node config")?;
+    let restarted = NodeProcess::start(&yaml, POD)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let port = restarted.control.port();
+    pods.delete(POD, &Default::default()).await?;
+    wait_for(WAIT, "the old pod object gone", || async {
+        pods.get_opt(POD).await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    create_pod(&client, &ns.name, port).await?;
+    // A pod change alone does not trigger the controller; the backoff retry does.
+    let (_, line) = wait_for(WAIT, "the retried push acknowledged", || async {
+        let (generation, line) = node_line(&centers).await?;
+        (line.config == NodeConfigState::Current && line.config_generation == generation)
+            .then_some((generation, line))
+    })
+    .await
+    .with_context(|| format!("node log:\n{}", restarted.log()))?;
+    assert_eq!(line.config_generation, Some(missed));
+    assert_eq!(node_generation(restarted.metrics), Some(missed));
+
+    controller.abort();
+    ns.delete().await?;
+    Ok(())
+}
