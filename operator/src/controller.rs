@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::discovery::ApiResource;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self as runtime_controller, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -28,12 +28,14 @@ use switchboard_crds::callcenter::{NodeConfigState, NodeStatus};
 use switchboard_crds::common::{condition, conditions, set_condition};
 use switchboard_crds::{CallCenter, CallCenterStatus, Queue, Seat};
 use switchboard_proto::node::v1::ConfigSnapshot;
+use tokio::sync::mpsc;
 
 use crate::builders::{
     BuildError, BuildOptions, CONFIG_GENERATION_ANNOTATION, CONFIG_HASH_ANNOTATION, Children,
     PodDisruptionBudgetObject, build_children,
 };
 use crate::metrics::Metrics;
+use crate::node_state::{CenterView, NodeStates};
 use crate::nodes::{self, NodeEndpoint, PushResult};
 use switchboard_proto::node_config::{NodeConfigError, ObjectKind, Problem, build_node_config};
 
@@ -80,6 +82,11 @@ pub struct Context {
     /// Consecutive reconciles (by `namespace/name`) after which some node was still not
     /// running the pushed config: the retry backs off with them.
     push_failures: Mutex<HashMap<String, u32>>,
+    /// What the media nodes report, by center.
+    pub node_states: Arc<NodeStates>,
+    /// A node report wakes its center's reconcile through this channel.
+    wake: mpsc::UnboundedSender<ObjectRef<CallCenter>>,
+    woken: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<CallCenter>>>>,
 }
 
 impl Context {
@@ -94,6 +101,7 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         let recorder = Recorder::new(client.clone(), reporter);
+        let (wake, woken) = mpsc::unbounded_channel();
         Self {
             client,
             options,
@@ -101,6 +109,9 @@ impl Context {
             recorder,
             watch_namespace,
             push_failures: Mutex::new(HashMap::new()),
+            node_states: Arc::new(NodeStates::default()),
+            wake,
+            woken: Mutex::new(Some(woken)),
         }
     }
 
@@ -129,7 +140,20 @@ pub async fn run(ctx: Arc<Context>) {
     let to_center = |namespace: Option<String>, center: &str| {
         namespace.map(|ns| ObjectRef::<CallCenter>::new(center).within(&ns))
     };
+    // Node reports wake their center; the debounce folds a burst of them into one reconcile.
+    let woken = ctx
+        .woken
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let woken = futures::stream::unfold(woken, |rx| async move {
+        let mut rx = rx?;
+        let center = rx.recv().await?;
+        Some((center, Some(rx)))
+    });
     Controller::new(centers, watcher::Config::default())
+        .with_config(runtime_controller::Config::default().debounce(Duration::from_secs(1)))
+        .reconcile_on(woken)
         .owns(
             scoped::<StatefulSet>(&client, ns),
             watcher::Config::default(),
@@ -289,6 +313,7 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
     let children = build_children(center, &config, &ctx.options)?;
     apply_children(client, &namespace, &children).await?;
     let node_statuses = push_config(ctx, center, &config).await?;
+    let live = ctx.node_states.view(&center_key(center));
 
     for problem in &problems {
         publish_on(
@@ -299,7 +324,7 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
         )
         .await;
     }
-    mark_members(client, recorder, center, &queues, &seats, &problems).await?;
+    mark_members(client, recorder, center, &queues, &seats, &problems, &live).await?;
     let ready_replicas = Api::<StatefulSet>::namespaced(client.clone(), &namespace)
         .get_opt(&names.stateful_set)
         .await?
@@ -310,11 +335,12 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
     let all_current = node_statuses
         .iter()
         .all(|n| n.config == NodeConfigState::Current);
-    let center_key = format!("{namespace}/{}", center.name_any());
-    let failed_rounds = ctx.note_push_round(&center_key, all_current);
+    let failed_rounds = ctx.note_push_round(&center_key(center), all_current);
     write_status(client, center, |status, now| {
         status.config_generation = Some(generation);
         status.nodes = node_statuses.clone();
+        status.seats_registered = live.seats_registered();
+        status.seats_ready = live.seats_ready();
         let mut degraded = Vec::new();
         if !problems.is_empty() {
             degraded.push(("ObjectsLeftOut", summarize(&problems)));
@@ -438,6 +464,15 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
+/// The key of a center in the operator's in-memory indexes.
+fn center_key(center: &CallCenter) -> String {
+    format!(
+        "{}/{}",
+        center.namespace().unwrap_or_default(),
+        center.name_any()
+    )
+}
+
 /// Pushes the center's node config to each of its media-node pods, all at once, and returns
 /// each node's status line. Every reconcile pushes: a node that already runs the generation
 /// answers UNCHANGED at once, and one that restarted from an older ConfigMap catches up.
@@ -457,6 +492,12 @@ async fn push_config(
         .await?
         .items;
     let targets = nodes::endpoints(&pods);
+    ctx.node_states.watch(
+        &center_key(center),
+        &ObjectRef::from_obj(center),
+        &targets,
+        &ctx.wake,
+    );
     if targets.is_empty() {
         return Ok(Vec::new());
     }
@@ -506,7 +547,8 @@ async fn push_config(
 }
 
 /// Sets `Resolved` on every Queue and Seat of the center — False with the problems that name
-/// it (and an Event on it), True otherwise — writing only conditions that changed.
+/// it (and an Event on it), True otherwise — and each Seat's registration and agent state as
+/// its nodes report them, writing only objects whose status changed.
 async fn mark_members(
     client: &Client,
     recorder: &Recorder,
@@ -514,6 +556,7 @@ async fn mark_members(
     queues: &[Queue],
     seats: &[Seat],
     problems: &[Problem],
+    live: &CenterView,
 ) -> Result<(), ReconcileError> {
     let center_name = center.name_any();
     let namespace = center.namespace().unwrap_or_default();
@@ -547,60 +590,75 @@ async fn mark_members(
     };
     let queues_api: Api<Queue> = Api::namespaced(client.clone(), &namespace);
     for queue in queues.iter().filter(|q| q.spec.call_center == center_name) {
-        let current = queue.status.as_ref().map(|s| s.conditions.clone());
+        let mut conds = queue
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
         let cond = resolved(
             ObjectKind::Queue,
             &queue.name_any(),
             queue.metadata.generation,
         );
-        set_resolved(
-            &queues_api,
-            recorder,
-            queue,
-            current.unwrap_or_default(),
-            cond,
-        )
-        .await?;
+        if set_condition(&mut conds, cond.clone()) {
+            let patch = serde_json::json!({"status": {"conditions": conds}});
+            patch_member_status(&queues_api, recorder, queue, &patch, Some(&cond)).await?;
+        }
     }
     let seats_api: Api<Seat> = Api::namespaced(client.clone(), &namespace);
     for seat in seats.iter().filter(|s| s.spec.call_center == center_name) {
-        let current = seat.status.as_ref().map(|s| s.conditions.clone());
+        let before = seat.status.clone().unwrap_or_default();
+        let mut after = before.clone();
         let cond = resolved(ObjectKind::Seat, &seat.name_any(), seat.metadata.generation);
-        set_resolved(
-            &seats_api,
-            recorder,
-            seat,
-            current.unwrap_or_default(),
-            cond,
-        )
-        .await?;
+        let condition_changed = set_condition(&mut after.conditions, cond.clone());
+        let view = live
+            .seats
+            .get(&seat.name_any())
+            .cloned()
+            .unwrap_or_default();
+        after.registered = view.registered;
+        if let Some(state) = view.agent_state {
+            if after.agent_state != state {
+                after.state_since = Some(now.clone());
+            }
+            after.agent_state = state;
+            after.not_ready_reason = view.not_ready_reason;
+        }
+        if after == before {
+            continue;
+        }
+        let patch = serde_json::json!({"status": {
+            "conditions": after.conditions,
+            "registered": after.registered,
+            "agentState": after.agent_state,
+            "notReadyReason": after.not_ready_reason,
+            "stateSince": after.state_since,
+        }});
+        let event = condition_changed.then_some(&cond);
+        patch_member_status(&seats_api, recorder, seat, &patch, event).await?;
     }
     Ok(())
 }
 
-/// Writes `cond` into an object's status conditions when it changed, with an Event when it
-/// says the object was left out.
-async fn set_resolved<K>(
+/// Merge-patches a Queue's or Seat's status; with a condition that just changed to False,
+/// also an Event saying why the object was left out.
+async fn patch_member_status<K>(
     api: &Api<K>,
     recorder: &Recorder,
     object: &K,
-    mut conds: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    cond: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+    patch: &serde_json::Value,
+    changed: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 ) -> Result<(), ReconcileError>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    if !set_condition(&mut conds, cond.clone()) {
-        return Ok(());
-    }
-    let patch = serde_json::json!({"status": {"conditions": conds}});
     api.patch_status(
         &object.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(&patch),
+        &Patch::Merge(patch),
     )
     .await?;
-    if cond.status == "False" {
+    if let Some(cond) = changed.filter(|c| c.status == "False") {
         publish_on(
             recorder,
             &object.object_ref(&()),

@@ -6,6 +6,7 @@ pub mod builders;
 pub mod controller;
 pub mod leader;
 pub mod metrics;
+pub mod node_state;
 pub mod nodes;
 // The node config moved to the proto crate (both sides use it); re-exported so
 // `switchboard_operator::node_config` paths keep working.

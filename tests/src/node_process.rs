@@ -47,6 +47,8 @@ pub struct NodeProcess {
     pub control: SocketAddr,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub metrics: SocketAddr,
+    /// SIP over UDP.
+    pub sip_udp: SocketAddr,
     stderr: mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
 }
@@ -92,12 +94,13 @@ impl NodeProcess {
             child,
             control: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
+            sip_udp: SocketAddr::from(([127, 0, 0, 1], 0)),
             stderr: err_rx,
             _dir: dir,
         };
         let deadline = Instant::now() + STARTUP_LIMIT;
-        let (mut control, mut metrics) = (None, None);
-        while control.is_none() || metrics.is_none() {
+        let (mut control, mut metrics, mut sip_udp) = (None, None, None);
+        while control.is_none() || metrics.is_none() || sip_udp.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match out_rx.recv_timeout(left) {
                 Ok(l) => l,
@@ -112,10 +115,18 @@ impl NodeProcess {
                 line.strip_prefix("media-node: metrics, /healthz and /readyz on http://")
             {
                 metrics = Some(a.parse().context("the metrics address")?);
+            } else if line.starts_with("media-node: SIP for domain") {
+                let udp = line
+                    .split(" on udp ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .context("the SIP UDP address")?;
+                sip_udp = Some(udp.parse().context("the SIP UDP address")?);
             }
         }
         node.control = control.context("control address")?;
         node.metrics = metrics.context("metrics address")?;
+        node.sip_udp = sip_udp.context("SIP UDP address")?;
         Ok(node)
     }
 

@@ -2,7 +2,8 @@
 //! pushes every new node-config generation to the node over the control API, the node
 //! acknowledges it, and the CallCenter's status says which generation each node runs. A node
 //! that does not answer shows as Unreachable (the center not Ready) and is retried with
-//! backoff until it answers again.
+//! backoff until it answers again. A phone registering on the node shows in the Seat's status
+//! through the node's state stream.
 //!
 //! There is no kubelet on this control plane, so the node's pod is a Pod object the test
 //! creates with the StatefulSet's labels, whose status (IP 127.0.0.1, Running) the test writes
@@ -16,8 +17,8 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use switchboard_crds::CallCenter;
 use switchboard_crds::callcenter::{NodeConfigState, NodeStatus};
+use switchboard_crds::{CallCenter, Seat};
 use switchboard_operator::builders::stateful_set::{CONTAINER_NAME, CONTROL_PORT_NAME};
 use switchboard_operator::builders::{CONFIG_FILE, selector_labels};
 use switchboard_tests::node_process::NodeProcess;
@@ -39,6 +40,27 @@ fn node_generation(metrics: SocketAddr) -> Option<i64> {
     text.lines()
         .find_map(|l| l.strip_prefix("switchboard_config_generation "))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Registers seat 1002 from a SIPp phone (digest with its password from the example).
+fn register_1002(node: SocketAddr) -> Result<()> {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let work = tempfile::tempdir()?;
+    let status = std::process::Command::new("sipp")
+        .arg(node.to_string())
+        .arg("-sf")
+        .arg(repo_root().join("tests/sip/call-register-1002.xml"))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-t", "u1"])
+        .args(["-key", "domain", "localhost"])
+        .args(["-m", "1", "-timeout", "20s", "-timeout_error", "-nostdin"])
+        .current_dir(work.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running sipp (Debian package sip-tester; tests/run installs it)")?;
+    anyhow::ensure!(status.success(), "sipp REGISTER of 1002 failed: {status}");
+    Ok(())
 }
 
 /// A stand-in for the StatefulSet's pod: the selector labels, the node container with its
@@ -141,6 +163,27 @@ async fn every_generation_is_pushed_and_acknowledged_and_an_absent_node_is_shown
     // for its nodes; but nothing is degraded and the node's config is current.
     assert_eq!(condition("Degraded")?.status, "False");
     assert_eq!(condition("Progressing")?.reason, "WaitingForNodes");
+
+    // A phone registers seat 1002 on the node: the node's state stream reaches the operator,
+    // which writes the Seat's registration and the center's count.
+    register_1002(node.sip_udp)?;
+    let seats: Api<Seat> = Api::namespaced(client.clone(), &ns.name);
+    wait_for(WAIT, "agent-1002 registered in its status", || async {
+        let status = seats.get("agent-1002").await.ok()?.status?;
+        status.registered.then_some(())
+    })
+    .await?;
+    wait_for(
+        WAIT,
+        "one seat registered in the center's status",
+        || async {
+            let status = centers.get("minimal").await.ok()?.status?;
+            (status.seats_registered == 1).then_some(())
+        },
+    )
+    .await?;
+    let other = seats.get("agent-1001").await?.status.unwrap_or_default();
+    assert!(!other.registered, "agent-1001 has no phone");
 
     // The node goes away: the next generation cannot be delivered, and status says so.
     node.kill();
