@@ -8,8 +8,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use switchboard_crds::{CallCenter, CallCenterSpec, Queue, QueueSpec, Seat, SeatSpec, validate};
 use switchboard_proto::node_config::{
-    NodeConfig, ObjectKind, Problem, ProblemReason, build_node_config,
+    NodeConfig, ObjectKind, Problem, ProblemReason, SecretLookup, TrunkSecret, build_node_config,
 };
+
+use crate::call::trunks::TrunkCredentials;
 
 /// Why a configuration file cannot be served, naming the document and the field.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,16 @@ pub enum ConfigError {
     /// duplicate extension), all of them.
     #[error("{0}")]
     References(Problems),
+    /// A trunk Secret the node config names is not in this file (it changed since it was
+    /// checked).
+    #[error(
+        "Secret {secret:?} of trunk {trunk} has no key {key:?} (was the file changed while the node started?)"
+    )]
+    TrunkSecret {
+        trunk: String,
+        secret: String,
+        key: String,
+    },
 }
 
 /// One Kubernetes-style object from the file.
@@ -310,6 +322,37 @@ impl StandaloneConfig {
             problems.sort();
             Err(ConfigError::References(Problems(problems)))
         }
+    }
+
+    /// The credentials of each trunk in `trunk_secrets` (the node config's, whose Secrets and
+    /// keys [`Self::node_config`] has checked), from this file's Secret manifests. Standalone
+    /// the node keeps them in memory: there is no mounted Secret, and writing the password to
+    /// disk would leave a second copy the user does not know about.
+    pub fn trunk_credentials(
+        &self,
+        trunk_secrets: &[TrunkSecret],
+    ) -> Result<BTreeMap<String, TrunkCredentials>, ConfigError> {
+        trunk_secrets
+            .iter()
+            .map(|s| {
+                let value = |key: &str| {
+                    self.secrets
+                        .value(&s.secret_name, key)
+                        .ok()
+                        .and_then(|v| String::from_utf8(v).ok())
+                        .ok_or_else(|| ConfigError::TrunkSecret {
+                            trunk: s.trunk.clone(),
+                            secret: s.secret_name.clone(),
+                            key: key.to_string(),
+                        })
+                };
+                let credentials = TrunkCredentials::from_secret_values(
+                    &value(&s.username_key)?,
+                    &value(&s.password_key)?,
+                );
+                Ok((s.trunk.clone(), credentials))
+            })
+            .collect()
     }
 }
 

@@ -8,12 +8,12 @@
 //!   generation, and for each seat whether the registrar holds a live contact for it.
 //! - `SetAgentState` and `Drain` are not served yet (issues 4 and 6 bring them).
 //!
-//! Runtime swap: the SIP registrar ([`SipServer`]) takes its realm and seats once, at start,
-//! and offers no way to replace them. An applied config is therefore recorded (it is what
-//! `WatchState`, the metrics and the next `ApplyConfig` compare against), and when its realm
-//! or seat credentials differ from what the registrar runs, the reply says so: they take
-//! effect when the node restarts (the operator's pod template carries the config hash, so a
-//! content change rolls the pods).
+//! An applied config takes effect at once for what a running node can swap: the seats (the
+//! registrar keeps the registrations of seats that stay), the entry points, and the trunks
+//! (their busy channels carried over, the new limits in force). The settings the node reads
+//! only at start (`NodeConfig::startup_changes`: SIP listeners and realm, RTP range, codecs,
+//! recording, high availability) are recorded and the reply names them: the operator's pod
+//! template carries their hash, so changing them rolls the nodes.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -35,7 +35,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::http::NodeMetrics;
-use crate::node::{parse_node_config, sip_settings};
+use crate::node::{parse_node_config, seat_extensions, sip_settings};
 use crate::sip::SipServer;
 
 /// How often a watcher's state is recomputed when no config change wakes it: registrations
@@ -104,8 +104,8 @@ struct Inner {
     node_name: String,
     /// The running config. Replaced whole, under the lock, so decisions never interleave.
     running: Mutex<Arc<NodeConfig>>,
-    /// The config the registrar was built from (it cannot be swapped, see the module docs).
-    registrar_config: Arc<NodeConfig>,
+    /// The config the process started with: its startup settings stay in force.
+    started: Arc<NodeConfig>,
     sip: Arc<SipServer>,
     metrics: NodeMetrics,
     /// Wakes `WatchState` streams when the running config changes.
@@ -133,7 +133,7 @@ impl Control {
             inner: Arc::new(Inner {
                 node_name,
                 running: Mutex::new(Arc::clone(&config)),
-                registrar_config: config,
+                started: config,
                 sip,
                 metrics,
                 changed,
@@ -151,7 +151,7 @@ impl Control {
         let mut running = self.inner.running.lock();
         let (outcome, message) = match decide(&running, snapshot) {
             Decision::Apply(config) => {
-                let message = self.restart_note(&config);
+                let message = self.take_live(&config);
                 *running = Arc::from(config);
                 self.inner.metrics.config_generation.set(running.generation);
                 self.inner.changed.send_replace(running.generation);
@@ -190,18 +190,32 @@ impl Control {
         reply
     }
 
-    /// Says what of an applied config the registrar cannot take until restart; empty when
-    /// nothing it uses changed.
-    fn restart_note(&self, config: &NodeConfig) -> String {
-        let now = sip_settings(config);
-        let started = sip_settings(&self.inner.registrar_config);
-        if now.realm == started.realm && now.seats == started.seats {
+    /// Swaps in what a running node can take from `config`; returns a note naming the
+    /// startup settings that wait for a restart (empty when there are none).
+    fn take_live(&self, config: &NodeConfig) -> String {
+        let sip = &self.inner.sip;
+        let waiting = self.inner.started.startup_changes(config);
+        let settings = sip_settings(config);
+        if settings.realm == sip.realm() {
+            sip.replace_seats(settings.seats);
+        }
+        // Else the seats' HA1 values are for a realm the registrar does not serve yet: the
+        // old accounts stay until the restart that brings the new realm.
+        if let Some(calls) = sip.calls() {
+            calls.reconfigure(
+                config.spec.entry_points.clone(),
+                seat_extensions(config),
+                &config.spec.trunks,
+                &config.trunk_secrets,
+            );
+        }
+        if waiting.is_empty() {
             return String::new();
         }
         format!(
-            "recorded; the SIP registrar keeps the realm and seat credentials of generation {} \
-             until the node restarts (it cannot swap them at runtime yet)",
-            self.inner.registrar_config.generation
+            "applied; {} of generation {} stay in force until the node restarts",
+            waiting.join(", "),
+            self.inner.started.generation
         )
     }
 
@@ -459,16 +473,25 @@ mod tests {
     }
 
     #[test]
-    fn a_credential_change_is_recorded_and_the_reply_says_it_needs_a_restart() {
+    fn seats_are_swapped_live_and_startup_settings_wait_for_a_restart() {
         let (control, _) = control(minimal());
         let mut next = with_generation(minimal(), 2);
         next.seats[0].ha1 = "0123456789abcdef0123456789abcdef".into();
+        next.seats.pop();
         let reply = control.apply(&snapshot(&next));
         assert_eq!(reply.outcome(), Outcome::Applied);
         assert_eq!(reply.running_generation, 2);
-        assert!(
-            reply.message.contains("until the node restarts"),
-            "{reply:?}"
+        assert_eq!(reply.message, "", "seats are taken live");
+        let seats: Vec<_> = control.state().seats.into_iter().map(|s| s.seat).collect();
+        assert_eq!(seats, ["agent-1001"]);
+
+        let mut next = with_generation(next, 3);
+        next.spec.rtp.max_port -= 2;
+        let reply = control.apply(&snapshot(&next));
+        assert_eq!(reply.outcome(), Outcome::Applied);
+        assert_eq!(
+            reply.message,
+            "applied; spec.rtp of generation 1 stay in force until the node restarts"
         );
     }
 

@@ -6,13 +6,14 @@
 //! `--metrics-listen`, 9090) and the gRPC control API (h2c, `--control-listen`, 9091).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
 use media_node::call::CallSettings;
+use media_node::call::trunks::TrunkCredentialSource;
 use media_node::control::{Control, ControlListener};
 use media_node::http::{HttpListener, NodeMetrics, Readiness};
 use media_node::media::ports::PortAllocator;
@@ -59,6 +60,7 @@ fn call_settings(
     config: &switchboard_proto::node_config::NodeConfig,
     env: &PodEnv,
     node_name: &str,
+    trunk_credentials: TrunkCredentialSource,
 ) -> Result<CallSettings, String> {
     let spec = &config.spec;
     let ports = PortAllocator::from_spec(&spec.rtp).map_err(|e| format!("spec.rtp: {e}"))?;
@@ -87,18 +89,36 @@ fn call_settings(
         node_name: node_name.to_string(),
         trunks: media_node::call::TrunkSettings {
             trunks: spec.trunks.clone(),
-            secrets: config.trunk_secrets.clone(),
-            // In a pod the Secrets are mounted where each TrunkSecret says.
-            secrets_dir: None,
+            credentials: trunk_credentials,
         },
         entry_points: spec.entry_points.clone(),
-        seat_extensions: config
-            .seats
-            .iter()
-            .map(|s| (s.name.clone(), s.spec.extension.clone()))
-            .collect(),
+        seat_extensions: media_node::node::seat_extensions(config),
         ..CallSettings::default()
     })
+}
+
+/// Where the trunks' credentials come from: in a pod the Secrets mounted where each
+/// `TrunkSecret` says; standalone the file's own Secret manifests, held in memory (there is
+/// no mount, and the node writes no copy of a password to disk).
+fn trunk_credentials(
+    path: &Path,
+    source: ConfigSource,
+    config: &switchboard_proto::node_config::NodeConfig,
+) -> Result<TrunkCredentialSource, String> {
+    match source {
+        ConfigSource::Operator => Ok(TrunkCredentialSource::Mounted {
+            secrets: config.trunk_secrets.clone(),
+            dir: None,
+        }),
+        ConfigSource::Standalone => {
+            // The loaded node config holds only Secret references; the values are in the file.
+            let file =
+                media_node::config::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            file.trunk_credentials(&config.trunk_secrets)
+                .map(TrunkCredentialSource::Inline)
+                .map_err(|e| format!("{}: {e}", path.display()))
+        }
+    }
 }
 
 const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9090);
@@ -238,7 +258,8 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     let settings = node::sip_settings(&config);
     let realm = settings.realm.clone();
     let seats = settings.seats.len();
-    let calls = call_settings(cli, &config, &env, &node_name)?;
+    let credentials = trunk_credentials(&cli.config, source, &config)?;
+    let calls = call_settings(cli, &config, &env, &node_name, credentials)?;
     if let Some(dir) = &calls.cdr_path.as_ref().and_then(|p| p.parent()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -340,6 +361,32 @@ mod tests {
             ),
             (given, false)
         );
+    }
+
+    #[test]
+    fn standalone_trunk_credentials_come_from_the_files_secret() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/campus.yaml");
+        let loaded = node::load(&path).expect("campus example loads");
+        assert_eq!(loaded.source, ConfigSource::Standalone);
+        let TrunkCredentialSource::Inline(values) =
+            trunk_credentials(&path, loaded.source, &loaded.config).expect("credentials")
+        else {
+            panic!("standalone credentials are held in memory");
+        };
+        let pstn = values
+            .get("campus-pstn")
+            .expect("campus-pstn's credentials");
+        assert_eq!(
+            (pstn.username.as_str(), pstn.password.as_str()),
+            ("campus-cc", "hxKKUgrRSND5PN8Z")
+        );
+        // A pod reads the mounted Secret instead.
+        let TrunkCredentialSource::Mounted { secrets, dir: None } =
+            trunk_credentials(&path, ConfigSource::Operator, &loaded.config).expect("mounted")
+        else {
+            panic!("a pod reads the mounted Secret files");
+        };
+        assert_eq!(secrets, loaded.config.trunk_secrets);
     }
 
     #[test]

@@ -211,6 +211,15 @@ pub fn sip_settings(config: &NodeConfig) -> SipSettings {
     }
 }
 
+/// Seat name → extension, for entry points that route to a seat.
+pub fn seat_extensions(config: &NodeConfig) -> std::collections::BTreeMap<String, String> {
+    config
+        .seats
+        .iter()
+        .map(|s| (s.name.clone(), s.spec.extension.clone()))
+        .collect()
+}
+
 /// What the operator's StatefulSet tells a node about itself (downward API and fixed values).
 /// Every field is optional: standalone, none of them is set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -686,6 +686,16 @@ pub fn build_offer(local: &LocalMedia, codecs: &[Codec]) -> SessionDescription {
     )
 }
 
+/// An offer for given codecs with the payload types already agreed on a leg (dynamic numbers
+/// kept), plus telephone-event when agreed: what a re-INVITE offers on an established leg.
+pub fn build_offer_with(
+    local: &LocalMedia,
+    codecs: &[(Codec, u8)],
+    telephone_event: Option<u8>,
+) -> SessionDescription {
+    session(local, vec![audio_media(local, codecs, telephone_event)])
+}
+
 /// Answers an offer: the first of the call center's codecs (in its preference order) that the
 /// offer carries, plus telephone-event when offered. Other streams are rejected with port 0
 /// (RFC 3264 §6: the answer has as many m= lines as the offer).
@@ -968,6 +978,32 @@ mod tests {
         assert_eq!(audio.telephone_event, Some(101));
         assert_eq!(audio.remote, Some("192.0.2.20:4000".parse().unwrap()));
         assert_eq!(audio.ptime, Some(20));
+    }
+
+    #[test]
+    fn reoffer_keeps_the_agreed_payload_types() {
+        let local = LocalMedia {
+            direction: Direction::SendOnly,
+            session_version: 3,
+            ..local()
+        };
+        let offer = build_offer_with(&local, &[(Codec::Pcma, 97)], Some(96));
+        let text = offer.to_string();
+        assert!(
+            text.contains("o=switchboard 42 3 IN IP4 198.51.100.7\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("m=audio 10000 RTP/AVP 97 96\r\n"), "{text}");
+        assert!(text.contains("a=rtpmap:97 PCMA/8000\r\n"), "{text}");
+        assert!(text.contains("a=sendonly\r\n"), "{text}");
+        let parsed = SessionDescription::parse(&text).unwrap();
+        assert_eq!(parsed, offer);
+        let audio = read_answer(&parsed).unwrap();
+        assert_eq!((audio.codec, audio.payload_type), (Codec::Pcma, 97));
+        assert_eq!(audio.telephone_event, Some(96));
+        let plain = build_offer_with(&local, &[(Codec::Pcmu, 0)], None).to_string();
+        assert!(plain.contains("m=audio 10000 RTP/AVP 0\r\n"), "{plain}");
+        assert!(!plain.contains("telephone-event"), "{plain}");
     }
 
     #[test]

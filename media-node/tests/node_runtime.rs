@@ -3,7 +3,8 @@
 //! environment. Checks the probes, the metrics and the gRPC control API over loopback:
 //! `/readyz` turns 200, `/metrics` shows `switchboard_*` metrics, `ApplyConfig` answers
 //! APPLIED, UNCHANGED, STALE and REJECTED by the generation rules, and `WatchState` reports
-//! the node, then a seat's registration once a phone registers with the config's HA1. Every listener is on 127.0.0.1 port 0 (the node prints the addresses); the child
+//! the node, then a seat's registration once a phone registers with the config's HA1; a seat
+//! added by a later `ApplyConfig` registers at once, without a restart. Every listener is on 127.0.0.1 port 0 (the node prints the addresses); the child
 //! is always killed. Waits are bounded; nothing is timed.
 
 use std::collections::BTreeMap;
@@ -318,6 +319,7 @@ async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_contro
     assert!(reply.message.contains("config_hash"), "{reply:?}");
 
     let mut stream = client
+        .clone()
         .watch_state(WatchStateRequest {})
         .await
         .expect("WatchState answers")
@@ -359,6 +361,55 @@ async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_contro
         .collect();
     assert_eq!(seats, [("agent-1001", true), ("agent-1002", false)]);
 
+    // A new seat arrives in generation 5: it can register at once, without a restart, and
+    // 1001's registration survives the change.
+    let mut with_new_seat = operator_config(5);
+    let mut seat = with_new_seat.seats[1].clone();
+    seat.name = "agent-1003".into();
+    seat.spec.extension = "1003".into();
+    seat.ha1 = md5_hex("1003:localhost:practice-1003");
+    with_new_seat.seats.push(seat);
+    let reply = apply(snapshot(&with_new_seat)).await;
+    assert_eq!(
+        (reply.outcome(), reply.message.as_str()),
+        (Outcome::Applied, ""),
+        "{reply:?}"
+    );
+    let ha1_1003 = md5_hex("1003:localhost:practice-1003");
+    let status = tokio::task::block_in_place(|| register(sip, "1003", &ha1_1003));
+    assert!(
+        status.starts_with("SIP/2.0 200"),
+        "{status}\n{}",
+        node.log()
+    );
+    let registered = loop {
+        let state = tokio::time::timeout(STARTUP_LIMIT, stream.message())
+            .await
+            .expect("a state change within the limit")
+            .expect("a healthy stream")
+            .expect("a state");
+        if state
+            .seats
+            .iter()
+            .any(|s| s.seat == "agent-1003" && s.registered)
+        {
+            break state;
+        }
+    };
+    let seats: Vec<_> = registered
+        .seats
+        .iter()
+        .map(|s| (s.seat.as_str(), s.registered))
+        .collect();
+    assert_eq!(
+        seats,
+        [
+            ("agent-1001", true),
+            ("agent-1002", false),
+            ("agent-1003", true)
+        ]
+    );
+
     let unimplemented = client
         .drain(switchboard_proto::node::v1::DrainRequest::default())
         .await
@@ -368,7 +419,7 @@ async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_contro
 
     let (_, metrics) = tokio::task::block_in_place(|| node.get("/metrics")).expect("metrics");
     assert!(
-        metrics.contains("switchboard_config_generation 4"),
+        metrics.contains("switchboard_config_generation 5"),
         "{metrics}"
     );
     assert!(metrics.contains("switchboard_config_applies_total{outcome=\"stale\"} 1"));

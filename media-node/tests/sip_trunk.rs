@@ -4,7 +4,10 @@
 //! seat with RTP both ways; an outbound call from seat 1001 dialing `0` + number through a trunk
 //! that challenges with 401 (digest answered from the trunk's Secret files, number rewritten by
 //! the dial-prefix rule); a trunk that challenges twice (403 to the seat); the channel limit
-//! (503, blocked counter, gauges); entry points not served yet (480). After every test the port
+//! (503, blocked counter, gauges); entry points not served yet (480); an inbound call the seat
+//! hangs up; an inbound call the carrier cancels while the seat rings (487 both ways); a
+//! recorded inbound call read back from its WAV; an outbound call answering the challenge with
+//! standalone credentials (the file's Secret, held in memory). After every test the port
 //! allocator and every trunk's busy channels are back to zero, and the CDRs carry the trunk and
 //! the direction.
 //!
@@ -17,7 +20,9 @@ use std::time::{Duration, Instant};
 
 mod support;
 
+use media_node::call::trunks::TrunkCredentialSource;
 use media_node::call::{CallSettings, TrunkSettings};
+use media_node::media::wav;
 use support::{
     SETTLE_LIMIT, Sipp, TestNode, free_media_port, free_port, free_port_on, require_sipp,
 };
@@ -30,7 +35,38 @@ const FRONT_DESK: &str = "+4930555100";
 /// An entry point routed to a queue (not served yet).
 const SALES_QUEUE: &str = "+4930555200";
 
-/// The shared test node with the `pstn` trunk, its Secret files and a CDR file.
+/// Where the test node's trunk credentials come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Credentials {
+    /// Files laid out as the kubelet mounts the trunk's Secret (`<dir>/<trunk>/...`).
+    Mounted,
+    /// Standalone: the Secret manifest of a config file, held in memory.
+    Standalone,
+}
+
+/// How [`TrunkNode::start_opts`] sets the node up.
+#[derive(Clone, Copy)]
+struct Options {
+    channel_limit: u32,
+    /// `UDP` or `TCP` towards the carrier.
+    transport: &'static str,
+    credentials: Credentials,
+    /// Record answered calls (WAV + sidecar) next to the CDR file.
+    record: bool,
+}
+
+impl Options {
+    fn new(channel_limit: u32) -> Options {
+        Options {
+            channel_limit,
+            transport: "UDP",
+            credentials: Credentials::Mounted,
+            record: false,
+        }
+    }
+}
+
+/// The shared test node with the `pstn` trunk, its credentials and a CDR file.
 struct TrunkNode {
     node: TestNode,
     records: tempfile::TempDir,
@@ -44,21 +80,63 @@ impl std::ops::Deref for TrunkNode {
     }
 }
 
+/// The trunk's credentials as a standalone node gets them: a config file with the CallCenter
+/// (whose `spec.trunks` is `trunk_yaml`) and the Secret, loaded as `media-node --config` loads
+/// it. The node config points at a mount path that does not exist here, so a call can only
+/// authenticate from the values held in memory.
+fn standalone_credentials(trunk_yaml: &str) -> TrunkCredentialSource {
+    let trunk: Vec<String> = trunk_yaml
+        .lines()
+        .enumerate()
+        .map(|(i, l)| format!("{}{l}", if i == 0 { "  - " } else { "    " }))
+        .collect();
+    let text = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: pstn-credentials}}\n\
+         stringData: {{username: acct, password: s3cret}}\n\
+         ---\n\
+         apiVersion: switchboard.dev/v1alpha1\nkind: CallCenter\nmetadata: {{name: standalone}}\n\
+         spec:\n  sip: {{domain: localhost}}\n  trunks:\n{}\n",
+        trunk.join("\n")
+    );
+    let loaded = media_node::node::parse(&text).expect("a valid standalone file");
+    assert!(
+        !std::path::Path::new(&loaded.config.trunk_secrets[0].mount_path).exists(),
+        "no Secret is mounted for a standalone node"
+    );
+    let values = media_node::config::parse(&text)
+        .expect("parses")
+        .trunk_credentials(&loaded.config.trunk_secrets)
+        .expect("the trunk's Secret is in the file");
+    TrunkCredentialSource::Inline(values)
+}
+
 impl TrunkNode {
     /// `trunk_port`: where the carrier's SIPp UAS listens on [`TRUNK_IP`] (outbound calls).
     fn start(channel_limit: u32, trunk_port: u16) -> TrunkNode {
-        Self::start_with(channel_limit, trunk_port, "UDP")
+        Self::start_opts(trunk_port, Options::new(channel_limit))
     }
 
     /// As [`Self::start`], with the trunk peer reached over `transport` (`UDP` or `TCP`).
-    fn start_with(channel_limit: u32, trunk_port: u16, transport: &str) -> TrunkNode {
+    fn start_with(channel_limit: u32, trunk_port: u16, transport: &'static str) -> TrunkNode {
+        Self::start_opts(
+            trunk_port,
+            Options {
+                transport,
+                ..Options::new(channel_limit)
+            },
+        )
+    }
+
+    fn start_opts(trunk_port: u16, options: Options) -> TrunkNode {
+        let Options {
+            channel_limit,
+            transport,
+            credentials,
+            record,
+        } = options;
         let records = tempfile::tempdir().expect("records dir");
-        // The trunk's Secret as the kubelet mounts it: <dir>/<trunk>/{username,password}.
         let secrets = tempfile::tempdir().expect("secrets dir");
-        std::fs::create_dir_all(secrets.path().join("pstn")).expect("secret dir");
-        std::fs::write(secrets.path().join("pstn/username"), "acct\n").expect("username");
-        std::fs::write(secrets.path().join("pstn/password"), "s3cret\n").expect("password");
-        let trunk: TrunkSpec = serde_yaml::from_str(&format!(
+        let trunk_yaml = format!(
             "name: pstn\n\
              peer: {{host: {TRUNK_IP}, port: {trunk_port}, transport: {transport}}}\n\
              allowedSources: [{TRUNK_IP}/32]\n\
@@ -66,8 +144,21 @@ impl TrunkNode {
              inboundNumbers: ['{FRONT_DESK}', '{SALES_QUEUE}', '+4930555999']\n\
              dialPrefixes: [{{prefix: '0', strip: 1, prepend: '+49'}}]\n\
              channels: {{limit: {channel_limit}}}"
-        ))
-        .expect("trunk spec");
+        );
+        let trunk: TrunkSpec = serde_yaml::from_str(&trunk_yaml).expect("trunk spec");
+        let credentials = match credentials {
+            Credentials::Mounted => {
+                // The trunk's Secret as the kubelet mounts it: <dir>/<trunk>/{username,password}.
+                std::fs::create_dir_all(secrets.path().join("pstn")).expect("secret dir");
+                std::fs::write(secrets.path().join("pstn/username"), "acct\n").expect("username");
+                std::fs::write(secrets.path().join("pstn/password"), "s3cret\n").expect("password");
+                TrunkCredentialSource::Mounted {
+                    secrets: Vec::new(),
+                    dir: Some(secrets.path().to_path_buf()),
+                }
+            }
+            Credentials::Standalone => standalone_credentials(&trunk_yaml),
+        };
         let entry_points: Vec<EntryPoint> = serde_yaml::from_str(&format!(
             "[{{number: '{FRONT_DESK}', route: {{action: Seat, target: front-desk}}}},\
               {{number: '{SALES_QUEUE}', route: {{action: Queue, target: sales}}}}]"
@@ -75,11 +166,11 @@ impl TrunkNode {
         .expect("entry points");
         let node = TestNode::start(CallSettings {
             cdr_path: Some(records.path().join("cdr.jsonl")),
+            recording_dir: record.then(|| records.path().to_path_buf()),
             node_name: "test-node".into(),
             trunks: TrunkSettings {
                 trunks: vec![trunk],
-                secrets: Vec::new(),
-                secrets_dir: Some(secrets.path().to_path_buf()),
+                credentials,
             },
             entry_points,
             seat_extensions: BTreeMap::from([("front-desk".to_string(), "1002".to_string())]),
@@ -92,8 +183,13 @@ impl TrunkNode {
         }
     }
 
-    fn trunk(&self) -> &Arc<media_node::call::trunks::Trunk> {
-        self.engine().trunks().get("pstn").expect("trunk pstn")
+    fn trunk(&self) -> Arc<media_node::call::trunks::Trunk> {
+        self.engine()
+            .routing()
+            .trunks
+            .get("pstn")
+            .cloned()
+            .expect("trunk pstn")
     }
 
     /// Waits (bounded) until every call has ended, its ports are back and no trunk channel
@@ -344,4 +440,176 @@ fn entry_points_not_served_yet_get_480_and_unrouted_numbers_404() {
     assert_eq!(cdrs[0]["hangupCause"], "480 Temporarily Unavailable");
     assert_eq!(cdrs[0]["direction"], "inbound");
     assert_eq!(cdrs[1]["hangupCause"], "404 Not Found");
+}
+
+#[test]
+fn outbound_call_answers_the_challenge_with_standalone_credentials() {
+    require_sipp();
+    let trunk_port = free_port_on(TRUNK_IP);
+    let node = TrunkNode::start_opts(
+        trunk_port,
+        Options {
+            credentials: Credentials::Standalone,
+            ..Options::new(2)
+        },
+    );
+    // The carrier checks the digest made with acct / s3cret from the file's Secret.
+    let carrier = node.carrier(
+        "trunk-uas-challenge.xml",
+        trunk_port,
+        Some(free_media_port(TRUNK_IP)),
+        &["-rtp_echo"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    node.seat(
+        "call-uac-bye.xml",
+        free_port(),
+        Some(free_media_port("127.0.0.1")),
+        &["-s", "0301234567"],
+    )
+    .assert_ok("seat 1001 dials out");
+    carrier.assert_ok("carrier challenges, then answers");
+    node.assert_settled();
+    let cdrs = node.cdrs();
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    assert_eq!(cdrs[0]["outcome"], "answered", "{cdrs:?}");
+    assert_eq!(cdrs[0]["trunk"], "pstn", "{cdrs:?}");
+}
+
+#[test]
+fn trunk_call_hung_up_by_the_seat() {
+    require_sipp();
+    let node = TrunkNode::start(2, free_port_on(TRUNK_IP));
+    let callee_port = free_port();
+    node.register_callee(callee_port);
+    // Seat 1002 answers, echoes RTP and sends BYE after 3 s.
+    let callee = node.seat(
+        "call-uas-hangup.xml",
+        callee_port,
+        Some(free_media_port("127.0.0.1")),
+        &["-rtp_echo"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let carrier = node.carrier(
+        "trunk-uac-inbound-seat-bye.xml",
+        free_port_on(TRUNK_IP),
+        Some(free_media_port(TRUNK_IP)),
+        &["-s", FRONT_DESK],
+    );
+    callee.assert_ok("seat 1002 answers, then hangs up");
+    carrier.assert_ok("carrier gets the BYE");
+    node.assert_settled();
+    relayed_both_ways(&node);
+    let cdrs = node.cdrs();
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    let cdr = &cdrs[0];
+    assert_eq!(cdr["direction"], "inbound", "{cdr}");
+    assert_eq!(cdr["trunk"], "pstn", "{cdr}");
+    assert_eq!(cdr["seat"], "1002", "{cdr}");
+    assert_eq!(cdr["outcome"], "answered", "{cdr}");
+    assert_eq!(cdr["hangupSide"], "called", "{cdr}");
+}
+
+#[test]
+fn carrier_cancels_while_the_seat_rings() {
+    require_sipp();
+    let node = TrunkNode::start(2, free_port_on(TRUNK_IP));
+    let callee_port = free_port();
+    node.register_callee(callee_port);
+    // Seat 1002 rings until the node CANCELs its leg, then ends the INVITE with 487.
+    let callee = node.seat("call-uas-ring.xml", callee_port, None, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let carrier = node.carrier(
+        "trunk-uac-inbound-cancel.xml",
+        free_port_on(TRUNK_IP),
+        None,
+        &["-s", FRONT_DESK],
+    );
+    carrier.assert_ok("carrier cancels and gets 487");
+    callee.assert_ok("seat 1002 gets CANCEL and answers 487");
+    node.assert_settled();
+    assert_eq!(node.trunk().busy(), 0);
+    let cdrs = node.cdrs();
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    let cdr = &cdrs[0];
+    assert_eq!(cdr["outcome"], "abandoned", "{cdr}");
+    assert_eq!(cdr["direction"], "inbound", "{cdr}");
+    assert_eq!(cdr["trunk"], "pstn", "{cdr}");
+    assert_eq!(cdr["hangupSide"], "caller", "{cdr}");
+    assert!(cdr["answeredAt"].is_null(), "{cdr}");
+}
+
+#[test]
+fn recorded_trunk_call_has_both_channels_and_the_call_length() {
+    require_sipp();
+    let node = TrunkNode::start_opts(
+        free_port_on(TRUNK_IP),
+        Options {
+            record: true,
+            ..Options::new(2)
+        },
+    );
+    let callee_port = free_port();
+    node.register_callee(callee_port);
+    let callee = node.seat(
+        "call-uas-answer.xml",
+        callee_port,
+        Some(free_media_port("127.0.0.1")),
+        &["-rtp_echo"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    node.carrier(
+        "trunk-uac-inbound.xml",
+        free_port_on(TRUNK_IP),
+        Some(free_media_port(TRUNK_IP)),
+        &["-s", FRONT_DESK, "-d", "3000"],
+    )
+    .assert_ok("carrier calls the front desk");
+    callee.assert_ok("seat 1002 answers");
+    node.assert_settled();
+
+    let cdrs = node.cdrs();
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    let cdr = &cdrs[0];
+    assert_eq!(cdr["outcome"], "answered", "{cdr}");
+    assert_eq!(cdr["trunk"], "pstn", "{cdr}");
+    let name = cdr["recording"]
+        .as_str()
+        .expect("the CDR names the recording");
+    let bytes = std::fs::read(node.records.path().join(name)).expect("read the recording");
+    let view = wav::parse(&bytes).expect("a valid WAV");
+    assert_eq!((view.format.channels, view.format.sample_rate), (2, 8000));
+
+    // The call's length as the node logged it (answer to hang-up).
+    let at = |field: &str| -> chrono::DateTime<chrono::Utc> {
+        cdr[field]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{field} in {cdr}"))
+    };
+    let call_ms = (at("endedAt") - at("answeredAt")).num_milliseconds() as f64;
+    let wav_ms = view.frames() as f64 / 8.0;
+    eprintln!("recording {wav_ms} ms, call {call_ms} ms");
+    // Audio starts a moment after the answer and the last frames may be in flight.
+    assert!(
+        (wav_ms - call_ms).abs() < 1000.0,
+        "recording {wav_ms} ms vs call {call_ms} ms"
+    );
+
+    // Both channels carry audio: the carrier's pcap on the left, the seat's echo on the right.
+    let samples: Vec<i16> = view
+        .data
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let energy = |channel: usize| -> u64 {
+        samples
+            .iter()
+            .skip(channel)
+            .step_by(2)
+            .map(|s| u64::from(s.unsigned_abs()))
+            .sum()
+    };
+    assert!(energy(0) > 0, "carrier (caller) channel is silent");
+    assert!(energy(1) > 0, "seat (callee) channel is silent");
 }

@@ -283,6 +283,63 @@ impl NodeConfig {
         Ok(hex::encode(Md5::digest(content.to_yaml()?.as_bytes())))
     }
 
+    /// Which parts of the config a node reads only when it starts, by field, that differ
+    /// between `self` and `next`: the SIP listeners and realm, the RTP range, the codecs, the
+    /// recording settings, high availability, and the trunks' Secret mounts (a new mount is a
+    /// new pod template anyway). Everything else (seats, queues, trunks, entry points, menus,
+    /// hours, the service level) a running node takes from `ApplyConfig`.
+    pub fn startup_changes(&self, next: &NodeConfig) -> Vec<&'static str> {
+        let (a, b) = (&self.spec, &next.spec);
+        let mut changed = Vec::new();
+        if a.sip != b.sip {
+            changed.push("spec.sip");
+        }
+        if a.rtp != b.rtp {
+            changed.push("spec.rtp");
+        }
+        if a.codecs != b.codecs {
+            changed.push("spec.codecs");
+        }
+        if a.recording != b.recording {
+            changed.push("spec.recording");
+        }
+        if a.high_availability != b.high_availability {
+            changed.push("spec.highAvailability");
+        }
+        if self.trunk_secrets != next.trunk_secrets {
+            changed.push("trunkSecrets");
+        }
+        changed
+    }
+
+    /// md5 hex of the parts [`Self::startup_changes`] compares: the media-node pod template
+    /// carries it, so only a change a running node cannot take restarts the nodes.
+    pub fn startup_hash(&self) -> Result<String, NodeConfigError> {
+        #[derive(Serialize)]
+        struct Startup<'a> {
+            sip: &'a switchboard_crds::callcenter::SipSpec,
+            rtp: &'a switchboard_crds::callcenter::RtpSpec,
+            codecs: &'a [switchboard_crds::callcenter::Codec],
+            recording: &'a switchboard_crds::callcenter::RecordingSpec,
+            high_availability: &'a switchboard_crds::callcenter::HighAvailabilitySpec,
+            trunk_secrets: &'a [TrunkSecret],
+        }
+        let startup = Startup {
+            sip: &self.spec.sip,
+            rtp: &self.spec.rtp,
+            codecs: &self.spec.codecs,
+            recording: &self.spec.recording,
+            high_availability: &self.spec.high_availability,
+            trunk_secrets: &self.trunk_secrets,
+        };
+        let yaml =
+            serde_yaml::to_string(&startup).map_err(|source| NodeConfigError::Serialize {
+                name: self.call_center.clone(),
+                source,
+            })?;
+        Ok(hex::encode(Md5::digest(yaml.as_bytes())))
+    }
+
     /// YAML and content hash together.
     pub fn render(&self) -> Result<RenderedNodeConfig, NodeConfigError> {
         Ok(RenderedNodeConfig {
@@ -968,6 +1025,32 @@ mod tests {
             .insert("2001".into(), "rotated".into());
         let (changed_password, _) = build(&campus(), &queues(), &seats(), &rotated);
         assert_ne!(changed_password.content_hash().expect("hash"), hash);
+    }
+
+    #[test]
+    fn only_startup_settings_change_the_startup_hash() {
+        let (a, _) = build(&campus(), &queues(), &seats(), &secrets());
+        let hash = a.startup_hash().expect("hash");
+        // Queues, seats (passwords) and trunk limits are taken live.
+        let mut q = queues();
+        q[1].spec.wrap_up_seconds = 45;
+        let mut rotated = secrets();
+        rotated
+            .get_mut("campus-seat-passwords")
+            .expect("present")
+            .insert("2001".into(), "rotated".into());
+        let mut center = campus();
+        center.spec.trunks[0].channels.limit = 12;
+        let (live, _) = build(&center, &q, &seats(), &rotated);
+        assert_eq!(live.startup_hash().expect("hash"), hash);
+        assert!(a.startup_changes(&live).is_empty());
+        // The RTP range and the SIP domain are read at start.
+        let mut center = campus();
+        center.spec.rtp.max_port -= 100;
+        center.spec.sip.domain = "cc2.campus.example.edu".into();
+        let (restart, _) = build(&center, &queues(), &seats(), &secrets());
+        assert_ne!(restart.startup_hash().expect("hash"), hash);
+        assert_eq!(a.startup_changes(&restart), ["spec.sip", "spec.rtp"]);
     }
 
     #[test]

@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use switchboard_crds::callcenter::{Codec, EntryPoint};
+use parking_lot::{Mutex, RwLock};
+use switchboard_crds::callcenter::{Codec, EntryPoint, TrunkSpec};
+use switchboard_proto::node_config::TrunkSecret;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -146,7 +147,29 @@ pub struct CallEngine {
     relay_stats: Arc<RelayStats>,
     counters: CallCounters,
     metrics: Option<crate::sip::SipMetrics>,
-    trunks: Trunks,
+    /// Swapped whole by [`CallEngine::reconfigure`]; a call routes on the snapshot it read.
+    routing: RwLock<Arc<Routing>>,
+}
+
+/// What decides where a call goes, and what a node takes from a new config without
+/// restarting: entry points, the seats' extensions, the trunks.
+#[derive(Debug)]
+pub struct Routing {
+    pub entry_points: Vec<EntryPoint>,
+    /// Seat name → extension, for entry points that route to a seat.
+    pub seat_extensions: BTreeMap<String, String>,
+    pub trunks: Trunks,
+}
+
+impl Routing {
+    /// The dial plan the routing core decides over.
+    pub fn dial_plan(&self) -> routing::DialPlan<'_> {
+        routing::DialPlan {
+            entry_points: &self.entry_points,
+            seat_extensions: &self.seat_extensions,
+            trunks: &self.trunks,
+        }
+    }
 }
 
 /// A call refused before it rang anyone, for its CDR line.
@@ -185,7 +208,11 @@ impl CallEngine {
             .clone()
             .or_else(|| settings.recording_dir.as_ref().map(|d| d.join("cdr.jsonl")));
         let cdr = cdr_path.map(|p| CdrWriter::open(&p)).transpose()?;
-        let trunks = Trunks::new(&settings.trunks, metrics.as_ref().map(|m| m.trunks.clone()));
+        let routing = Routing {
+            entry_points: settings.entry_points.clone(),
+            seat_extensions: settings.seat_extensions.clone(),
+            trunks: Trunks::new(&settings.trunks, metrics.as_ref().map(|m| m.trunks.clone())),
+        };
         Ok(Some(Arc::new(Self {
             settings,
             ports,
@@ -196,7 +223,7 @@ impl CallEngine {
             relay_stats: Arc::new(RelayStats::default()),
             counters: CallCounters::default(),
             metrics,
-            trunks,
+            routing: RwLock::new(Arc::new(routing)),
         })))
     }
 
@@ -219,18 +246,27 @@ impl CallEngine {
         &self.counters
     }
 
-    /// The trunks and their channel counters.
-    pub fn trunks(&self) -> &Trunks {
-        &self.trunks
+    /// The routing in force now (entry points, extensions, trunks and their channels).
+    pub fn routing(&self) -> Arc<Routing> {
+        Arc::clone(&self.routing.read())
     }
 
-    /// The dial plan the routing core decides over.
-    pub fn dial_plan(&self) -> routing::DialPlan<'_> {
-        routing::DialPlan {
-            entry_points: &self.settings.entry_points,
-            seat_extensions: &self.settings.seat_extensions,
-            trunks: &self.trunks,
-        }
+    /// Takes a new config's routing; calls already set up keep theirs, and trunks that keep
+    /// their name keep their busy channels (see [`Trunks::reconfigured`]).
+    pub fn reconfigure(
+        &self,
+        entry_points: Vec<EntryPoint>,
+        seat_extensions: BTreeMap<String, String>,
+        trunks: &[TrunkSpec],
+        trunk_secrets: &[TrunkSecret],
+    ) {
+        let mut routing = self.routing.write();
+        let next = Routing {
+            entry_points,
+            seat_extensions,
+            trunks: routing.trunks.reconfigured(trunks, trunk_secrets),
+        };
+        *routing = Arc::new(next);
     }
 
     /// Calls with a live task (including those finishing their transaction timers).

@@ -10,6 +10,24 @@
 //! Timer D), and non-INVITE client transactions (BYE, CANCEL) with Timers E and F. Over TCP
 //! nothing is retransmitted but the timeouts still apply. BYE and CANCEL received are answered
 //! by the SIP server (with its Timer J cache) before they reach the call.
+//!
+//! Late offer (RFC 3261 §13.2.1): an INVITE without SDP gets the node's offer to the callee
+//! (every configured codec); the caller's 200 then carries an offer for its leg (the callee's
+//! codec first) and the caller's answer is taken from its ACK. An ACK without a usable answer
+//! hangs both legs up (CDR outcome failed).
+//!
+//! re-INVITE (RFC 3261 §14, RFC 3264 §8.4): a re-INVITE with an offer on either leg is passed
+//! across. The node answers 100 Trying, re-INVITEs the other leg (its own client transaction:
+//! next CSeq, route set, Timer A/B over UDP, the deadline only over TCP) offering the node's
+//! address for that leg, the codec already agreed there, a new o= version and the direction
+//! of the original offer (an old-style `c=0.0.0.0` hold becomes sendonly); on the other leg's
+//! 2xx it ACKs, updates that leg's media peer and answers the original re-INVITE 200 with the
+//! mirrored direction (retransmitted with Timer G until ACK, Timer H). A refusal or a timeout
+//! on the other leg is answered with a mapped failure and the media stays as it was. A
+//! re-INVITE while another is in progress on the call (either leg, either direction, until
+//! its ACK) gets 491 (§14.2). A re-INVITE without SDP is answered by the node alone: 200 with
+//! its current offer for the leg, the answer read from the ACK. [`CallSession::send_reinvite`]
+//! is the client side the node can also use on its own (re-pointing media at another node).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +36,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use switchboard_crds::callcenter::Codec;
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
@@ -29,8 +48,8 @@ use crate::recording::cdr::{CallDetailRecord, CallDirection, CallOutcome};
 use crate::recording::sidecar::{HangupSide, RecordingSegment, RecordingSidecar, sidecar_path};
 use crate::recording::wav_writer::{CallRecorder, RecorderOptions};
 use crate::sdp::{
-    Direction, LocalMedia, NegotiationError, SdpError, SessionDescription, answer_offer,
-    build_offer, read_answer,
+    Direction, LocalMedia, NegotiatedAudio, NegotiationError, SdpError, SessionDescription,
+    answer_offer, build_offer, build_offer_with, read_answer,
 };
 use crate::sip::Transport;
 use crate::sip::digest::answer_challenge;
@@ -100,8 +119,6 @@ pub enum CallTarget {
 /// Why a call was refused before ringing; [`SetupError::status`] is the answer to the INVITE.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("INVITE without an SDP offer (late offer is not supported)")]
-    NoOffer,
     #[error("malformed SDP offer: {0}")]
     BadSdp(#[from] SdpError),
     #[error("SDP offer not acceptable: {0}")]
@@ -117,7 +134,7 @@ pub enum SetupError {
 impl SetupError {
     pub fn status(&self) -> u16 {
         match self {
-            Self::NoOffer | Self::Negotiation(_) => 488,
+            Self::Negotiation(_) => 488,
             Self::BadSdp(_) => 400,
             Self::Media(_) | Self::AtCapacity | Self::TrunkUnreachable => 503,
         }
@@ -236,6 +253,151 @@ struct Ending {
     outcome: CallOutcome,
 }
 
+/// The audio agreed on a leg: the codec and the payload numbers that leg uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AgreedAudio {
+    codec: Codec,
+    payload_type: u8,
+    telephone_event: Option<u8>,
+}
+
+impl AgreedAudio {
+    fn of(n: &NegotiatedAudio) -> Self {
+        Self {
+            codec: n.codec,
+            payload_type: n.payload_type,
+            telephone_event: n.telephone_event,
+        }
+    }
+}
+
+fn leg_peer(n: &NegotiatedAudio) -> LegPeer {
+    LegPeer::new(n.codec, n.payload_type, n.telephone_event, n.remote)
+}
+
+/// The node's SDP side of one leg: its media address, session identity and direction, the
+/// audio agreed there, and the last SDP it sent (the o= version changes only with it).
+#[derive(Debug, Clone)]
+struct LegSdp {
+    local: LocalMedia,
+    audio: Option<AgreedAudio>,
+    last: Vec<u8>,
+}
+
+impl LegSdp {
+    /// Builds the leg's next SDP from `local` (direction and address wanted): the current
+    /// o= version when nothing changed, one more when anything did (RFC 3264 §8). Returns the
+    /// `LocalMedia` to commit once the exchange succeeds, the bytes, and what `build` adds.
+    fn versioned<T, E>(
+        &self,
+        local: LocalMedia,
+        build: impl Fn(&LocalMedia) -> Result<(SessionDescription, T), E>,
+    ) -> Result<(LocalMedia, Vec<u8>, T), E> {
+        let mut local = LocalMedia {
+            session_version: self.local.session_version,
+            ..local
+        };
+        let (same, extra) = build(&local)?;
+        let same = same.to_string().into_bytes();
+        if same == self.last {
+            return Ok((local, same, extra));
+        }
+        local.session_version += 1;
+        let (sdp, extra) = build(&local)?;
+        Ok((local, sdp.to_string().into_bytes(), extra))
+    }
+}
+
+/// The offer the node puts in a re-INVITE on a leg: its own address and port for that leg,
+/// the codec (and payload numbers) already agreed there, and the wanted direction.
+fn reinvite_offer(local: &LocalMedia, audio: AgreedAudio) -> SessionDescription {
+    build_offer_with(
+        local,
+        &[(audio.codec, audio.payload_type)],
+        audio.telephone_event,
+    )
+}
+
+/// The direction the node offers the other leg when one leg's offer holds or resumes
+/// (RFC 6337 §5.3): the same direction, so the far party learns what the near one does. An
+/// old-style hold (`c=0.0.0.0`, RFC 3264 §8.4) receives nothing, so it counts as not
+/// receiving.
+fn relayed_direction(offered: Direction, address_held: bool) -> Direction {
+    match (offered, address_held) {
+        (d, false) => d,
+        (Direction::SendRecv | Direction::SendOnly, true) => Direction::SendOnly,
+        (Direction::RecvOnly | Direction::Inactive, true) => Direction::Inactive,
+    }
+}
+
+/// Why a re-INVITE cannot start now, as the status and reason to refuse it with (RFC 3261
+/// §14.2): the call is gone, or an INVITE transaction on the call is still in progress (a
+/// re-INVITE either way, or the caller's answer not yet acknowledged).
+fn reinvite_refusal(call_up: bool, in_progress: bool) -> Option<(u16, &'static str)> {
+    if !call_up {
+        Some((481, "Call/Transaction Does Not Exist"))
+    } else if in_progress {
+        Some((491, "Request Pending"))
+    } else {
+        None
+    }
+}
+
+/// What a leg hears when the other leg refuses (or never answers) the re-INVITE passed
+/// across. The failure stays a failure of the offer: statuses that would make the leg end
+/// its dialog (408, 481, RFC 3261 §12.2.1.2) or ask it for credentials become 500.
+fn map_reinvite_failure(status: u16) -> u16 {
+    match status {
+        491 => 491,
+        488 | 606 => 488,
+        401 | 407 | 408 | 481 => 500,
+        400..=499 => status,
+        600..=699 => 603,
+        _ => 500,
+    }
+}
+
+/// A re-INVITE received on a leg: the node's INVITE server transaction (§17.2.1).
+#[derive(Debug)]
+struct ServerReinvite {
+    leg: Leg,
+    request: SipRequest,
+    cseq: u32,
+    source: SocketAddr,
+    response_to: SocketAddr,
+    transport: Transport,
+    last_response: Vec<u8>,
+    /// The leg's offer, answered once the other leg accepted; `None` when the re-INVITE had
+    /// no SDP (the node's 200 carries the offer).
+    offer: Option<SessionDescription>,
+    /// No SDP in the re-INVITE: the SDP the 200 offered, committed when the ACK answers it.
+    offered: Option<(LocalMedia, Vec<u8>)>,
+    /// The final response, retransmitted (Timer G) until ACK or Timer H.
+    final_response: Option<Retransmit>,
+    /// A final response has been sent.
+    answered: bool,
+    /// ACKed (or Timer H ran out): no longer in progress.
+    done: bool,
+}
+
+/// A re-INVITE the node sent on a leg: its INVITE client transaction (§17.1.1).
+#[derive(Debug)]
+struct ClientReinvite {
+    leg: Leg,
+    branch: String,
+    cseq: u32,
+    uri: String,
+    /// The leg whose re-INVITE waits for this one (pass-across); `None` for the node's own.
+    across: Option<Leg>,
+    /// Timer A; its deadline is Timer B, kept after a provisional (a re-INVITE is answered at
+    /// once, nobody rings).
+    retransmit: Retransmit,
+    /// The offer's `LocalMedia` and bytes, the leg's SDP state once a 2xx accepts them.
+    offered: (LocalMedia, Vec<u8>),
+    /// After the final response: the ACK, re-sent on retransmitted finals until the instant.
+    ack: Option<(Outbound, Instant)>,
+}
+
 pub(crate) struct CallSession {
     engine: Arc<CallEngine>,
     rx: mpsc::Receiver<CallEvent>,
@@ -286,6 +448,16 @@ pub(crate) struct CallSession {
     cancel_pending: bool,
     b_codec_known: bool,
 
+    /// The node's SDP side of the caller's and the callee's leg.
+    a_sdp: LegSdp,
+    b_sdp: LegSdp,
+    /// Late offer: the caller's 200 carried the node's offer; its answer comes in the ACK.
+    caller_answer_due: bool,
+    /// The call failed for want of media (the CDR says failed even after an answer).
+    media_failed: bool,
+    reinvite_in: Option<ServerReinvite>,
+    reinvite_out: Option<ClientReinvite>,
+
     pending: Vec<ClientRequest>,
     media: Option<MediaSession>,
     stats: Arc<RelayStats>,
@@ -302,11 +474,13 @@ impl CallEngine {
         if self.at_capacity() {
             return Err(SetupError::AtCapacity);
         }
-        if setup.invite.body.is_empty() {
-            return Err(SetupError::NoOffer);
-        }
-        let offer_text = String::from_utf8_lossy(&setup.invite.body);
-        let offer = SessionDescription::parse(&offer_text)?;
+        // No SDP: late offer (§13.2.1), the node offers to both legs in turn.
+        let offer = if setup.invite.body.is_empty() {
+            None
+        } else {
+            let text = String::from_utf8_lossy(&setup.invite.body);
+            Some(SessionDescription::parse(&text)?)
+        };
         let address = self.advertised_ip();
         let session_id = rand::random::<u32>().into();
         let a_local = LocalMedia {
@@ -317,14 +491,22 @@ impl CallEngine {
             direction: Direction::SendRecv,
         };
         // Negotiate before taking ports so a bad offer costs nothing.
-        answer_offer(&offer, &self.settings.codecs, &a_local)?;
+        if let Some(offer) = &offer {
+            answer_offer(offer, &self.settings.codecs, &a_local)?;
+        }
         let caller_media = MediaLeg::bind(&self.ports, self.media_bind())?;
         let callee_media = MediaLeg::bind(&self.ports, self.media_bind())?;
         let a_local = LocalMedia {
             rtp_port: caller_media.rtp_port(),
             ..a_local
         };
-        let (answer, negotiated) = answer_offer(&offer, &self.settings.codecs, &a_local)?;
+        let (answer, negotiated) = match &offer {
+            Some(offer) => {
+                let (answer, negotiated) = answer_offer(offer, &self.settings.codecs, &a_local)?;
+                (answer.to_string().into_bytes(), Some(negotiated))
+            }
+            None => (Vec::new(), None),
+        };
         let b_local = LocalMedia {
             rtp_port: callee_media.rtp_port(),
             session_id: session_id + 1,
@@ -339,15 +521,24 @@ impl CallEngine {
             Arc::clone(&self.relay_stats),
             self.metrics.as_ref().map(RelayMetrics::from_sip),
         );
-        media.set_peer(
-            Leg::Caller,
-            LegPeer::new(
-                negotiated.codec,
-                negotiated.payload_type,
-                negotiated.telephone_event,
-                negotiated.remote,
-            ),
-        );
+        if let Some(n) = &negotiated {
+            media.set_peer(Leg::Caller, leg_peer(n));
+        }
+        let a_sdp = LegSdp {
+            local: LocalMedia {
+                direction: negotiated
+                    .as_ref()
+                    .map_or(Direction::SendRecv, |n| n.remote_direction.answer()),
+                ..a_local
+            },
+            audio: negotiated.as_ref().map(AgreedAudio::of),
+            last: answer.clone(),
+        };
+        let b_sdp = LegSdp {
+            local: b_local,
+            audio: None,
+            last: b_offer.clone().into_bytes(),
+        };
 
         let invite = setup.invite;
         let via = invite.top_via();
@@ -458,7 +649,7 @@ impl CallEngine {
             a_tag,
             a,
             a_state: CallerState::Proceeding,
-            a_answer: answer.to_string().into_bytes(),
+            a_answer: answer,
             a_last_response: trying.clone(),
             a_final: None,
             b,
@@ -475,6 +666,12 @@ impl CallEngine {
             b_ack: None,
             cancel_pending: false,
             b_codec_known: false,
+            a_sdp,
+            b_sdp,
+            caller_answer_due: false,
+            media_failed: false,
+            reinvite_in: None,
+            reinvite_out: None,
             pending: Vec::new(),
             media: Some(media),
             stats,
@@ -485,6 +682,13 @@ impl CallEngine {
         };
         tokio::spawn(session.run(b_offer.into_bytes()));
         Ok(trying)
+    }
+}
+
+fn other_leg(leg: Leg) -> Leg {
+    match leg {
+        Leg::Caller => Leg::Callee,
+        Leg::Callee => Leg::Caller,
     }
 }
 
@@ -534,6 +738,16 @@ impl CallSession {
         consider(self.a_final.as_ref().map(Retransmit::wake));
         consider(self.ring_deadline);
         consider(self.linger_until);
+        consider(
+            self.reinvite_in
+                .as_ref()
+                .and_then(|s| s.final_response.as_ref())
+                .map(Retransmit::wake),
+        );
+        consider(self.reinvite_out.as_ref().map(|c| match &c.ack {
+            Some((_, until)) => *until,
+            None => c.retransmit.wake(),
+        }));
         for p in &self.pending {
             consider(Some(p.retransmit.wake()));
         }
@@ -545,6 +759,8 @@ impl CallSession {
             && self.pending.is_empty()
             && self.a_final.is_none()
             && self.b_invite.is_none()
+            // A re-INVITE in progress still needs its final response ACKed.
+            && self.reinvite_out.as_ref().is_none_or(|c| c.ack.is_some())
             && self.linger_until.is_none_or(|t| now >= t)
     }
 
@@ -607,7 +823,9 @@ impl CallSession {
                 d.transport
             );
             out.push_str("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n");
+            // The trunk's credentials answer its challenge of the initial INVITE only.
             if leg == Leg::Callee
+                && branch == self.b_invite_branch
                 && let Some((name, value)) = &self.b_invite_auth
             {
                 let _ = write!(out, "{name}: {value}\r\n");
@@ -795,38 +1013,8 @@ impl CallSession {
                 let out = self.to_caller(self.a_last_response.clone());
                 self.send(out);
             }
-            (rsip::Method::Invite, _) => {
-                // re-INVITE (hold, session refresh) is not passed across yet: refuse it and
-                // keep the call as it is (RFC 3261 §14.2).
-                let reply = build_response_with_body(
-                    &request,
-                    488,
-                    "Not Acceptable Here (re-INVITE not supported yet)",
-                    source,
-                    None,
-                    &[],
-                    None,
-                );
-                let to = request
-                    .top_via()
-                    .filter(|_| transport == Transport::Udp)
-                    .map_or(source, |v| v.response_destination(source));
-                self.send(Outbound {
-                    bytes: reply,
-                    destination: to,
-                    transport,
-                    connect: false,
-                });
-            }
-            (rsip::Method::Ack, Leg::Caller) => match self.a_state {
-                CallerState::Accepted => {
-                    self.a_state = CallerState::Confirmed;
-                    self.a_final = None;
-                    debug!(call_id = self.a.call_id, "caller ACKed the answer");
-                }
-                CallerState::Rejected => self.a_final = None,
-                _ => {}
-            },
+            (rsip::Method::Invite, _) => self.on_reinvite(request, source, transport, leg, now),
+            (rsip::Method::Ack, _) => self.on_ack(&request, leg, now),
             (rsip::Method::Bye, _) => self.on_bye(leg, now),
             (rsip::Method::Cancel, Leg::Caller)
                 if self.a_state == CallerState::Proceeding && self.ending.is_none() =>
@@ -842,6 +1030,582 @@ impl CallSession {
                 );
             }
             _ => {}
+        }
+    }
+
+    fn sdp(&self, leg: Leg) -> &LegSdp {
+        match leg {
+            Leg::Caller => &self.a_sdp,
+            Leg::Callee => &self.b_sdp,
+        }
+    }
+
+    fn sdp_mut(&mut self, leg: Leg) -> &mut LegSdp {
+        match leg {
+            Leg::Caller => &mut self.a_sdp,
+            Leg::Callee => &mut self.b_sdp,
+        }
+    }
+
+    fn dialog_mut(&mut self, leg: Leg) -> &mut DialogSide {
+        match leg {
+            Leg::Caller => &mut self.a,
+            Leg::Callee => &mut self.b,
+        }
+    }
+
+    /// Codecs to answer a leg's new offer with: the one agreed there first (no needless
+    /// change of codec), then the call center's others.
+    fn codec_preferences(&self, leg: Leg) -> Vec<Codec> {
+        let agreed = self.sdp(leg).audio.map(|a| a.codec);
+        agreed
+            .into_iter()
+            .chain(
+                self.engine
+                    .settings
+                    .codecs
+                    .iter()
+                    .copied()
+                    .filter(|&c| Some(c) != agreed),
+            )
+            .collect()
+    }
+
+    /// The node's re-INVITE offer for a leg with a wanted direction; `None` before any audio
+    /// was agreed there.
+    fn reoffer(&self, leg: Leg, direction: Direction) -> Option<(LocalMedia, Vec<u8>)> {
+        let sdp = self.sdp(leg);
+        let audio = sdp.audio?;
+        let local = LocalMedia {
+            direction,
+            ..sdp.local.clone()
+        };
+        sdp.versioned(local, |l| {
+            Ok::<_, std::convert::Infallible>((reinvite_offer(l, audio), ()))
+        })
+        .ok()
+        .map(|(local, bytes, ())| (local, bytes))
+    }
+
+    /// The node's current offer for a leg, for a re-INVITE without SDP: the agreed codec
+    /// first, then the call center's others, in the node's current direction there.
+    fn current_offer(&self, leg: Leg) -> Option<(LocalMedia, Vec<u8>)> {
+        let sdp = self.sdp(leg);
+        let audio = sdp.audio?;
+        let codecs: Vec<(Codec, u8)> = std::iter::once((audio.codec, audio.payload_type))
+            .chain(
+                self.engine
+                    .settings
+                    .codecs
+                    .iter()
+                    .filter(|&&c| c != audio.codec)
+                    .map(|&c| (c, crate::media::g711::payload_type(c))),
+            )
+            .collect();
+        sdp.versioned(sdp.local.clone(), |l| {
+            Ok::<_, std::convert::Infallible>((
+                build_offer_with(l, &codecs, audio.telephone_event),
+                (),
+            ))
+        })
+        .ok()
+        .map(|(local, bytes, ())| (local, bytes))
+    }
+
+    /// A peer's SDP answer (in a 2xx or an ACK) to an offer of the node's listing `offered`.
+    fn read_peer_answer(body: &[u8], offered: &[Codec]) -> Result<NegotiatedAudio, String> {
+        if body.is_empty() {
+            return Err("no SDP answer".into());
+        }
+        let text = String::from_utf8_lossy(body);
+        let sdp = SessionDescription::parse(&text).map_err(|e| e.to_string())?;
+        let audio = read_answer(&sdp).map_err(|e| e.to_string())?;
+        if !offered.contains(&audio.codec) {
+            return Err(format!(
+                "answered with {:?}, which was not offered",
+                audio.codec
+            ));
+        }
+        Ok(audio)
+    }
+
+    /// Answers an in-dialog request once, outside any transaction: a refusal the peer gets
+    /// again if it retransmits.
+    fn reply_once(
+        &self,
+        request: &SipRequest,
+        source: SocketAddr,
+        destination: SocketAddr,
+        transport: Transport,
+        status: u16,
+        reason: &str,
+    ) {
+        let bytes = build_response_with_body(request, status, reason, source, None, &[], None);
+        if let Some(m) = &self.engine.metrics {
+            m.responses.with_label_values(&[&status.to_string()]).inc();
+        }
+        self.send(Outbound {
+            bytes,
+            destination,
+            transport,
+            connect: false,
+        });
+    }
+
+    /// A re-INVITE on a leg (RFC 3261 §14.2): refused while the call is not up or another
+    /// INVITE is in progress, answered by the node alone without SDP, passed across with one.
+    fn on_reinvite(
+        &mut self,
+        request: SipRequest,
+        source: SocketAddr,
+        transport: Transport,
+        leg: Leg,
+        now: Instant,
+    ) {
+        let Some((cseq, _)) = request.cseq() else {
+            return;
+        };
+        let response_to = match (transport, request.top_via()) {
+            (Transport::Udp, Some(via)) => via.response_destination(source),
+            _ => source,
+        };
+        if let Some(s) = &self.reinvite_in
+            && s.leg == leg
+            && s.cseq == cseq
+        {
+            // A retransmission: repeat the latest response (§17.2.1).
+            self.send(Outbound {
+                bytes: s.last_response.clone(),
+                destination: s.response_to,
+                transport: s.transport,
+                connect: false,
+            });
+            return;
+        }
+        let call_up = self.ending.is_none()
+            && self.b_state == CalleeState::Established
+            && matches!(self.a_state, CallerState::Accepted | CallerState::Confirmed);
+        let in_progress = self.a_state != CallerState::Confirmed
+            || self.reinvite_in.as_ref().is_some_and(|s| !s.done)
+            || self.reinvite_out.as_ref().is_some_and(|c| c.ack.is_none());
+        if let Some((status, reason)) = reinvite_refusal(call_up, in_progress) {
+            info!(call_id = self.a.call_id, ?leg, status, "re-INVITE refused");
+            self.reply_once(&request, source, response_to, transport, status, reason);
+            return;
+        }
+        let body = request.body.clone();
+        self.reinvite_in = Some(ServerReinvite {
+            leg,
+            request,
+            cseq,
+            source,
+            response_to,
+            transport,
+            last_response: Vec::new(),
+            offer: None,
+            offered: None,
+            final_response: None,
+            answered: false,
+            done: false,
+        });
+        if body.is_empty() {
+            // Asking for an offer (§14.1): the node's current one; the answer is in the ACK.
+            let Some(offered) = self.current_offer(leg) else {
+                self.respond_reinvite(500, "Server Internal Error (no media agreed)", None, now);
+                return;
+            };
+            let bytes = offered.1.clone();
+            if let Some(s) = self.reinvite_in.as_mut() {
+                s.offered = Some(offered);
+            }
+            debug!(
+                call_id = self.a.call_id,
+                ?leg,
+                "re-INVITE without SDP: node offers"
+            );
+            self.respond_reinvite(200, "OK", Some(bytes), now);
+            return;
+        }
+        let text = String::from_utf8_lossy(&body);
+        let offer = match SessionDescription::parse(&text) {
+            Ok(offer) => offer,
+            Err(error) => {
+                warn!(call_id = self.a.call_id, ?leg, %error, "re-INVITE with malformed SDP");
+                self.respond_reinvite(400, "Bad Request (malformed SDP)", None, now);
+                return;
+            }
+        };
+        let prefs = self.codec_preferences(leg);
+        let negotiated = match answer_offer(&offer, &prefs, &self.sdp(leg).local) {
+            Ok((_, negotiated)) => negotiated,
+            Err(error) => {
+                info!(call_id = self.a.call_id, ?leg, %error, "re-INVITE offer not acceptable");
+                self.respond_reinvite(488, reason_phrase(488), None, now);
+                return;
+            }
+        };
+        if let Some(s) = self.reinvite_in.as_mut() {
+            s.offer = Some(offer);
+        }
+        self.respond_reinvite(100, "Trying", None, now);
+        let other = other_leg(leg);
+        let direction = relayed_direction(negotiated.remote_direction, negotiated.remote.is_none());
+        match self.reoffer(other, direction) {
+            Some(offered) => {
+                info!(
+                    call_id = self.a.call_id,
+                    from = ?leg,
+                    direction = direction.as_str(),
+                    "re-INVITE passed across"
+                );
+                self.send_reinvite(other, offered, Some(leg), now);
+            }
+            None => self.respond_reinvite(
+                500,
+                "Server Internal Error (no media agreed on the other leg)",
+                None,
+                now,
+            ),
+        }
+    }
+
+    /// Sends a response to the re-INVITE in progress; finals are retransmitted until ACK.
+    fn respond_reinvite(&mut self, status: u16, reason: &str, body: Option<Vec<u8>>, now: Instant) {
+        let Some(s) = &self.reinvite_in else {
+            return;
+        };
+        let mut extra: Vec<(&str, String)> = Vec::new();
+        if (200..300).contains(&status) {
+            let via = self.engine.sip_address(s.transport);
+            let user = match s.leg {
+                Leg::Caller => &self.callee_ext,
+                Leg::Callee => &self.caller_ext,
+            };
+            extra.push((
+                "Contact",
+                format!("<sip:{user}@{via};transport={}>", s.transport),
+            ));
+            extra.push(("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS".to_string()));
+        }
+        let bytes = build_response_with_body(
+            &s.request,
+            status,
+            reason,
+            s.source,
+            None,
+            &extra,
+            body.as_deref().map(|b| (SDP, b)),
+        );
+        if let Some(m) = &self.engine.metrics {
+            m.responses.with_label_values(&[&status.to_string()]).inc();
+        }
+        let out = Outbound {
+            bytes: bytes.clone(),
+            destination: s.response_to,
+            transport: s.transport,
+            connect: false,
+        };
+        self.send(out.clone());
+        if let Some(s) = self.reinvite_in.as_mut() {
+            s.last_response = bytes;
+            if status >= 200 {
+                s.answered = true;
+                s.final_response = Some(Retransmit::new(out, now, true));
+            }
+        }
+    }
+
+    /// Sends a re-INVITE offering `offered` on a leg: its own INVITE client transaction (the
+    /// dialog's next CSeq, its route set and remote target, a new branch; Timer A over UDP,
+    /// Timer B). `across` is the leg whose re-INVITE waits for the outcome; `None` when the
+    /// node re-INVITEs on its own (to move the call's media to another node).
+    fn send_reinvite(
+        &mut self,
+        leg: Leg,
+        offered: (LocalMedia, Vec<u8>),
+        across: Option<Leg>,
+        now: Instant,
+    ) {
+        let branch = branch();
+        let d = self.dialog_mut(leg);
+        d.local_cseq += 1;
+        let cseq = d.local_cseq;
+        let uri = d.remote_target.clone();
+        let out = self.request(
+            leg,
+            RequestLine {
+                method: "INVITE",
+                uri: &uri,
+                branch: &branch,
+                cseq,
+                route: true,
+            },
+            Some(&offered.1),
+        );
+        self.send(out.clone());
+        self.reinvite_out = Some(ClientReinvite {
+            leg,
+            branch,
+            cseq,
+            uri,
+            across,
+            retransmit: Retransmit::new(out, now, false),
+            offered,
+            ack: None,
+        });
+    }
+
+    fn on_reinvite_response(&mut self, response: SipResponse, now: Instant) {
+        let Some(c) = self.reinvite_out.as_mut() else {
+            return;
+        };
+        let status = response.status;
+        if let Some((ack, _)) = &c.ack {
+            // A retransmitted final: our ACK was lost.
+            if status >= 200 {
+                let ack = ack.clone();
+                self.send(ack);
+            }
+            return;
+        }
+        if status < 200 {
+            // Stop Timer A; Timer B still bounds the wait.
+            c.retransmit.next = None;
+            return;
+        }
+        let (leg, cseq, across, offered) = (c.leg, c.cseq, c.across, c.offered.clone());
+        let (uri, ack_branch) = if status < 300 {
+            if let Some(contact) = response.header("Contact").and_then(NameAddr::parse) {
+                // A 2xx to a re-INVITE refreshes the remote target (§12.2.1.2).
+                self.dialog_mut(leg).remote_target = contact.uri;
+            }
+            // The 2xx ACK is its own transaction (§13.2.2.4).
+            (self.dialog(leg).remote_target.clone(), branch())
+        } else {
+            // The non-2xx ACK belongs to the INVITE transaction (§17.1.1.3).
+            (c.uri.clone(), c.branch.clone())
+        };
+        let ack = self.request(
+            leg,
+            RequestLine {
+                method: "ACK",
+                uri: &uri,
+                branch: &ack_branch,
+                cseq,
+                route: true,
+            },
+            None,
+        );
+        self.send(ack.clone());
+        let linger = if ack.transport == Transport::Udp {
+            now + TIMER_D
+        } else {
+            now
+        };
+        if let Some(c) = self.reinvite_out.as_mut() {
+            c.ack = Some((ack, linger));
+        }
+        if status >= 300 {
+            info!(
+                call_id = self.a.call_id,
+                ?leg,
+                status,
+                "re-INVITE refused; media unchanged"
+            );
+            if across.is_some() {
+                self.finish_pass_across(Err(map_reinvite_failure(status)), now);
+            }
+            if status == 481 && self.ending.is_none() {
+                self.drop_lost_leg(leg, now);
+            }
+            return;
+        }
+        let offered_codecs: Vec<Codec> = self.sdp(leg).audio.map(|a| a.codec).into_iter().collect();
+        let accepted = match Self::read_peer_answer(&response.body, &offered_codecs) {
+            Ok(n) => {
+                if let Some(media) = &self.media {
+                    media.set_peer(leg, leg_peer(&n));
+                }
+                let sdp = self.sdp_mut(leg);
+                (sdp.local, sdp.last) = offered;
+                sdp.audio = Some(AgreedAudio::of(&n));
+                true
+            }
+            Err(reason) => {
+                warn!(call_id = self.a.call_id, ?leg, %reason, "re-INVITE answer unusable");
+                false
+            }
+        };
+        match across {
+            Some(_) => self.finish_pass_across(if accepted { Ok(()) } else { Err(488) }, now),
+            None => info!(
+                call_id = self.a.call_id,
+                ?leg,
+                accepted,
+                "node's re-INVITE answered"
+            ),
+        }
+    }
+
+    /// The other leg answered (or not) the re-INVITE passed across: answer the one waiting,
+    /// with the node's answer to its offer (mirrored direction) and its new media peer, or
+    /// with the failure (media unchanged).
+    fn finish_pass_across(&mut self, outcome: Result<(), u16>, now: Instant) {
+        let Some(s) = &self.reinvite_in else {
+            return;
+        };
+        if s.answered {
+            return;
+        }
+        let leg = s.leg;
+        let contact = s.request.header("Contact").and_then(NameAddr::parse);
+        let status = match (outcome, s.offer.clone()) {
+            (Ok(()), Some(offer)) => {
+                let prefs = self.codec_preferences(leg);
+                let sdp = self.sdp(leg);
+                match sdp.versioned(sdp.local.clone(), |l| answer_offer(&offer, &prefs, l)) {
+                    Ok((local, bytes, n)) => {
+                        if let Some(media) = &self.media {
+                            media.set_peer(leg, leg_peer(&n));
+                        }
+                        let sdp = self.sdp_mut(leg);
+                        sdp.local = LocalMedia {
+                            direction: n.remote_direction.answer(),
+                            ..local
+                        };
+                        sdp.last = bytes.clone();
+                        sdp.audio = Some(AgreedAudio::of(&n));
+                        if let Some(contact) = contact {
+                            // A target refresh (§12.2.2).
+                            self.dialog_mut(leg).remote_target = contact.uri;
+                        }
+                        info!(
+                            call_id = self.a.call_id,
+                            ?leg,
+                            direction = n.remote_direction.as_str(),
+                            "re-INVITE accepted"
+                        );
+                        self.respond_reinvite(200, "OK", Some(bytes), now);
+                        return;
+                    }
+                    // Checked when the offer came; kept as a refusal, never a panic.
+                    Err(_) => 488,
+                }
+            }
+            (Ok(()), None) => 500,
+            (Err(status), _) => status,
+        };
+        self.respond_reinvite(status, reason_phrase(status), None, now);
+    }
+
+    /// A leg said 481 to an in-dialog request: its dialog is gone, and with it the call
+    /// (§12.2.1.2).
+    fn drop_lost_leg(&mut self, leg: Leg, now: Instant) {
+        warn!(
+            call_id = self.a.call_id,
+            ?leg,
+            "leg's dialog is gone (481); ending the call"
+        );
+        let side = match leg {
+            Leg::Caller => {
+                if self.b_state == CalleeState::Established {
+                    self.b_state = CalleeState::Terminated;
+                    self.send_bye(Leg::Callee, now);
+                }
+                HangupSide::Caller
+            }
+            Leg::Callee => {
+                self.b_state = CalleeState::Terminated;
+                self.a_final = None;
+                self.send_bye(Leg::Caller, now);
+                HangupSide::Called
+            }
+        };
+        self.end(side, "481 dialog gone", CallOutcome::Answered, now);
+    }
+
+    fn on_ack(&mut self, request: &SipRequest, leg: Leg, now: Instant) {
+        let cseq = request.cseq().map(|(n, _)| n);
+        if let Some(s) = self.reinvite_in.as_mut()
+            && s.leg == leg
+            && Some(s.cseq) == cseq
+        {
+            if s.done {
+                return;
+            }
+            s.done = true;
+            s.final_response = None;
+            if let Some(offered) = s.offered.take() {
+                self.take_reinvite_answer(leg, request, offered);
+            }
+            return;
+        }
+        if leg != Leg::Caller || cseq != self.a_invite.cseq().map(|(n, _)| n) {
+            return;
+        }
+        match self.a_state {
+            CallerState::Accepted => {
+                self.a_state = CallerState::Confirmed;
+                self.a_final = None;
+                debug!(call_id = self.a.call_id, "caller ACKed the answer");
+                if self.caller_answer_due {
+                    self.caller_answer_due = false;
+                    self.take_caller_answer(request, now);
+                }
+            }
+            CallerState::Rejected => self.a_final = None,
+            _ => {}
+        }
+    }
+
+    /// A re-INVITE without SDP: the peer's ACK answers the offer the node's 200 carried. An
+    /// unusable answer leaves the media as it was.
+    fn take_reinvite_answer(&mut self, leg: Leg, ack: &SipRequest, offered: (LocalMedia, Vec<u8>)) {
+        let codecs = self.engine.settings.codecs.clone();
+        let agreed = self.sdp(leg).audio.map(|a| a.codec);
+        let offered_codecs: Vec<Codec> = agreed.into_iter().chain(codecs).collect();
+        match Self::read_peer_answer(&ack.body, &offered_codecs) {
+            Ok(n) => {
+                if let Some(media) = &self.media {
+                    media.set_peer(leg, leg_peer(&n));
+                }
+                let sdp = self.sdp_mut(leg);
+                (sdp.local, sdp.last) = offered;
+                sdp.audio = Some(AgreedAudio::of(&n));
+            }
+            Err(reason) => {
+                warn!(call_id = self.a.call_id, ?leg, %reason, "ACK answer unusable; media unchanged");
+            }
+        }
+    }
+
+    /// Late offer: the caller's ACK answers the offer in the node's 200. Without a usable
+    /// answer the call has no media: both legs are hung up and the CDR says failed.
+    fn take_caller_answer(&mut self, ack: &SipRequest, now: Instant) {
+        let offered = self.engine.settings.codecs.clone();
+        match Self::read_peer_answer(&ack.body, &offered) {
+            Ok(n) => {
+                if let Some(media) = &self.media {
+                    media.set_peer(Leg::Caller, leg_peer(&n));
+                }
+                self.a_sdp.audio = Some(AgreedAudio::of(&n));
+                debug!(call_id = self.a.call_id, codec = ?n.codec, "caller answered in the ACK");
+            }
+            Err(reason) => {
+                warn!(call_id = self.a.call_id, %reason, "late offer: no usable answer in the caller's ACK; hanging up");
+                self.send_bye(Leg::Caller, now);
+                if self.b_state == CalleeState::Established {
+                    self.b_state = CalleeState::Terminated;
+                    self.send_bye(Leg::Callee, now);
+                }
+                self.media_failed = true;
+                self.end(
+                    HangupSide::Node,
+                    &format!("late offer: {reason}"),
+                    CallOutcome::Failed,
+                    now,
+                );
+            }
         }
     }
 
@@ -916,6 +1680,14 @@ impl CallSession {
             self.on_invite_response(response, now);
             return;
         }
+        if let Some(c) = &self.reinvite_out
+            && c.leg == leg
+            && c.branch == branch
+            && method.as_deref() == Some("INVITE")
+        {
+            self.on_reinvite_response(response, now);
+            return;
+        }
         if let Some(i) = self
             .pending
             .iter()
@@ -954,9 +1726,12 @@ impl CallSession {
                 {
                     return;
                 }
-                // Early media: the callee's SDP in a 183 sets its leg up now.
-                let early =
-                    status == 183 && !response.body.is_empty() && self.learn_callee_sdp(&response);
+                // Early media: the callee's SDP in a 183 sets its leg up now (not with a late
+                // offer: the caller has nothing to answer yet).
+                let early = status == 183
+                    && !response.body.is_empty()
+                    && self.learn_callee_sdp(&response)
+                    && self.a_sdp.audio.is_some();
                 if early {
                     self.respond_caller(183, "Session Progress", true, now);
                 } else {
@@ -1042,7 +1817,7 @@ impl CallSession {
             );
             None
         } else {
-            let credentials = self.engine.trunks.credentials(trunk.name());
+            let credentials = self.engine.routing().trunks.credentials(trunk.name());
             let challenge = response
                 .header_values(challenge_header)
                 .find(|v| v.trim_start().to_ascii_lowercase().starts_with("digest"));
@@ -1116,16 +1891,9 @@ impl CallSession {
             }
         };
         if let Some(media) = &self.media {
-            media.set_peer(
-                Leg::Callee,
-                LegPeer::new(
-                    negotiated.codec,
-                    negotiated.payload_type,
-                    negotiated.telephone_event,
-                    negotiated.remote,
-                ),
-            );
+            media.set_peer(Leg::Callee, leg_peer(&negotiated));
         }
+        self.b_sdp.audio = Some(AgreedAudio::of(&negotiated));
         self.b_codec_known = true;
         true
     }
@@ -1197,6 +1965,27 @@ impl CallSession {
             callee = self.callee_ext,
             "call answered"
         );
+        if self.a_sdp.audio.is_none() {
+            // Late offer: the caller's 200 offers the callee's codec first, then the others.
+            let chosen = self.b_sdp.audio.map(|a| a.codec);
+            let codecs: Vec<Codec> = chosen
+                .into_iter()
+                .chain(
+                    self.engine
+                        .settings
+                        .codecs
+                        .iter()
+                        .copied()
+                        .filter(|&c| Some(c) != chosen),
+                )
+                .collect();
+            let offer = build_offer(&self.a_sdp.local, &codecs)
+                .to_string()
+                .into_bytes();
+            self.a_sdp.last = offer.clone();
+            self.a_answer = offer;
+            self.caller_answer_due = true;
+        }
         self.answered_at = Some(Utc::now());
         self.ring_deadline = None;
         self.respond_caller(200, "OK", true, now);
@@ -1257,6 +2046,45 @@ impl CallSession {
                 }
             } else if let Some(out) = t.due(now) {
                 self.send(out);
+            }
+        }
+        if let Some(s) = self.reinvite_in.as_mut()
+            && let Some(t) = s.final_response.as_mut()
+        {
+            if now >= t.deadline {
+                // Timer H: the media already changed; the call goes on.
+                s.final_response = None;
+                s.offered = None;
+                s.done = true;
+                warn!(call_id = self.a.call_id, leg = ?s.leg, "no ACK for the re-INVITE's response (Timer H)");
+            } else if let Some(out) = t.due(now) {
+                self.engine.send(out);
+            }
+        }
+        if let Some(c) = self.reinvite_out.as_mut() {
+            match &c.ack {
+                Some((_, until)) => {
+                    if now >= *until {
+                        self.reinvite_out = None;
+                    }
+                }
+                None if now >= c.retransmit.deadline => {
+                    let (leg, across) = (c.leg, c.across);
+                    self.reinvite_out = None;
+                    warn!(
+                        call_id = self.a.call_id,
+                        ?leg,
+                        "re-INVITE not answered (Timer B); media unchanged"
+                    );
+                    if across.is_some() {
+                        self.finish_pass_across(Err(map_reinvite_failure(408)), now);
+                    }
+                }
+                None => {
+                    if let Some(out) = c.retransmit.due(now) {
+                        self.engine.send(out);
+                    }
+                }
             }
         }
         let mut i = 0;
@@ -1345,10 +2173,14 @@ impl CallSession {
         if self.ending.is_some() {
             return;
         }
+        if self.reinvite_in.as_ref().is_some_and(|s| !s.answered) {
+            // The call ends under a re-INVITE in progress: it is terminated (RFC 5407 §3.2).
+            self.respond_reinvite(487, "Request Terminated", None, now);
+        }
         let ending = Ending {
             cause: cause.to_string(),
             side,
-            outcome: if self.answered_at.is_some() {
+            outcome: if self.answered_at.is_some() && !self.media_failed {
                 CallOutcome::Answered
             } else {
                 outcome
@@ -1493,6 +2325,149 @@ mod tests {
         );
         assert!(r.due(now + Duration::from_secs(10)).is_none());
         assert_eq!(r.wake(), now + TRANSACTION_TIMEOUT);
+    }
+
+    #[test]
+    fn hold_direction_is_passed_across_and_mirrored_in_the_answer() {
+        use Direction::*;
+        for (offered, across, answered) in [
+            (SendOnly, SendOnly, RecvOnly),
+            (Inactive, Inactive, Inactive),
+            (SendRecv, SendRecv, SendRecv),
+            (RecvOnly, RecvOnly, SendOnly),
+        ] {
+            assert_eq!(relayed_direction(offered, false), across, "{offered:?}");
+            assert_eq!(offered.answer(), answered, "{offered:?}");
+        }
+        // Old-style hold (c=0.0.0.0): the holder receives nothing.
+        assert_eq!(relayed_direction(SendRecv, true), SendOnly);
+        assert_eq!(relayed_direction(RecvOnly, true), Inactive);
+    }
+
+    fn leg_sdp() -> LegSdp {
+        let local = LocalMedia {
+            address: "10.0.0.5".parse().unwrap(),
+            rtp_port: 30000,
+            session_id: 77,
+            session_version: 1,
+            direction: Direction::SendRecv,
+        };
+        let audio = AgreedAudio {
+            codec: Codec::Pcma,
+            payload_type: 8,
+            telephone_event: Some(101),
+        };
+        let last = build_offer(&local, &[Codec::Pcmu, Codec::Pcma])
+            .to_string()
+            .into_bytes();
+        LegSdp {
+            local,
+            audio: Some(audio),
+            last,
+        }
+    }
+
+    fn reoffer_of(sdp: &LegSdp, direction: Direction) -> (LocalMedia, String) {
+        let audio = sdp.audio.unwrap();
+        let local = LocalMedia {
+            direction,
+            ..sdp.local.clone()
+        };
+        let (local, bytes, ()) = sdp
+            .versioned(local, |l| {
+                Ok::<_, std::convert::Infallible>((reinvite_offer(l, audio), ()))
+            })
+            .unwrap();
+        (local, String::from_utf8(bytes).unwrap())
+    }
+
+    #[test]
+    fn reinvite_offer_keeps_address_port_and_codec_with_a_new_version() {
+        let mut sdp = leg_sdp();
+        let (local, hold) = reoffer_of(&sdp, Direction::SendOnly);
+        assert!(
+            hold.contains("o=switchboard 77 2 IN IP4 10.0.0.5\r\n"),
+            "{hold}"
+        );
+        assert!(hold.contains("c=IN IP4 10.0.0.5\r\n"), "{hold}");
+        // Only the codec agreed on the leg, with telephone-event.
+        assert!(hold.contains("m=audio 30000 RTP/AVP 8 101\r\n"), "{hold}");
+        assert!(hold.contains("a=sendonly\r\n"), "{hold}");
+        assert!(!hold.contains("PCMU"), "{hold}");
+        // Committed after the 2xx: the same offer again keeps its version (RFC 3264 §8)...
+        sdp.local = local;
+        sdp.last = hold.clone().into_bytes();
+        let (_, again) = reoffer_of(&sdp, Direction::SendOnly);
+        assert_eq!(again, hold);
+        // ...and resuming changes it.
+        let (local, resume) = reoffer_of(&sdp, Direction::SendRecv);
+        assert_eq!(local.session_version, 3);
+        assert!(resume.contains("o=switchboard 77 3 IN IP4"), "{resume}");
+        assert!(resume.contains("a=sendrecv\r\n"), "{resume}");
+    }
+
+    #[test]
+    fn reinvite_answer_mirrors_the_offered_direction() {
+        let sdp = leg_sdp();
+        let phone = LocalMedia {
+            address: "192.0.2.9".parse().unwrap(),
+            rtp_port: 4000,
+            session_id: 5,
+            session_version: 2,
+            direction: Direction::SendOnly,
+        };
+        let offer = reinvite_offer(&phone, sdp.audio.unwrap());
+        let prefs = [Codec::Pcma, Codec::Pcmu];
+        let (local, bytes, n) = sdp
+            .versioned(sdp.local.clone(), |l| answer_offer(&offer, &prefs, l))
+            .unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("a=recvonly\r\n"), "{text}");
+        assert!(text.contains("m=audio 30000 RTP/AVP 8 101\r\n"), "{text}");
+        assert_eq!(local.session_version, 2);
+        assert_eq!(n.remote, Some("192.0.2.9:4000".parse().unwrap()));
+        assert_eq!(n.remote_direction, Direction::SendOnly);
+    }
+
+    #[test]
+    fn reinvite_during_another_gets_491_and_after_the_call_481() {
+        assert_eq!(reinvite_refusal(true, false), None);
+        assert_eq!(reinvite_refusal(true, true).map(|r| r.0), Some(491));
+        assert_eq!(reinvite_refusal(false, true).map(|r| r.0), Some(481));
+        assert_eq!(reinvite_refusal(false, false).map(|r| r.0), Some(481));
+    }
+
+    #[test]
+    fn reinvite_failures_keep_their_class() {
+        assert_eq!(map_reinvite_failure(491), 491);
+        assert_eq!(map_reinvite_failure(488), 488);
+        assert_eq!(map_reinvite_failure(606), 488);
+        assert_eq!(map_reinvite_failure(403), 403);
+        // Not the caller's dialog that failed: it must not end its dialog (§12.2.1.2).
+        assert_eq!(map_reinvite_failure(408), 500);
+        assert_eq!(map_reinvite_failure(481), 500);
+        assert_eq!(map_reinvite_failure(407), 500);
+        assert_eq!(map_reinvite_failure(503), 500);
+        assert_eq!(map_reinvite_failure(603), 603);
+        assert_eq!(map_reinvite_failure(302), 500);
+    }
+
+    #[test]
+    fn late_offer_answers_are_checked_against_the_offer() {
+        let phone = LocalMedia {
+            address: "192.0.2.9".parse().unwrap(),
+            rtp_port: 4000,
+            session_id: 5,
+            session_version: 1,
+            direction: Direction::SendRecv,
+        };
+        let answer = build_offer(&phone, &[Codec::Pcma]).to_string();
+        let n =
+            CallSession::read_peer_answer(answer.as_bytes(), &[Codec::Pcmu, Codec::Pcma]).unwrap();
+        assert_eq!(n.codec, Codec::Pcma);
+        assert!(CallSession::read_peer_answer(answer.as_bytes(), &[Codec::Pcmu]).is_err());
+        assert!(CallSession::read_peer_answer(b"", &[Codec::Pcmu]).is_err());
+        assert!(CallSession::read_peer_answer(b"v=0\r\nbad", &[Codec::Pcmu]).is_err());
     }
 
     #[test]

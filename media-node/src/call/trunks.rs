@@ -1,11 +1,13 @@
 //! SIP trunks: which source addresses are trusted as which trunk, the outbound dial plan, the
-//! per-trunk channel limit, and the trunk's digest credentials (read from the mounted Secret
-//! files when the trunk challenges, so a rotated password needs no restart).
+//! per-trunk channel limit, and the trunk's digest credentials: in a pod read from the mounted
+//! Secret files when the trunk challenges (so a rotated password needs no restart), standalone
+//! held in memory from the file's Secret manifest (never written to disk).
 //!
 //! A channel is held by a [`ChannelGuard`] for the whole life of a call task; dropping the
 //! guard (on any end path, panics included) releases the channel, so the busy count cannot
 //! leak.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,11 +25,34 @@ use crate::sip::Transport;
 pub struct TrunkSettings {
     /// `spec.trunks`.
     pub trunks: Vec<TrunkSpec>,
-    /// Where each trunk's credentials are mounted (`NodeConfig::trunk_secrets`).
-    pub secrets: Vec<TrunkSecret>,
-    /// With a directory, trunk `<name>`'s credentials are read from `<dir>/<name>/username`
-    /// and `<dir>/<name>/password` instead of the Secret's `mount_path` (tests, standalone).
-    pub secrets_dir: Option<PathBuf>,
+    /// Where the trunks' digest credentials come from.
+    pub credentials: TrunkCredentialSource,
+}
+
+/// Where trunk credentials come from when a trunk challenges.
+#[derive(Debug, Clone)]
+pub enum TrunkCredentialSource {
+    /// Files read at every challenge, so a rotated Secret takes effect without a restart: in a
+    /// pod `<mount_path>/username` and `<mount_path>/password` of each trunk's [`TrunkSecret`]
+    /// (`NodeConfig::trunk_secrets`); with `dir`, `<dir>/<trunk>/username` and
+    /// `<dir>/<trunk>/password` instead (tests).
+    Mounted {
+        secrets: Vec<TrunkSecret>,
+        dir: Option<PathBuf>,
+    },
+    /// Values held in memory, by trunk name: standalone mode, from the Secret manifests of the
+    /// config file. Nothing is written to disk, so the password exists only in the user's file
+    /// and the node's memory.
+    Inline(BTreeMap<String, TrunkCredentials>),
+}
+
+impl Default for TrunkCredentialSource {
+    fn default() -> Self {
+        Self::Mounted {
+            secrets: Vec::new(),
+            dir: None,
+        }
+    }
 }
 
 /// Per-trunk metrics.
@@ -122,6 +147,14 @@ impl IpNet {
 pub struct Trunk {
     pub spec: TrunkSpec,
     allowed: Vec<IpNet>,
+    /// Shared with the trunk of the same name in a later config, so calls that hold a channel
+    /// across a config change release it where the new config counts.
+    channels: Arc<Channels>,
+}
+
+/// A trunk's channel counters.
+#[derive(Debug, Default)]
+struct Channels {
     busy: AtomicU32,
     blocked: AtomicU64,
     limit: AtomicU32,
@@ -132,13 +165,13 @@ impl Trunk {
         &self.spec.name
     }
     pub fn busy(&self) -> u32 {
-        self.busy.load(Ordering::SeqCst)
+        self.channels.busy.load(Ordering::SeqCst)
     }
     pub fn blocked(&self) -> u64 {
-        self.blocked.load(Ordering::Relaxed)
+        self.channels.blocked.load(Ordering::Relaxed)
     }
     pub fn limit(&self) -> u32 {
-        self.limit.load(Ordering::Relaxed)
+        self.channels.limit.load(Ordering::Relaxed)
     }
 
     /// The SIP transport towards the peer.
@@ -175,6 +208,7 @@ impl Drop for ChannelGuard {
     fn drop(&mut self) {
         let now = self
             .trunk
+            .channels
             .busy
             .fetch_sub(1, Ordering::SeqCst)
             .saturating_sub(1);
@@ -196,16 +230,31 @@ impl std::fmt::Debug for TrunkMetrics {
 #[derive(Debug)]
 pub struct Trunks {
     trunks: Vec<Arc<Trunk>>,
-    secrets: Vec<TrunkSecret>,
-    secrets_dir: Option<PathBuf>,
+    credentials: TrunkCredentialSource,
     metrics: Option<TrunkMetrics>,
 }
 
-/// Trunk credentials as read from the Secret files.
+/// A trunk's digest user name and password (the password never appears in `Debug`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct TrunkCredentials {
     pub username: String,
     pub password: String,
+}
+
+impl TrunkCredentials {
+    /// From the Secret's two values as stored. A trailing line break is dropped, as it is from
+    /// the mounted files, so the same Secret gives the same credentials standalone and in a pod
+    /// (`kubectl create secret --from-file` and YAML block scalars keep one).
+    pub fn from_secret_values(username: &str, password: &str) -> TrunkCredentials {
+        TrunkCredentials {
+            username: without_line_break(username).to_string(),
+            password: without_line_break(password).to_string(),
+        }
+    }
+}
+
+fn without_line_break(value: &str) -> &str {
+    value.trim_end_matches(['\r', '\n'])
 }
 
 impl std::fmt::Debug for TrunkCredentials {
@@ -225,6 +274,35 @@ pub struct OutboundRoute {
 
 impl Trunks {
     pub fn new(settings: &TrunkSettings, metrics: Option<TrunkMetrics>) -> Trunks {
+        Self::build(settings, metrics, &[])
+    }
+
+    /// The trunks of a new config. A trunk that keeps its name keeps its channel counters
+    /// (busy channels of live calls, calls blocked so far); its limit becomes the new one.
+    /// Busy channels above a lowered limit stay until their calls end; new calls wait for
+    /// the count to drop below it.
+    /// Credentials keep their source; mounted ones take the new config's mount list (a new
+    /// trunk's Secret arrives with a new pod template, so with a restart).
+    pub fn reconfigured(&self, trunks: &[TrunkSpec], secrets: &[TrunkSecret]) -> Trunks {
+        let credentials = match &self.credentials {
+            TrunkCredentialSource::Mounted { dir, .. } => TrunkCredentialSource::Mounted {
+                secrets: secrets.to_vec(),
+                dir: dir.clone(),
+            },
+            inline @ TrunkCredentialSource::Inline(_) => inline.clone(),
+        };
+        let settings = TrunkSettings {
+            trunks: trunks.to_vec(),
+            credentials,
+        };
+        Self::build(&settings, self.metrics.clone(), &self.trunks)
+    }
+
+    fn build(
+        settings: &TrunkSettings,
+        metrics: Option<TrunkMetrics>,
+        previous: &[Arc<Trunk>],
+    ) -> Trunks {
         let trunks = settings
             .trunks
             .iter()
@@ -257,26 +335,31 @@ impl Trunks {
                             Vec::new()
                         });
                 }
+                let channels = previous
+                    .iter()
+                    .find(|t| t.spec.name == spec.name)
+                    .map(|t| Arc::clone(&t.channels))
+                    .unwrap_or_default();
+                channels.limit.store(spec.channels.limit, Ordering::Relaxed);
                 if let Some(m) = &metrics {
                     m.limit
                         .with_label_values(&[&spec.name])
                         .set(i64::from(spec.channels.limit));
-                    m.busy.with_label_values(&[&spec.name]).set(0);
+                    m.busy
+                        .with_label_values(&[&spec.name])
+                        .set(i64::from(channels.busy.load(Ordering::SeqCst)));
                     m.blocked.with_label_values(&[&spec.name]);
                 }
                 Arc::new(Trunk {
                     spec: spec.clone(),
                     allowed,
-                    busy: AtomicU32::new(0),
-                    blocked: AtomicU64::new(0),
-                    limit: AtomicU32::new(spec.channels.limit),
+                    channels,
                 })
             })
             .collect();
         Trunks {
             trunks,
-            secrets: settings.secrets.clone(),
-            secrets_dir: settings.secrets_dir.clone(),
+            credentials: settings.credentials.clone(),
             metrics,
         }
     }
@@ -327,6 +410,7 @@ impl Trunks {
     pub fn acquire(&self, trunk: &Arc<Trunk>) -> Option<ChannelGuard> {
         let limit = trunk.limit();
         let taken = trunk
+            .channels
             .busy
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
                 (b < limit).then_some(b + 1)
@@ -344,7 +428,7 @@ impl Trunks {
                 })
             }
             Err(_) => {
-                trunk.blocked.fetch_add(1, Ordering::Relaxed);
+                trunk.channels.blocked.fetch_add(1, Ordering::Relaxed);
                 if let Some(m) = &self.metrics {
                     m.blocked.with_label_values(&[trunk.name()]).inc();
                 }
@@ -353,34 +437,44 @@ impl Trunks {
         }
     }
 
-    /// The trunk's credentials, read from its Secret files now. `None` (logged) when the trunk
-    /// has no credentials or the files cannot be read.
+    /// The trunk's credentials: held in memory, or read from its Secret files now. `None`
+    /// (logged) when the trunk has no credentials or the files cannot be read.
     pub fn credentials(&self, trunk: &str) -> Option<TrunkCredentials> {
-        let dir = match (
-            &self.secrets_dir,
-            self.secrets.iter().find(|s| s.trunk == trunk),
-        ) {
-            (Some(base), _) => base.join(trunk),
-            (None, Some(secret)) => PathBuf::from(&secret.mount_path),
-            (None, None) => {
-                warn!(trunk, "trunk challenged but has no credentials configured");
-                return None;
+        let dir = match &self.credentials {
+            TrunkCredentialSource::Inline(values) => {
+                let found = values.get(trunk).cloned();
+                if found.is_none() {
+                    warn!(trunk, "trunk challenged but has no credentials configured");
+                }
+                return found;
+            }
+            TrunkCredentialSource::Mounted {
+                dir: Some(base), ..
+            } => base.join(trunk),
+            TrunkCredentialSource::Mounted { secrets, dir: None } => {
+                match secrets.iter().find(|s| s.trunk == trunk) {
+                    Some(secret) => PathBuf::from(&secret.mount_path),
+                    None => {
+                        warn!(trunk, "trunk challenged but has no credentials configured");
+                        return None;
+                    }
+                }
             }
         };
         let read = |file: &str| -> Option<String> {
             let path: PathBuf = Path::new(&dir).join(file);
             match std::fs::read_to_string(&path) {
-                Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_string()),
+                Ok(text) => Some(text),
                 Err(error) => {
                     warn!(trunk, path = %path.display(), %error, "cannot read trunk credentials");
                     None
                 }
             }
         };
-        Some(TrunkCredentials {
-            username: read(TRUNK_USERNAME_FILE)?,
-            password: read(TRUNK_PASSWORD_FILE)?,
-        })
+        Some(TrunkCredentials::from_secret_values(
+            &read(TRUNK_USERNAME_FILE)?,
+            &read(TRUNK_PASSWORD_FILE)?,
+        ))
     }
 }
 
@@ -484,6 +578,33 @@ mod tests {
     }
 
     #[test]
+    fn a_new_config_keeps_the_channels_of_live_calls_and_takes_the_new_limit() {
+        let t = trunks();
+        let pstn = Arc::clone(t.get("pstn").unwrap());
+        let held = t.acquire(&pstn).expect("a live call");
+        assert!(t.acquire(&pstn).is_some_and(|g| {
+            drop(g);
+            true
+        }));
+        let mut specs: Vec<TrunkSpec> = t.all().iter().map(|t| t.spec.clone()).collect();
+        specs[0].channels.limit = 1;
+        specs.remove(1);
+        let next = t.reconfigured(&specs, &[]);
+        assert!(next.get("backup").is_none(), "a removed trunk is gone");
+        let new_pstn = Arc::clone(next.get("pstn").unwrap());
+        assert_eq!((new_pstn.limit(), new_pstn.busy()), (1, 1));
+        assert!(
+            next.acquire(&new_pstn).is_none(),
+            "the live call fills limit 1"
+        );
+        assert_eq!(new_pstn.blocked(), 1);
+        // The call that began under the old config ends: its channel is free in the new one.
+        drop(held);
+        assert_eq!(new_pstn.busy(), 0);
+        assert!(next.acquire(&new_pstn).is_some());
+    }
+
+    #[test]
     fn credentials_come_from_the_secret_files() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("pstn")).unwrap();
@@ -491,7 +612,10 @@ mod tests {
         std::fs::write(dir.path().join("pstn/password"), "pw").unwrap();
         let t = Trunks::new(
             &TrunkSettings {
-                secrets_dir: Some(dir.path().to_path_buf()),
+                credentials: TrunkCredentialSource::Mounted {
+                    secrets: Vec::new(),
+                    dir: Some(dir.path().to_path_buf()),
+                },
                 ..TrunkSettings::default()
             },
             None,
@@ -500,5 +624,62 @@ mod tests {
         assert_eq!((c.username.as_str(), c.password.as_str()), ("acct", "pw"));
         assert!(t.credentials("other").is_none());
         assert!(!format!("{c:?}").contains("pw"), "no password in logs");
+    }
+
+    #[test]
+    fn credentials_come_from_the_mount_path_of_the_trunks_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("username"), "acct").unwrap();
+        std::fs::write(dir.path().join("password"), "pw\r\n").unwrap();
+        let secret = |trunk: &str, mount_path: &Path| TrunkSecret {
+            trunk: trunk.into(),
+            secret_name: "pstn-credentials".into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+            mount_path: mount_path.display().to_string(),
+        };
+        let t = Trunks::new(
+            &TrunkSettings {
+                credentials: TrunkCredentialSource::Mounted {
+                    secrets: vec![
+                        secret("pstn", dir.path()),
+                        secret("backup", &dir.path().join("not-mounted")),
+                    ],
+                    dir: None,
+                },
+                ..TrunkSettings::default()
+            },
+            None,
+        );
+        assert_eq!(
+            t.credentials("pstn"),
+            Some(TrunkCredentials::from_secret_values("acct", "pw"))
+        );
+        // A rotated password is read at the next challenge.
+        std::fs::write(dir.path().join("password"), "rotated").unwrap();
+        assert_eq!(t.credentials("pstn").unwrap().password, "rotated");
+        assert!(t.credentials("backup").is_none(), "files missing");
+        assert!(t.credentials("other").is_none(), "no Secret for this trunk");
+    }
+
+    #[test]
+    fn inline_credentials_are_served_from_memory() {
+        let t = Trunks::new(
+            &TrunkSettings {
+                credentials: TrunkCredentialSource::Inline(BTreeMap::from([(
+                    "pstn".to_string(),
+                    TrunkCredentials::from_secret_values("acct\n", "s3cret\n"),
+                )])),
+                ..TrunkSettings::default()
+            },
+            None,
+        );
+        let c = t.credentials("pstn").expect("inline");
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("acct", "s3cret")
+        );
+        assert!(t.credentials("backup").is_none());
+        assert!(!format!("{t:?}").contains("s3cret"), "no password in logs");
     }
 }

@@ -169,3 +169,111 @@ fn secret_data_is_base64_decoded() {
     assert_eq!(base64_decode("!!!!"), None);
     assert_eq!(base64_decode("abc"), None);
 }
+
+/// The minimal example with trunk `pstn` whose `credentials` are `credentials` (flow YAML)
+/// and an extra Secret document `secret`.
+fn with_trunk(credentials: &str, secret: &str) -> String {
+    example("minimal.yaml").replace(
+        "  entryPoints:\n",
+        &format!(
+            "  trunks:\n  - name: pstn\n    peer: {{host: 192.0.2.7}}\n    credentials: {credentials}\n  entryPoints:\n"
+        ),
+    ) + "---\n"
+        + secret
+}
+
+#[test]
+fn standalone_trunk_credentials_come_from_the_files_secret() {
+    // stringData with the default keys; a block scalar's line break is dropped as it is from
+    // a mounted file.
+    let text = with_trunk(
+        "{secretName: pstn-credentials}",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: pstn-credentials}\n\
+         stringData:\n  username: acct\n  password: |\n    s3cret\n",
+    );
+    let config = parse(&text).expect("parses");
+    let node = config.node_config().expect("the trunk's Secret resolves");
+    let credentials = config
+        .trunk_credentials(&node.trunk_secrets)
+        .expect("values");
+    let pstn = credentials.get("pstn").expect("pstn");
+    assert_eq!(
+        (pstn.username.as_str(), pstn.password.as_str()),
+        ("acct", "s3cret")
+    );
+    // The node config itself carries only the reference, never the password.
+    assert!(!node.to_yaml().expect("yaml").contains("s3cret"));
+
+    // base64 `data` and keys named in the trunk spec.
+    let text = with_trunk(
+        "{secretName: carrier, usernameKey: user, passwordKey: pass}",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: carrier}\n\
+         data: {user: YWNjdA==, pass: czNjcmV0}\n",
+    );
+    let config = parse(&text).expect("parses");
+    let node = config.node_config().expect("resolves");
+    let credentials = config
+        .trunk_credentials(&node.trunk_secrets)
+        .expect("values");
+    assert_eq!(
+        credentials.get("pstn"),
+        Some(&crate::call::trunks::TrunkCredentials::from_secret_values(
+            "acct", "s3cret"
+        ))
+    );
+}
+
+#[test]
+fn a_trunk_without_its_secret_or_key_is_refused_naming_the_field() {
+    let msg = reference_error(&with_trunk(
+        "{secretName: pstn-credentials}",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: other}\nstringData: {a: b}\n",
+    ));
+    assert!(
+        msg.contains("CallCenter \"minimal\": spec.trunks[0].credentials.secretName")
+            && msg.contains("Secret \"pstn-credentials\" not found"),
+        "{msg}"
+    );
+
+    let msg = reference_error(&with_trunk(
+        "{secretName: pstn-credentials}",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: pstn-credentials}\n\
+         stringData: {username: acct}\n",
+    ));
+    assert!(
+        msg.contains("CallCenter \"minimal\": spec.trunks[0].credentials.passwordKey")
+            && msg.contains("no key \"password\""),
+        "{msg}"
+    );
+
+    let msg = reference_error(&with_trunk(
+        "{secretName: pstn-credentials, usernameKey: user}",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: pstn-credentials}\n\
+         stringData: {username: acct, password: pw}\n",
+    ));
+    assert!(
+        msg.contains("spec.trunks[0].credentials.usernameKey") && msg.contains("no key \"user\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn credentials_for_a_secret_no_longer_in_the_file_are_an_error() {
+    let config = parse(&example("minimal.yaml")).expect("parses");
+    let gone = TrunkSecret {
+        trunk: "pstn".into(),
+        secret_name: "pstn-credentials".into(),
+        username_key: "username".into(),
+        password_key: "password".into(),
+        mount_path: "/nowhere".into(),
+    };
+    let msg = config
+        .trunk_credentials(&[gone])
+        .expect_err("no such Secret")
+        .to_string();
+    assert!(
+        msg.contains("Secret \"pstn-credentials\" of trunk pstn has no key \"username\""),
+        "{msg}"
+    );
+    assert!(config.trunk_credentials(&[]).expect("no trunks").is_empty());
+}

@@ -224,8 +224,56 @@ impl Prompt {
         Ok(Self { samples })
     }
 
+    /// A prompt from linear samples (generated audio, tests).
+    pub fn from_samples(samples: Vec<i16>) -> Self {
+        Self { samples }
+    }
+
+    /// The prompt as an 8 kHz mono 16-bit PCM WAV file.
+    pub fn to_wav_bytes(&self) -> Vec<u8> {
+        const HEADER: usize = 44;
+        // A prompt longer than 4 GiB cannot be a WAV; sizes saturate rather than wrap.
+        let data_len = u32::try_from(self.samples.len() * 2).unwrap_or(u32::MAX - 36);
+        let mut out = Vec::with_capacity(HEADER + self.samples.len() * 2);
+        out.extend_from_slice(b"RIFF");
+        out.extend_from_slice(&(data_len + 36).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&16u32.to_le_bytes());
+        out.extend_from_slice(&FORMAT_PCM.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&SAMPLE_RATE.to_le_bytes());
+        out.extend_from_slice(&(SAMPLE_RATE * 2).to_le_bytes());
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&16u16.to_le_bytes());
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&data_len.to_le_bytes());
+        for sample in &self.samples {
+            out.extend_from_slice(&sample.to_le_bytes());
+        }
+        out
+    }
+
     pub fn samples(&self) -> &[i16] {
         &self.samples
+    }
+
+    /// Number of 20 ms frames (the last one possibly partial).
+    pub fn frame_count(&self) -> usize {
+        self.samples.len().div_ceil(FRAME_SAMPLES)
+    }
+
+    /// Frame `index` of [`Self::frames`], without walking the ones before it (playback
+    /// keeps a frame cursor).
+    pub fn frame(&self, index: usize) -> Option<[i16; FRAME_SAMPLES]> {
+        let start = index.checked_mul(FRAME_SAMPLES)?;
+        let chunk = self.samples.get(start..)?;
+        if chunk.is_empty() {
+            return None;
+        }
+        let chunk = &chunk[..chunk.len().min(FRAME_SAMPLES)];
+        let mut frame = [0i16; FRAME_SAMPLES];
+        frame[..chunk.len()].copy_from_slice(chunk);
+        Some(frame)
     }
 
     /// Duration in milliseconds.
@@ -484,6 +532,14 @@ pub(crate) mod tests {
             let prompt = Prompt::from_wav_bytes(&bytes).unwrap();
             prop_assert_eq!(prompt.samples(), &samples[..]);
             prop_assert_eq!(prompt.frames().len(), samples.len().div_ceil(FRAME_SAMPLES));
+            prop_assert_eq!(prompt.frame_count(), prompt.frames().len());
+            for (i, frame) in prompt.frames().enumerate() {
+                prop_assert_eq!(prompt.frame(i), Some(frame));
+            }
+            prop_assert_eq!(prompt.frame(prompt.frame_count()), None);
+            // Written back out, the prompt reads the same.
+            let copy = Prompt::from_wav_bytes(&prompt.to_wav_bytes()).unwrap();
+            prop_assert_eq!(copy, prompt);
         }
     }
 }

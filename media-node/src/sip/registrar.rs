@@ -189,6 +189,33 @@ impl Registrar {
         self.bindings.values().map(Vec::len).sum()
     }
 
+    /// Takes a new config's seat accounts. A seat that stays (same extension) keeps its
+    /// registrations, also when its password changed (the phone authenticates with the new
+    /// one at its next refresh), down to its new contact limit (most recently refreshed
+    /// first); a seat that is gone loses them. Returns the extensions that lost every contact.
+    pub fn replace_seats(&mut self, seats: impl IntoIterator<Item = SeatAccount>) -> Vec<String> {
+        self.seats = seats
+            .into_iter()
+            .map(|s| (s.extension.clone(), s))
+            .collect();
+        let mut gone = Vec::new();
+        let seats = &self.seats;
+        self.bindings
+            .retain(|extension, list| match seats.get(extension) {
+                Some(seat) => {
+                    list.sort_by_key(|b| std::cmp::Reverse(b.refreshed_at));
+                    list.truncate(seat.max_contacts.max(1));
+                    true
+                }
+                None => {
+                    gone.push(extension.clone());
+                    false
+                }
+            });
+        gone.sort();
+        gone
+    }
+
     /// Applies a REGISTER that already passed authentication. All-or-nothing: a request that
     /// fails leaves every binding as it was.
     pub fn register(&mut self, request: &RegisterRequest, now: Instant) -> RegisterOutcome {
@@ -515,6 +542,48 @@ mod tests {
             }
             other => panic!("expected bindings, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_new_seat_list_keeps_staying_seats_registrations_and_drops_the_rest() {
+        let mut r = registrar(RegistrarPolicy::default());
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        register(&mut r, "1001", &[("sip:a@192.0.2.1", None)], None, 1, now);
+        register(&mut r, "1001", &[("sip:b@192.0.2.2", None)], None, 2, later);
+        register(&mut r, "1002", &[("sip:c@192.0.2.3", None)], None, 3, now);
+        // 1001 stays with one contact allowed and a new password; 1002 is gone; 1003 is new.
+        let mut changed = seat("1001", 1);
+        changed.ha1 = "11".repeat(16);
+        let gone = r.replace_seats([changed.clone(), seat("1003", 1)]);
+        assert_eq!(gone, ["1002"]);
+        let kept: Vec<String> = r
+            .bindings("1001", later)
+            .into_iter()
+            .map(|b| b.uri)
+            .collect();
+        assert_eq!(
+            kept,
+            ["sip:b@192.0.2.2"],
+            "the most recently refreshed contact"
+        );
+        assert_eq!(r.seat("1001"), Some(&changed));
+        assert!(r.bindings("1002", later).is_empty());
+        assert_eq!(
+            register(&mut r, "1002", &[("sip:c@192.0.2.3", None)], None, 4, later),
+            RegisterOutcome::UnknownSeat
+        );
+        assert_eq!(
+            uris(&register(
+                &mut r,
+                "1003",
+                &[("sip:d@192.0.2.4", None)],
+                None,
+                5,
+                later
+            )),
+            ["sip:d@192.0.2.4"]
+        );
     }
 
     #[test]

@@ -132,11 +132,11 @@ impl SipMetrics {
             )?,
             auth_failures: IntCounter::new(
                 "switchboard_sip_auth_failures_total",
-                "REGISTER digest responses that did not match the seat's credentials.",
+                "REGISTER and INVITE digest responses that did not match the seat's credentials.",
             )?,
             auth_rate_limited: IntCounter::new(
                 "switchboard_sip_auth_rate_limited_total",
-                "REGISTERs refused without digest work because their source failed too often.",
+                "REGISTERs and INVITEs refused without digest work because their source failed too often.",
             )?,
             registered_seats: IntGauge::new(
                 "switchboard_registered_seats",
@@ -303,6 +303,34 @@ impl SipServer {
 
     pub fn metrics(&self) -> &SipMetrics {
         &self.metrics
+    }
+
+    /// The realm seats authenticate in (fixed for the life of the process).
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// Takes a new config's seat accounts without a restart (see
+    /// [`super::registrar::Registrar::replace_seats`]); returns the extensions that lost their
+    /// registrations because their seat is gone.
+    pub fn replace_seats(&self, seats: Vec<SeatAccount>) -> Vec<String> {
+        let mut registrar = self.registrar.lock();
+        let gone = registrar.replace_seats(seats);
+        self.count_registrations(&registrar);
+        drop(registrar);
+        if !gone.is_empty() {
+            tracing::info!(extensions = ?gone, "registrations dropped: their seats left the config");
+        }
+        gone
+    }
+
+    fn count_registrations(&self, registrar: &Registrar) {
+        self.metrics
+            .registered_seats
+            .set(i64::try_from(registrar.registered_seats()).unwrap_or(i64::MAX));
+        self.metrics
+            .registered_contacts
+            .set(i64::try_from(registrar.binding_count()).unwrap_or(i64::MAX));
     }
 
     /// The live contacts of a seat (what a call to the extension will ring).
@@ -635,12 +663,7 @@ impl SipServer {
         let mut registrar = self.registrar.lock();
         let before = registrar.bindings(&extension, now).len();
         let outcome = registrar.register(&register, now);
-        self.metrics
-            .registered_seats
-            .set(i64::try_from(registrar.registered_seats()).unwrap_or(i64::MAX));
-        self.metrics
-            .registered_contacts
-            .set(i64::try_from(registrar.binding_count()).unwrap_or(i64::MAX));
+        self.count_registrations(&registrar);
         drop(registrar);
         match outcome {
             RegisterOutcome::Bindings(bindings) => {
@@ -720,7 +743,8 @@ impl SipServer {
             // In-dialog INVITE for a call we do not know (ended, or never ours).
             return reply(481, reason_phrase(481));
         }
-        let from_trunk = calls.trunks().by_source(source.ip()).cloned();
+        let routing = calls.routing();
+        let from_trunk = routing.trunks.by_source(source.ip()).cloned();
         let caller = match &from_trunk {
             Some(_) => request
                 .header("From")
@@ -744,7 +768,7 @@ impl SipServer {
             Some(trunk) => Caller::Trunk(trunk.name()),
             None => Caller::Seat(&caller),
         };
-        let decision = routing::route(who, &dialed, &calls.dial_plan(), &directory);
+        let decision = routing::route(who, &dialed, &routing.dial_plan(), &directory);
         let call_id = request.header("Call-ID").unwrap_or_default();
         let refuse = |status: u16, reason: &str, direction, trunk: Option<&str>, outcome| {
             calls.record_refused(Refused {
@@ -794,7 +818,7 @@ impl SipServer {
                 from_trunk,
             ),
             Destination::Trunk { trunk, number } => {
-                let Some(trunk) = calls.trunks().get(&trunk).cloned() else {
+                let Some(trunk) = routing.trunks.get(&trunk).cloned() else {
                     return refuse(
                         404,
                         reason_phrase(404),
@@ -829,7 +853,7 @@ impl SipServer {
             }
         };
         let channel = match &trunk {
-            Some(trunk) => match calls.trunks().acquire(trunk) {
+            Some(trunk) => match routing.trunks.acquire(trunk) {
                 Some(channel) => Some(channel),
                 None => {
                     warn!(%source, caller, dialed, trunk = trunk.name(), limit = trunk.limit(), "trunk channels all busy; call blocked");

@@ -44,8 +44,11 @@ pub const CALL_CENTER_LABEL: &str = "switchboard.dev/callcenter";
 pub const ROLE_LABEL: &str = "switchboard.dev/role";
 /// Value of [`ROLE_LABEL`] on the active node's pod.
 pub const ROLE_ACTIVE: &str = "active";
-/// Pod-template annotation with the node config's content hash.
+/// ConfigMap annotation with the node config's content hash.
 pub const CONFIG_HASH_ANNOTATION: &str = "switchboard.dev/node-config-hash";
+/// Pod-template annotation with the hash of the settings a node reads only at start
+/// (`NodeConfig::startup_hash`): changing them restarts the nodes, nothing else does.
+pub const STARTUP_HASH_ANNOTATION: &str = "switchboard.dev/node-startup-hash";
 /// ConfigMap annotation with the config generation it holds.
 pub const CONFIG_GENERATION_ANNOTATION: &str = "switchboard.dev/node-config-generation";
 /// Port of `/metrics`, `/healthz` and `/readyz` on every media node.
@@ -244,7 +247,7 @@ pub fn build_children(
         headless_service: services::headless_service(&center),
         sip_service: services::sip_service(&center),
         metrics_service: services::metrics_service(&center),
-        stateful_set: stateful_set::stateful_set(&center, config, &rendered.hash, options),
+        stateful_set: stateful_set::stateful_set(&center, config, &config.startup_hash()?, options),
         pod_disruption_budget: pdb::pod_disruption_budget(&center, options.server_minor_version),
     })
 }

@@ -11,10 +11,11 @@
 //! - `terminationGracePeriodSeconds` = `drainTimeoutSeconds` + [`TERMINATION_MARGIN_SECONDS`]:
 //!   a terminating node stops taking new INVITEs, lets established calls finish for the drain
 //!   timeout, then needs a moment to flush recordings and CDRs before the kubelet kills it.
-//! - The pod template carries the node config's content hash ([`CONFIG_HASH_ANNOTATION`]), so a
-//!   config change rolls the nodes onto it (one at a time, calls drained). Once the operator
-//!   pushes config live over the gRPC control API, nodes apply changes in place and this
-//!   annotation will be removed, leaving restarts to image and pod-setting changes.
+//! - The pod template carries the hash of the settings a node reads only at start
+//!   ([`STARTUP_HASH_ANNOTATION`]: SIP listeners and realm, RTP range, codecs, recording, high
+//!   availability, trunk Secret mounts), so changing one of them rolls the nodes (one at a
+//!   time, calls drained). Every other change (seats, queues, trunk limits, entry points,
+//!   menus) reaches running nodes over the control API without a restart.
 //! - Preferred anti-affinity by host name between the two nodes of a center: a host failure
 //!   should not take both, but a small cluster may still run them on one host. (With
 //!   `hostNetwork`, the declared host ports already keep them apart.)
@@ -43,8 +44,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::services::{METRICS_PORT_NAME, SIP_TCP_PORT_NAME, SIP_UDP_PORT_NAME};
 use super::{
-    BuildOptions, CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, Center, METRICS_PORT,
-    RECORDINGS_DIR,
+    BuildOptions, CONFIG_DIR, CONFIG_FILE, Center, METRICS_PORT, RECORDINGS_DIR,
+    STARTUP_HASH_ANNOTATION,
 };
 use switchboard_proto::node_config::{NodeConfig, TRUNK_PASSWORD_FILE, TRUNK_USERNAME_FILE};
 
@@ -290,11 +291,11 @@ fn recordings_claim(center: &Center<'_>) -> PersistentVolumeClaim {
     }
 }
 
-/// The StatefulSet running `config`, whose content hash is `config_hash`.
+/// The StatefulSet running `config`, whose startup settings hash to `startup_hash`.
 pub fn stateful_set(
     center: &Center<'_>,
     config: &NodeConfig,
-    config_hash: &str,
+    startup_hash: &str,
     options: &BuildOptions,
 ) -> StatefulSet {
     let nodes = &center.spec.nodes;
@@ -323,7 +324,10 @@ pub fn stateful_set(
 
     // User annotations first, so the operator's own keys win.
     let mut annotations = nodes.pod_annotations.clone();
-    annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string());
+    annotations.insert(
+        STARTUP_HASH_ANNOTATION.to_string(),
+        startup_hash.to_string(),
+    );
 
     let replicas = center.replicas();
     let grace =
@@ -399,7 +403,7 @@ mod tests {
 
     fn build(cc: &CallCenter) -> StatefulSet {
         let config = config(cc);
-        let hash = config.content_hash().expect("hash");
+        let hash = config.startup_hash().expect("hash");
         stateful_set(
             &Center::new(cc).expect("center"),
             &config,
@@ -750,44 +754,49 @@ mod tests {
     }
 
     #[test]
-    fn pod_annotations_are_kept_but_the_config_hash_is_the_operators() {
+    fn pod_annotations_are_kept_but_the_startup_hash_is_the_operators() {
         let mut cc = center("campus", HaMode::None);
         cc.spec.nodes.pod_annotations = BTreeMap::from([
             ("k8s.v1.cni.cncf.io/networks".into(), "voice-vlan".into()),
-            (CONFIG_HASH_ANNOTATION.into(), "forged".into()),
+            (STARTUP_HASH_ANNOTATION.into(), "forged".into()),
         ]);
-        let config = config(&cc);
-        let hash = config.content_hash().expect("hash");
+        let hash = config(&cc).startup_hash().expect("hash");
         let a = template_annotations(&build(&cc));
         assert_eq!(a["k8s.v1.cni.cncf.io/networks"], "voice-vlan");
-        assert_eq!(a[CONFIG_HASH_ANNOTATION], hash);
+        assert_eq!(a[STARTUP_HASH_ANNOTATION], hash);
     }
 
     #[test]
-    fn the_config_hash_annotation_changes_with_the_config_and_only_then() {
+    fn only_a_startup_setting_changes_the_pod_template() {
         let cc = center("campus", HaMode::HotStandby);
-        let first = template_annotations(&build(&cc))[CONFIG_HASH_ANNOTATION].clone();
+        let first = template_annotations(&build(&cc))[STARTUP_HASH_ANNOTATION].clone();
         assert_eq!(
-            template_annotations(&build(&cc))[CONFIG_HASH_ANNOTATION],
+            template_annotations(&build(&cc))[STARTUP_HASH_ANNOTATION],
             first,
             "same inputs, same hash"
         );
-        // A pod setting is not node config.
+        // A pod setting is not node config (it changes the template by itself).
         let mut image_only = cc.clone();
         image_only.spec.nodes.image = Some("other:1".into());
         assert_eq!(
-            template_annotations(&build(&image_only))[CONFIG_HASH_ANNOTATION],
+            template_annotations(&build(&image_only))[STARTUP_HASH_ANNOTATION],
             first
         );
-        // A new generation of identical content does not roll the pods.
-        let mut regenerated = config(&cc);
-        regenerated.generation += 1;
-        assert_eq!(regenerated.content_hash().expect("hash"), first);
-        // A change nodes serve does.
+        // Routing and trunk limits are pushed to running nodes: no restart.
+        let mut live = cc.clone();
+        live.spec.entry_points.clear();
+        for trunk in &mut live.spec.trunks {
+            trunk.channels.limit = trunk.channels.limit.saturating_sub(1).max(1);
+        }
+        assert_eq!(
+            template_annotations(&build(&live))[STARTUP_HASH_ANNOTATION],
+            first
+        );
+        // The recording settings are read at start: the nodes roll.
         let mut changed = cc.clone();
         changed.spec.recording.retention_days = 30;
         assert_ne!(
-            template_annotations(&build(&changed))[CONFIG_HASH_ANNOTATION],
+            template_annotations(&build(&changed))[STARTUP_HASH_ANNOTATION],
             first
         );
     }
