@@ -39,6 +39,9 @@ use crate::node_state::{CenterView, NodeStates};
 use crate::nodes::{self, NodeEndpoint, PushResult};
 use switchboard_proto::node_config::{NodeConfigError, ObjectKind, Problem, build_node_config};
 
+/// How long the controller waits for more events about a center before reconciling it.
+pub const RECONCILE_DEBOUNCE: Duration = Duration::from_millis(200);
+
 /// The field manager of everything the operator applies.
 pub const FIELD_MANAGER: &str = "switchboard-operator";
 
@@ -140,7 +143,9 @@ pub async fn run(ctx: Arc<Context>) {
     let to_center = |namespace: Option<String>, center: &str| {
         namespace.map(|ns| ObjectRef::<CallCenter>::new(center).within(&ns))
     };
-    // Node reports wake their center; the debounce folds a burst of them into one reconcile.
+    // Node reports wake their center; the debounce folds a burst of events (node reports, a
+    // thousand Seats applied at once) into one reconcile, short enough that a single change
+    // still reaches the nodes well within a second.
     let woken = ctx
         .woken
         .lock()
@@ -152,7 +157,7 @@ pub async fn run(ctx: Arc<Context>) {
         Some((center, Some(rx)))
     });
     Controller::new(centers, watcher::Config::default())
-        .with_config(runtime_controller::Config::default().debounce(Duration::from_secs(1)))
+        .with_config(runtime_controller::Config::default().debounce(RECONCILE_DEBOUNCE))
         .reconcile_on(woken)
         .owns(
             scoped::<StatefulSet>(&client, ns),

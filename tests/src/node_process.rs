@@ -11,6 +11,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use switchboard_operator::builders::selector_labels;
+use switchboard_operator::builders::stateful_set::{CONTAINER_NAME, CONTROL_PORT_NAME};
 
 use crate::repo_root;
 
@@ -151,4 +156,45 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A stand-in for a pod of CallCenter `center`'s StatefulSet on a control plane without a
+/// kubelet: the selector labels, the node container with its control port, and a status that
+/// says it runs on 127.0.0.1 (where a [`NodeProcess`] listens on `control_port`).
+pub async fn create_node_pod(
+    client: &Client,
+    namespace: &str,
+    center: &str,
+    pod_name: &str,
+    control_port: u16,
+) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod_name, "labels": selector_labels(center)},
+        // The center's own ServiceAccount (there is no controller-manager to make `default`),
+        // without a token (nor a token controller to make one).
+        "spec": {
+            "serviceAccountName": format!("{center}-media"),
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": CONTAINER_NAME,
+                "image": "switchboard-media-node:test",
+                "ports": [{"name": CONTROL_PORT_NAME, "containerPort": control_port, "protocol": "TCP"}],
+            }]
+        },
+    }))?;
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .with_context(|| format!("creating pod {pod_name}"))?;
+    let status = serde_json::json!({"status": {
+        "phase": "Running",
+        "podIP": "127.0.0.1",
+        "podIPs": [{"ip": "127.0.0.1"}],
+    }});
+    pods.patch_status(pod_name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .with_context(|| format!("writing the status of pod {pod_name}"))?;
+    Ok(())
 }

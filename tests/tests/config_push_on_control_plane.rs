@@ -15,13 +15,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use switchboard_crds::callcenter::{NodeConfigState, NodeStatus};
 use switchboard_crds::{CallCenter, Seat};
-use switchboard_operator::builders::stateful_set::{CONTAINER_NAME, CONTROL_PORT_NAME};
-use switchboard_operator::builders::{CONFIG_FILE, selector_labels};
-use switchboard_tests::node_process::NodeProcess;
+use switchboard_operator::builders::CONFIG_FILE;
+use switchboard_tests::node_process::{NodeProcess, create_node_pod};
 use switchboard_tests::{
     TestNamespace, apply_yaml, control_plane, install_crds, repo_root, start_controller, wait_for,
 };
@@ -60,37 +59,6 @@ fn register_1002(node: SocketAddr) -> Result<()> {
         .status()
         .context("running sipp (Debian package sip-tester; tests/run installs it)")?;
     anyhow::ensure!(status.success(), "sipp REGISTER of 1002 failed: {status}");
-    Ok(())
-}
-
-/// A stand-in for the StatefulSet's pod: the selector labels, the node container with its
-/// control port, and a status that says where it runs.
-async fn create_pod(client: &Client, ns: &str, control_port: u16) -> Result<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": POD, "labels": selector_labels("minimal")},
-        // The center's own ServiceAccount (there is no controller-manager to make `default`),
-        // without a token (nor a token controller to make one).
-        "spec": {
-            "serviceAccountName": "minimal-media",
-            "automountServiceAccountToken": false,
-            "containers": [{
-            "name": CONTAINER_NAME,
-            "image": "switchboard-media-node:test",
-            "ports": [{"name": CONTROL_PORT_NAME, "containerPort": control_port, "protocol": "TCP"}],
-        }]
-        },
-    }))?;
-    pods.create(&PostParams::default(), &pod).await?;
-    let status = serde_json::json!({"status": {
-        "phase": "Running",
-        "podIP": "127.0.0.1",
-        "podIPs": [{"ip": "127.0.0.1"}],
-    }});
-    pods.patch_status(POD, &PatchParams::default(), &Patch::Merge(&status))
-        .await?;
     Ok(())
 }
 
@@ -133,7 +101,7 @@ async fn every_generation_is_pushed_and_acknowledged_and_an_absent_node_is_shown
     })
     .await?;
     let mut node = NodeProcess::start(&yaml, POD)?;
-    create_pod(&client, &ns.name, node.control.port()).await?;
+    create_node_pod(&client, &ns.name, "minimal", POD, node.control.port()).await?;
 
     // A Queue change: a new generation, pushed, acknowledged, and running on the node.
     bump_queue(&client, &ns.name, 20).await?;
@@ -220,7 +188,7 @@ async fn every_generation_is_pushed_and_acknowledged_and_an_absent_node_is_shown
         pods.get_opt(POD).await.ok()?.is_none().then_some(())
     })
     .await?;
-    create_pod(&client, &ns.name, port).await?;
+    create_node_pod(&client, &ns.name, "minimal", POD, port).await?;
     // A pod change alone does not trigger the controller; the backoff retry does.
     let (_, line) = wait_for(WAIT, "the retried push acknowledged", || async {
         let (generation, line) = node_line(&centers).await?;
