@@ -135,8 +135,17 @@ impl Context {
     }
 }
 
-/// Runs the CallCenter controller until the stream ends (shutdown).
+/// Runs the CallCenter, Queue and Seat controllers until shutdown.
 pub async fn run(ctx: Arc<Context>) {
+    tokio::join!(
+        run_call_centers(Arc::clone(&ctx)),
+        crate::members::run::<Queue>(Arc::clone(&ctx)),
+        crate::members::run::<Seat>(ctx),
+    );
+}
+
+/// Runs the CallCenter controller until the stream ends (shutdown).
+async fn run_call_centers(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let ns = &ctx.watch_namespace;
     let centers: Api<CallCenter> = scoped(&client, ns);
@@ -187,7 +196,7 @@ pub async fn run(ctx: Arc<Context>) {
 }
 
 /// An Api over one namespace, or over all of them.
-fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+pub(crate) fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
 {
@@ -647,7 +656,7 @@ async fn mark_members(
 
 /// Merge-patches a Queue's or Seat's status; with a condition that just changed to False,
 /// also an Event saying why the object was left out.
-async fn patch_member_status<K>(
+pub(crate) async fn patch_member_status<K>(
     api: &Api<K>,
     recorder: &Recorder,
     object: &K,

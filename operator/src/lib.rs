@@ -5,6 +5,7 @@
 pub mod builders;
 pub mod controller;
 pub mod leader;
+pub mod members;
 pub mod metrics;
 pub mod node_state;
 pub mod nodes;

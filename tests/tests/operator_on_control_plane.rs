@@ -221,3 +221,84 @@ spec:
     ns.delete().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn members_of_a_missing_call_center_are_reported_and_follow_it() -> Result<()> {
+    let client = control_plane().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "members").await?;
+    let controller = start_controller(&client, &ns.name).await?;
+    // A Seat and a Queue that name a center with a typo.
+    let orphans = r#"
+apiVersion: switchboard.dev/v1alpha1
+kind: Queue
+metadata: {name: orphan-queue}
+spec: {callCenter: minimall, strategy: RingAll}
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: Seat
+metadata: {name: orphan-seat}
+spec:
+  callCenter: minimall
+  extension: "1009"
+  displayName: Orphan
+  credentials: {name: minimal-seat-passwords, key: "1001"}
+"#;
+    for a in apply_yaml(&client, orphans, &ns.name).await? {
+        a.result?;
+    }
+    let seats: Api<switchboard_crds::Seat> = Api::namespaced(client.clone(), &ns.name);
+    let queues: Api<switchboard_crds::Queue> = Api::namespaced(client.clone(), &ns.name);
+    let seat_resolved = || async {
+        let status = seats.get("orphan-seat").await.ok()?.status?;
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Resolved")
+    };
+    let missing = wait_for(WAIT, "the orphan seat marked", || async {
+        seat_resolved()
+            .await
+            .filter(|c| c.reason == "CallCenterNotFound")
+    })
+    .await?;
+    assert_eq!(missing.status, "False");
+    assert!(
+        missing.message.contains("\"minimall\"") && missing.message.contains(&ns.name),
+        "{}",
+        missing.message
+    );
+    wait_for(WAIT, "the orphan queue marked", || async {
+        let status = queues.get("orphan-queue").await.ok()?.status?;
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Resolved" && c.reason == "CallCenterNotFound")
+    })
+    .await?;
+
+    // The center appears (the user fixes the typo by creating it): its reconcile resolves them.
+    let minimal = std::fs::read_to_string(repo_root().join("examples/minimal.yaml"))?
+        .replace("name: minimal\n", "name: minimall\n");
+    for a in apply_yaml(&client, &minimal, &ns.name).await? {
+        a.result?;
+    }
+    wait_for(WAIT, "the seat served by the new center", || async {
+        seat_resolved().await.filter(|c| c.status == "True")
+    })
+    .await?;
+
+    // The center is deleted: its members say so again.
+    let centers: Api<CallCenter> = Api::namespaced(client.clone(), &ns.name);
+    centers.delete("minimall", &Default::default()).await?;
+    wait_for(WAIT, "the seat marked again after the delete", || async {
+        seat_resolved()
+            .await
+            .filter(|c| c.reason == "CallCenterNotFound")
+    })
+    .await?;
+
+    controller.abort();
+    ns.delete().await?;
+    Ok(())
+}
