@@ -165,9 +165,26 @@ async fn run_call_centers(ctx: Arc<Context>) {
         let center = rx.recv().await?;
         Some((center, Some(rx)))
     });
-    Controller::new(centers, watcher::Config::default())
+    let controller = Controller::new(centers, watcher::Config::default());
+    let known_centers = controller.store();
+    controller
         .with_config(runtime_controller::Config::default().debounce(RECONCILE_DEBOUNCE))
         .reconcile_on(woken)
+        // A Secret holds seat passwords or trunk credentials of the centers in its namespace:
+        // a rotated password must reach the nodes (as a new HA1) without waiting for a resync.
+        .watches(
+            scoped::<Secret>(&client, ns),
+            watcher::Config::default(),
+            move |secret| {
+                let namespace = secret.namespace();
+                known_centers
+                    .state()
+                    .into_iter()
+                    .filter(|c| c.namespace() == namespace)
+                    .map(|c| ObjectRef::from_obj(&*c))
+                    .collect::<Vec<_>>()
+            },
+        )
         .owns(
             scoped::<StatefulSet>(&client, ns),
             watcher::Config::default(),

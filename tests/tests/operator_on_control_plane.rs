@@ -140,6 +140,25 @@ async fn reconcile_creates_children_and_follows_queue_changes() -> Result<()> {
             .contains("RingAll")
     );
 
+    // A rotated seat password is a new generation too (the Secret is watched), carrying the
+    // new HA1. First let the reconciles that the Queue change set off (ConfigMap, status) die
+    // down, so only the Secret's own event can bring the next generation.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &ns.name);
+    secrets
+        .patch(
+            "minimal-seat-passwords",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"stringData": {"1001": "rotated-1001"}})),
+        )
+        .await?;
+    let rotated = (generation + 2).to_string();
+    wait_for(WAIT, "the generation after the password change", || async {
+        (config_generation(&config_maps).await.as_deref() == Some(rotated.as_str())).then_some(())
+    })
+    .await?;
+
     // A duplicate extension is reported; the center keeps its config for the other seats.
     let duplicate = r#"
 apiVersion: switchboard.dev/v1alpha1
