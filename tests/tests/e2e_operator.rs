@@ -14,7 +14,9 @@
 //! The media node must become Ready (it runs from the operator's node-config.yaml and serves
 //! `/readyz` on 9090), and seat 1001 of the example must register with SIPp (digest
 //! authentication, `tests/sip/register.xml`) over UDP through the SIP Service's ClusterIP, from
-//! this machine into the cluster's in-machine service network.
+//! this machine into the cluster's in-machine service network. Then seat 1002 registers and
+//! answers from this machine's address on the pod bridge, and seat 1001 calls it through the
+//! ClusterIP with audio both ways; the CallCenter's status counts the registered seat.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -267,42 +269,137 @@ async fn apply_all(client: &Client, yaml: &str, namespace: &str) -> Result<()> {
 
 /// SIPp REGISTER of seat 1001 (digest auth, then un-register) against `target` over UDP.
 async fn sipp_register(target: IpAddr) -> Result<()> {
+    sipp(target, "register.xml", &[]).await?.finish().await
+}
+
+/// A SIPp process playing `scenario` against `target` over UDP.
+struct SippRun {
+    child: tokio::process::Child,
+    work: tempfile::TempDir,
+    what: String,
+}
+
+async fn sipp(target: IpAddr, scenario: &str, extra: &[&str]) -> Result<SippRun> {
     let work = tempfile::tempdir()?;
-    let scenario = repo_root().join("tests/sip/register.xml");
-    let mut child = tokio::process::Command::new("sipp")
+    let child = tokio::process::Command::new("sipp")
         .arg(format!("{target}:{SIP_PORT}"))
         .arg("-sf")
-        .arg(&scenario)
+        .arg(repo_root().join("tests/sip").join(scenario))
         .args(["-t", "u1", "-key", "domain", "localhost"])
-        .args(["-m", "1", "-timeout", "20s", "-timeout_error"])
+        .args(["-key", "pcap", "/usr/share/sip-tester/g711a.pcap"])
+        .args(["-m", "1", "-timeout", "30s", "-timeout_error"])
         .args(["-nostdin", "-trace_err"])
+        .args(extra)
         .current_dir(work.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .context("cannot start sipp (Debian package sip-tester)")?;
-    let status = match tokio::time::timeout(SIPP_LIMIT, child.wait()).await {
-        Ok(status) => status?,
-        Err(_) => {
-            child.kill().await.ok();
-            bail!("sipp did not finish within {SIPP_LIMIT:?}");
+    Ok(SippRun {
+        child,
+        work,
+        what: format!(
+            "sipp {scenario} {} against {target}:{SIP_PORT}/udp",
+            extra.join(" ")
+        ),
+    })
+}
+
+impl SippRun {
+    /// Waits (bounded) for SIPp; an error carries everything it logged.
+    async fn finish(mut self) -> Result<()> {
+        let status = match tokio::time::timeout(SIPP_LIMIT, self.child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => {
+                self.child.kill().await.ok();
+                bail!("{} did not finish within {SIPP_LIMIT:?}", self.what);
+            }
+        };
+        if status.success() {
+            return Ok(());
         }
-    };
-    if status.success() {
-        return Ok(());
-    }
-    let mut output = String::new();
-    if let Some(mut err) = child.stderr.take() {
-        use tokio::io::AsyncReadExt as _;
-        let _ = err.read_to_string(&mut output).await;
-    }
-    for entry in std::fs::read_dir(work.path())?.flatten() {
-        if let Ok(text) = std::fs::read_to_string(entry.path()) {
-            let _ = write!(output, "\n--- {}\n{text}", entry.path().display());
+        let mut output = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            use tokio::io::AsyncReadExt as _;
+            let _ = err.read_to_string(&mut output).await;
         }
+        for entry in std::fs::read_dir(self.work.path())?.flatten() {
+            if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                let _ = write!(output, "\n--- {}\n{text}", entry.path().display());
+            }
+        }
+        bail!("{} failed with {status}:\n{output}", self.what)
     }
-    bail!("sipp register.xml against {target}:{SIP_PORT}/udp failed with {status}:\n{output}")
+}
+
+/// The host's address on the cluster's pod bridge: where pods reach this machine directly,
+/// so the media node can send SIP and RTP to SIPp seats running here.
+fn bridge_address(state_dir: &Path) -> Result<IpAddr> {
+    let bridge = std::fs::read_to_string(state_dir.join("host/bridge"))
+        .context("the cluster's bridge name (host/bridge in its state directory)")?;
+    let bridge = bridge.trim();
+    let output = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", bridge])
+        .output()
+        .context("running ip addr")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|ip| ip.parse().ok())
+        .with_context(|| format!("no IPv4 address on bridge {bridge}: {text}"))
+}
+
+/// A free UDP port on `ip`.
+fn free_udp_port(ip: IpAddr) -> Result<u16> {
+    Ok(std::net::UdpSocket::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// Seat 1002 registers through the ClusterIP from this machine's bridge address and answers;
+/// seat 1001 calls it through the ClusterIP, plays audio for 3 s and hangs up. Both sides
+/// must complete their scenarios: the call went through the media node in its pod.
+async fn call_through_the_cluster(sip: IpAddr, host: IpAddr) -> Result<()> {
+    let ip = host.to_string();
+    let callee_port = free_udp_port(host)?.to_string();
+    let callee_media = free_udp_port(host)?.to_string();
+    let caller_media = free_udp_port(host)?.to_string();
+    sipp(
+        sip,
+        "call-register-1002.xml",
+        &["-i", &ip, "-p", &callee_port],
+    )
+    .await?
+    .finish()
+    .await
+    .context("seat 1002 registering")?;
+    let callee = sipp(
+        sip,
+        "call-uas-answer.xml",
+        &[
+            "-i",
+            &ip,
+            "-p",
+            &callee_port,
+            "-mi",
+            &ip,
+            "-mp",
+            &callee_media,
+            "-rtp_echo",
+        ],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let caller = sipp(
+        sip,
+        "call-uac-bye.xml",
+        &["-i", &ip, "-s", "1002", "-mi", &ip, "-mp", &caller_media],
+    )
+    .await?;
+    caller.finish().await.context("seat 1001 calling 1002")?;
+    callee.finish().await.context("seat 1002 answering")?;
+    Ok(())
 }
 
 /// The children of the CallCenter this test checks, as (kind, name).
@@ -412,6 +509,7 @@ async fn run(
     cc_ns: &str,
     cleanup: &mut Cleanup,
     volume_dir: &Path,
+    state_dir: &Path,
 ) -> Result<()> {
     let names = ChildNames::new(CENTER);
 
@@ -601,6 +699,19 @@ async fn run(
     eprintln!(
         "SIPp REGISTER of seat 1001 via {ip}:{SIP_PORT}/udp succeeded after {attempts} attempt(s)"
     );
+    let host = bridge_address(state_dir)?;
+    call_through_the_cluster(ip, host).await?;
+    eprintln!("a call from seat 1001 to seat 1002 through {ip}:{SIP_PORT}/udp (SIPp on {host})");
+    // The node's live state reaches the CallCenter: seat 1002 stays registered.
+    wait_for(
+        NODE_LIMIT,
+        "seat 1002 registered in the CallCenter's status",
+        || async {
+            let status = centers.get(CENTER).await.ok()?.status?;
+            (status.seats_registered >= 1).then_some(())
+        },
+    )
+    .await?;
 
     // Garbage collection of everything the CallCenter owned: first every child is there...
     let all = children(&names);
@@ -671,6 +782,7 @@ async fn chart_installs_the_operator_which_runs_a_call_center() -> Result<()> {
         &cc_ns.name,
         &mut cleanup,
         volume_dir.path(),
+        state_dir,
     )
     .await;
     let result = match result {
