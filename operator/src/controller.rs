@@ -579,7 +579,8 @@ async fn push_config(
 
 /// Sets `Resolved` on every Queue and Seat of the center — False with the problems that name
 /// it (and an Event on it), True otherwise — and each Seat's registration and agent state as
-/// its nodes report them, writing only objects whose status changed.
+/// its nodes report them, and each Queue's live figures when a node reports that queue,
+/// writing only objects whose status changed.
 async fn mark_members(
     client: &Client,
     recorder: &Recorder,
@@ -631,9 +632,30 @@ async fn mark_members(
             &queue.name_any(),
             queue.metadata.generation,
         );
-        if set_condition(&mut conds, cond.clone()) {
-            let patch = serde_json::json!({"status": {"conditions": conds}});
-            patch_member_status(&queues_api, recorder, queue, &patch, Some(&cond)).await?;
+        let condition_changed = set_condition(&mut conds, cond.clone());
+        let before = queue.status.clone().unwrap_or_default();
+        let mut after = before.clone();
+        after.conditions = conds;
+        // Live figures only from a node that runs this queue's ACD; none report them yet
+        // when the node has no ACD, and then the status keeps its defaults.
+        if let Some(stats) = live.queues.get(&queue.name_any()) {
+            after.calls_waiting = stats.calls_waiting;
+            after.longest_wait_seconds = stats.longest_wait_seconds;
+            after.agents.ready = stats.agents_ready;
+            after.service_level_percent = stats.service_level_percent;
+            after.abandon_rate_percent = stats.abandon_rate_percent;
+        }
+        if after != before {
+            let patch = serde_json::json!({"status": {
+                "conditions": after.conditions,
+                "callsWaiting": after.calls_waiting,
+                "longestWaitSeconds": after.longest_wait_seconds,
+                "agents": after.agents,
+                "serviceLevelPercent": after.service_level_percent,
+                "abandonRatePercent": after.abandon_rate_percent,
+            }});
+            let event = condition_changed.then_some(&cond);
+            patch_member_status(&queues_api, recorder, queue, &patch, event).await?;
         }
     }
     let seats_api: Api<Seat> = Api::namespaced(client.clone(), &namespace);

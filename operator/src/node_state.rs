@@ -37,6 +37,16 @@ pub struct SeatView {
     pub not_ready_reason: Option<String>,
 }
 
+/// What a node says about one queue.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueView {
+    pub calls_waiting: u32,
+    pub longest_wait_seconds: u32,
+    pub agents_ready: u32,
+    pub service_level_percent: Option<f64>,
+    pub abandon_rate_percent: Option<f64>,
+}
+
 /// What the nodes of one center say, merged.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CenterView {
@@ -44,6 +54,8 @@ pub struct CenterView {
     pub nodes_reporting: usize,
     /// By seat name.
     pub seats: BTreeMap<String, SeatView>,
+    /// By queue name; only queues some node reports (nodes without the ACD report none).
+    pub queues: BTreeMap<String, QueueView>,
 }
 
 impl CenterView {
@@ -77,17 +89,29 @@ fn agent_state(state: proto::AgentState) -> Option<AgentState> {
 }
 
 /// Merges the reports of a center's nodes. A seat is registered when any node holds its
-/// registration (the standby may hold replicated ones too); its agent state comes from the
-/// active node when one reports it, else from any node that tracks it.
+/// registration (the standby may hold replicated ones too); its agent state and each queue's
+/// statistics come from the active node when one reports them, else from the first node that
+/// does.
 pub fn merge<'a>(states: impl IntoIterator<Item = &'a NodeState>) -> CenterView {
     let mut states: Vec<&NodeState> = states.into_iter().collect();
     // Active first, so its agent states win.
     states.sort_by_key(|s| s.role() != proto::NodeRole::Active);
     let mut view = CenterView {
         nodes_reporting: states.len(),
-        seats: BTreeMap::new(),
+        ..CenterView::default()
     };
     for state in states {
+        for queue in &state.queues {
+            view.queues
+                .entry(queue.queue.clone())
+                .or_insert_with(|| QueueView {
+                    calls_waiting: queue.calls_waiting,
+                    longest_wait_seconds: queue.longest_wait_seconds,
+                    agents_ready: queue.agents_ready,
+                    service_level_percent: queue.service_level_percent,
+                    abandon_rate_percent: queue.abandon_rate_percent,
+                });
+        }
         for seat in &state.seats {
             let entry = view.seats.entry(seat.seat.clone()).or_default();
             entry.registered |= seat.registered;
@@ -333,8 +357,34 @@ mod tests {
                 seat("c", true, proto::AgentState::Busy, ""),
             ],
         );
+        let mut standby = standby;
+        standby.queues.push(proto::QueueState {
+            queue: "support".into(),
+            calls_waiting: 9,
+            ..proto::QueueState::default()
+        });
+        let mut active = active;
+        active.queues.push(proto::QueueState {
+            queue: "support".into(),
+            calls_waiting: 3,
+            longest_wait_seconds: 41,
+            agents_ready: 2,
+            service_level_percent: Some(87.5),
+            abandon_rate_percent: None,
+        });
         let view = merge([&standby, &active]);
         assert_eq!(view.nodes_reporting, 2);
+        assert_eq!(
+            view.queues["support"],
+            QueueView {
+                calls_waiting: 3,
+                longest_wait_seconds: 41,
+                agents_ready: 2,
+                service_level_percent: Some(87.5),
+                abandon_rate_percent: None,
+            },
+            "the active node's queue statistics"
+        );
         assert_eq!(
             view.seats["a"],
             SeatView {
