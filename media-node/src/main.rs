@@ -6,7 +6,7 @@
 //! `--metrics-listen`, 9090) and the gRPC control API (h2c, `--control-listen`, 9091).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -100,24 +100,13 @@ fn call_settings(
 /// Where the trunks' credentials come from: in a pod the Secrets mounted where each
 /// `TrunkSecret` says; standalone the file's own Secret manifests, held in memory (there is
 /// no mount, and the node writes no copy of a password to disk).
-fn trunk_credentials(
-    path: &Path,
-    source: ConfigSource,
-    config: &switchboard_proto::node_config::NodeConfig,
-) -> Result<TrunkCredentialSource, String> {
-    match source {
-        ConfigSource::Operator => Ok(TrunkCredentialSource::Mounted {
-            secrets: config.trunk_secrets.clone(),
+fn trunk_credentials(loaded: &LoadedConfig) -> TrunkCredentialSource {
+    match &loaded.trunk_credentials {
+        Some(values) => TrunkCredentialSource::Inline(values.clone()),
+        None => TrunkCredentialSource::Mounted {
+            secrets: loaded.config.trunk_secrets.clone(),
             dir: None,
-        }),
-        ConfigSource::Standalone => {
-            // The loaded node config holds only Secret references; the values are in the file.
-            let file =
-                media_node::config::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            file.trunk_credentials(&config.trunk_secrets)
-                .map(TrunkCredentialSource::Inline)
-                .map_err(|e| format!("{}: {e}", path.display()))
-        }
+        },
     }
 }
 
@@ -202,6 +191,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
+    let credentials = trunk_credentials(&loaded);
     let (source, config) = (loaded.source, loaded.config);
     let env = PodEnv::from_process();
     let node_name = env.node_name(node::host_name());
@@ -258,7 +248,6 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     let settings = node::sip_settings(&config);
     let realm = settings.realm.clone();
     let seats = settings.seats.len();
-    let credentials = trunk_credentials(&cli.config, source, &config)?;
     let calls = call_settings(cli, &config, &env, &node_name, credentials)?;
     if let Some(dir) = &calls.cdr_path.as_ref().and_then(|p| p.parent()) {
         std::fs::create_dir_all(dir)
@@ -365,12 +354,10 @@ mod tests {
 
     #[test]
     fn standalone_trunk_credentials_come_from_the_files_secret() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/campus.yaml");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/campus.yaml");
         let loaded = node::load(&path).expect("campus example loads");
         assert_eq!(loaded.source, ConfigSource::Standalone);
-        let TrunkCredentialSource::Inline(values) =
-            trunk_credentials(&path, loaded.source, &loaded.config).expect("credentials")
-        else {
+        let TrunkCredentialSource::Inline(values) = trunk_credentials(&loaded) else {
             panic!("standalone credentials are held in memory");
         };
         let pstn = values
@@ -381,8 +368,12 @@ mod tests {
             ("campus-cc", "hxKKUgrRSND5PN8Z")
         );
         // A pod reads the mounted Secret instead.
-        let TrunkCredentialSource::Mounted { secrets, dir: None } =
-            trunk_credentials(&path, ConfigSource::Operator, &loaded.config).expect("mounted")
+        let operator = LoadedConfig {
+            source: ConfigSource::Operator,
+            trunk_credentials: None,
+            ..loaded.clone()
+        };
+        let TrunkCredentialSource::Mounted { secrets, dir: None } = trunk_credentials(&operator)
         else {
             panic!("a pod reads the mounted Secret files");
         };

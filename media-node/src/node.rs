@@ -8,13 +8,14 @@
 //!   `format` field. The same bytes arrive later over gRPC (`ApplyConfig`), so they are read
 //!   and checked by the same [`parse_node_config`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Deserialize;
 use switchboard_crds::validate;
 use switchboard_proto::node_config::{NODE_CONFIG_FORMAT, NodeConfig};
 
+use crate::call::trunks::TrunkCredentials;
 use crate::config::{self, ConfigError};
 use crate::sip::digest::DEFAULT_NONCE_LIFETIME;
 use crate::sip::{RegistrarPolicy, SeatAccount, SipSettings};
@@ -33,6 +34,10 @@ pub enum ConfigSource {
 pub struct LoadedConfig {
     pub source: ConfigSource,
     pub config: NodeConfig,
+    /// Standalone: each trunk's credentials from the file's own Secret manifests (the node
+    /// config holds only references to them). `None` from the operator's file, whose trunk
+    /// Secrets are mounted into the pod.
+    pub trunk_credentials: Option<BTreeMap<String, TrunkCredentials>>,
 }
 
 /// Why a config file cannot be served.
@@ -89,14 +94,18 @@ pub fn parse(text: &str) -> Result<LoadedConfig, LoadError> {
         return Ok(LoadedConfig {
             source: ConfigSource::Operator,
             config: parse_node_config(text.as_bytes())?,
+            trunk_credentials: None,
         });
     }
-    let config = config::parse(text)?.node_config()?;
+    let file = config::parse(text)?;
+    let config = file.node_config()?;
     // The same checks as for the operator's file: the registrar relies on them.
     check(&config)?;
+    let trunk_credentials = file.trunk_credentials(&config.trunk_secrets)?;
     Ok(LoadedConfig {
         source: ConfigSource::Standalone,
         config,
+        trunk_credentials: Some(trunk_credentials),
     })
 }
 

@@ -103,9 +103,8 @@ fn standalone_credentials(trunk_yaml: &str) -> TrunkCredentialSource {
         !std::path::Path::new(&loaded.config.trunk_secrets[0].mount_path).exists(),
         "no Secret is mounted for a standalone node"
     );
-    let values = media_node::config::parse(&text)
-        .expect("parses")
-        .trunk_credentials(&loaded.config.trunk_secrets)
+    let values = loaded
+        .trunk_credentials
         .expect("the trunk's Secret is in the file");
     TrunkCredentialSource::Inline(values)
 }
