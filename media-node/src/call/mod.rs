@@ -39,6 +39,9 @@ pub use trunks::{TrunkSettings, Trunks};
 
 /// Most calls (both legs) handled at once; beyond it new INVITEs get 503.
 pub const MAX_CALLS: usize = 10_000;
+/// Call-IDs the call table holds at most: the legs of up calls and of ended calls lingering
+/// for Timer D (32 s over UDP). Room for 40,000 calls: 1,000 one-second calls a second.
+pub const MAX_CALL_IDS: usize = MAX_CALLS * 8;
 /// Queue depth of one call task: signalling is a handful of messages per call.
 const CALL_QUEUE: usize = 64;
 /// Queue depth of the outbound SIP sender.
@@ -388,8 +391,16 @@ impl CallEngine {
         let _ = cdr.append(&record);
     }
 
+    /// Whether a new call must be refused: `MAX_CALLS` calls are up, or the call table (two
+    /// Call-IDs per call, kept for Timer D after a call ends to absorb retransmissions) is
+    /// full. Ended calls count only against the second bound, so a short-call burst is not
+    /// refused for calls that are already over.
     fn at_capacity(&self) -> bool {
-        self.calls.lock().len() >= MAX_CALLS * 2
+        let up = self
+            .counters
+            .started()
+            .saturating_sub(self.counters.ended());
+        up >= MAX_CALLS as u64 || self.calls.lock().len() >= MAX_CALL_IDS
     }
 
     fn send(&self, out: Outbound) {
@@ -438,5 +449,32 @@ impl CallCounters {
     }
     pub fn ended(&self) -> u64 {
         self.ended.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::ports::PortAllocator;
+
+    #[test]
+    fn calls_that_ended_do_not_count_against_the_call_limit() {
+        let engine = CallEngine::new(
+            CallSettings {
+                ports: Some(PortAllocator::new(40_000, 40_099).expect("a range")),
+                ..CallSettings::default()
+            },
+            "localhost".into(),
+            None,
+        )
+        .expect("settings are valid")
+        .expect("calls are on");
+        let max = MAX_CALLS as u64;
+        engine.counters.started.store(max, Ordering::Relaxed);
+        assert!(engine.at_capacity(), "{MAX_CALLS} calls up");
+        // A burst of short calls: most of them over, their Call-IDs lingering for Timer D.
+        engine.counters.started.store(max * 3, Ordering::Relaxed);
+        engine.counters.ended.store(max * 3 - 10, Ordering::Relaxed);
+        assert!(!engine.at_capacity(), "10 calls up");
     }
 }
