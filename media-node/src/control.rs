@@ -36,6 +36,7 @@ use tracing::{info, warn};
 
 use crate::http::NodeMetrics;
 use crate::node::{parse_node_config, seat_extensions, sip_settings};
+use crate::role::Role;
 use crate::sip::SipServer;
 
 /// How often a watcher's state is recomputed when no config change wakes it: registrations
@@ -110,6 +111,8 @@ struct Inner {
     metrics: NodeMetrics,
     /// Wakes `WatchState` streams when the running config changes.
     changed: watch::Sender<i64>,
+    /// Active or standby (see [`crate::role`]).
+    role: watch::Receiver<Role>,
 }
 
 /// The `NodeControl` service. Cheap to clone.
@@ -125,6 +128,7 @@ impl Control {
         config: NodeConfig,
         sip: Arc<SipServer>,
         metrics: NodeMetrics,
+        role: watch::Receiver<Role>,
     ) -> Self {
         metrics.config_generation.set(config.generation);
         let (changed, _) = watch::channel(config.generation);
@@ -137,6 +141,7 @@ impl Control {
                 sip,
                 metrics,
                 changed,
+                role,
             }),
         }
     }
@@ -226,8 +231,10 @@ impl Control {
         let now = Instant::now();
         NodeState {
             node: self.inner.node_name.clone(),
-            // No HA yet: every node serves, which is what ACTIVE means.
-            role: NodeRole::Active as i32,
+            role: match *self.inner.role.borrow() {
+                Role::Active => NodeRole::Active,
+                Role::Standby => NodeRole::Standby,
+            } as i32,
             config_generation: config.generation,
             seats: config
                 .seats
@@ -265,6 +272,8 @@ impl NodeControl for Control {
         let (tx, rx) = mpsc::channel(4);
         let control = self.clone();
         let mut changed = self.inner.changed.subscribe();
+        let mut role = self.inner.role.clone();
+        let mut role_open = true;
         tokio::spawn(async move {
             let mut last: Option<NodeState> = None;
             let mut poll = tokio::time::interval(REGISTRATION_POLL);
@@ -280,6 +289,8 @@ impl NodeControl for Control {
                 tokio::select! {
                     () = tx.closed() => return,
                     r = changed.changed() => if r.is_err() { return },
+                    // An election that ended (no API server) leaves the role as it is.
+                    r = role.changed(), if role_open => role_open = r.is_ok(),
                     _ = poll.tick() => {}
                 }
             }
@@ -394,7 +405,13 @@ mod tests {
         ));
         let metrics = NodeMetrics::new(&registry).expect("node metrics");
         (
-            Control::new("node-a".into(), config, sip, metrics),
+            Control::new(
+                "node-a".into(),
+                config,
+                sip,
+                metrics,
+                watch::channel(Role::Active).1,
+            ),
             registry,
         )
     }

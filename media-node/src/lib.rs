@@ -8,5 +8,6 @@ pub mod http;
 pub mod media;
 pub mod node;
 pub mod recording;
+pub mod role;
 pub mod sdp;
 pub mod sip;

@@ -18,6 +18,7 @@ use media_node::control::{Control, ControlListener};
 use media_node::http::{HttpListener, NodeMetrics, Readiness};
 use media_node::media::ports::PortAllocator;
 use media_node::node::{self, ConfigSource, LoadedConfig, PodEnv};
+use media_node::role::{self, Role};
 use media_node::sip::{SipListeners, SipMetrics, SipServer};
 use switchboard_crds::callcenter::RecordingMode;
 use tracing::{info, warn};
@@ -286,11 +287,18 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
         "media-node: control API (gRPC, h2c) on {}",
         control.local_addr()
     );
+    // With HotStandby in a pod the node serves only while it holds the Lease.
+    let (role_tx, role_rx) = tokio::sync::watch::channel(Role::Active);
+    if let Some(election) = role::election(&env, &config.spec.high_availability) {
+        role_tx.send_replace(Role::Standby);
+        tokio::spawn(role::run(election, role_tx));
+    }
     let control = tokio::spawn(control.serve(Control::new(
         node_name,
         config,
         Arc::clone(&sip),
         node_metrics,
+        role_rx,
     )));
     readiness.sip_bound();
     info!("ready");

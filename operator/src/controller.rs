@@ -372,6 +372,8 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
         status.nodes = node_statuses.clone();
         status.seats_registered = live.seats_registered();
         status.seats_ready = live.seats_ready();
+        status.active_node = live.active_node.clone();
+        status.standby_node = live.standby_node.clone();
         let mut degraded = Vec::new();
         if !problems.is_empty() {
             degraded.push(("ObjectsLeftOut", summarize(&problems)));

@@ -4,7 +4,8 @@
 
 pub mod builders;
 pub mod controller;
-pub mod leader;
+/// Leader election (shared with the media nodes).
+pub use switchboard_lease as leader;
 pub mod members;
 pub mod metrics;
 pub mod node_state;

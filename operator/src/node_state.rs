@@ -56,6 +56,9 @@ pub struct CenterView {
     pub seats: BTreeMap<String, SeatView>,
     /// By queue name; only queues some node reports (nodes without the ACD report none).
     pub queues: BTreeMap<String, QueueView>,
+    /// The node (pod) that says it serves, and the one that says it stands by.
+    pub active_node: Option<String>,
+    pub standby_node: Option<String>,
 }
 
 impl CenterView {
@@ -100,6 +103,17 @@ pub fn merge<'a>(states: impl IntoIterator<Item = &'a NodeState>) -> CenterView 
         nodes_reporting: states.len(),
         ..CenterView::default()
     };
+    for state in &states {
+        match state.role() {
+            proto::NodeRole::Active if view.active_node.is_none() => {
+                view.active_node = Some(state.node.clone());
+            }
+            proto::NodeRole::Standby if view.standby_node.is_none() => {
+                view.standby_node = Some(state.node.clone());
+            }
+            _ => {}
+        }
+    }
     for state in states {
         for queue in &state.queues {
             view.queues
@@ -374,6 +388,8 @@ mod tests {
         });
         let view = merge([&standby, &active]);
         assert_eq!(view.nodes_reporting, 2);
+        assert_eq!(view.active_node.as_deref(), Some("cc-media-1"));
+        assert_eq!(view.standby_node.as_deref(), Some("cc-media-0"));
         assert_eq!(
             view.queues["support"],
             QueueView {

@@ -14,6 +14,13 @@ pub mod node_config;
 /// by the operator. `media-node --control-listen` defaults to it.
 pub const CONTROL_PORT: u16 = 9091;
 
+/// Label the active media node of a HotStandby call center sets on its own pod (value
+/// [`ROLE_ACTIVE`]) while it holds the center's Lease; the operator's SIP Service selects it,
+/// so calls follow the Lease holder.
+pub const ROLE_LABEL: &str = "switchboard.dev/role";
+/// Value of [`ROLE_LABEL`] on the active node's pod.
+pub const ROLE_ACTIVE: &str = "active";
+
 pub mod node {
     pub mod v1 {
         tonic::include_proto!("switchboard.node.v1");

@@ -16,7 +16,10 @@
 //! authentication, `tests/sip/register.xml`) over UDP through the SIP Service's ClusterIP, from
 //! this machine into the cluster's in-machine service network. Then seat 1002 registers and
 //! answers from this machine's address on the pod bridge, and seat 1001 calls it through the
-//! ClusterIP with audio both ways; the CallCenter's status counts the registered seat.
+//! ClusterIP with audio both ways; the CallCenter's status counts the registered seat. Then
+//! `examples/campus.yaml` (HotStandby): both nodes Ready, exactly one holds the Lease and is
+//! the SIP Service's only endpoint, a call between two campus seats through the ClusterIP, the
+//! status names the active and the standby node, and `kubectl get queues` shows its columns.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -214,7 +217,8 @@ fn recordings_volume(name: &str, class: &str, path: &Path, namespace: &str, clai
         "kind": "PersistentVolume",
         "metadata": {"name": name, "labels": {"switchboard.dev/test": namespace}},
         "spec": {
-            "capacity": {"storage": "10Gi"},
+            // Large enough for any example's claim (hostPath does not enforce it).
+            "capacity": {"storage": "1Ti"},
             "accessModes": ["ReadWriteOnce"],
             "persistentVolumeReclaimPolicy": "Retain",
             "storageClassName": class,
@@ -227,7 +231,12 @@ fn recordings_volume(name: &str, class: &str, path: &Path, namespace: &str, clai
 
 /// `examples/minimal.yaml` with the recordings on `class`.
 fn minimal_example(class: &str) -> Result<String> {
-    let path = repo_root().join("examples/minimal.yaml");
+    example("minimal.yaml", CENTER, class)
+}
+
+/// An example file, checked to hold CallCenter `center`, with its recordings on `class`.
+fn example(file: &str, center: &str, class: &str) -> Result<String> {
+    let path = repo_root().join("examples").join(file);
     let yaml =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = String::new();
@@ -235,8 +244,8 @@ fn minimal_example(class: &str) -> Result<String> {
     for mut doc in yaml_documents(&yaml)? {
         if doc["kind"] == json!("CallCenter") {
             ensure!(
-                doc["metadata"]["name"] == json!(CENTER),
-                "{path:?}: CallCenter is not {CENTER}"
+                doc["metadata"]["name"] == json!(center),
+                "{path:?}: CallCenter is not {center}"
             );
             doc["spec"]["recording"]["storageClassName"] = json!(class);
             found = true;
@@ -269,7 +278,10 @@ async fn apply_all(client: &Client, yaml: &str, namespace: &str) -> Result<()> {
 
 /// SIPp REGISTER of seat 1001 (digest auth, then un-register) against `target` over UDP.
 async fn sipp_register(target: IpAddr) -> Result<()> {
-    sipp(target, "register.xml", &[]).await?.finish().await
+    sipp::<&str>(target, "localhost", "register.xml", &[])
+        .await?
+        .finish()
+        .await
 }
 
 /// A SIPp process playing `scenario` against `target` over UDP.
@@ -279,17 +291,23 @@ struct SippRun {
     what: String,
 }
 
-async fn sipp(target: IpAddr, scenario: &str, extra: &[&str]) -> Result<SippRun> {
+async fn sipp<S: AsRef<str>>(
+    target: IpAddr,
+    domain: &str,
+    scenario: &str,
+    extra: &[S],
+) -> Result<SippRun> {
+    let extra: Vec<&str> = extra.iter().map(AsRef::as_ref).collect();
     let work = tempfile::tempdir()?;
     let child = tokio::process::Command::new("sipp")
         .arg(format!("{target}:{SIP_PORT}"))
         .arg("-sf")
         .arg(repo_root().join("tests/sip").join(scenario))
-        .args(["-t", "u1", "-key", "domain", "localhost"])
+        .args(["-t", "u1", "-key", "domain", domain])
         .args(["-key", "pcap", "/usr/share/sip-tester/g711a.pcap"])
         .args(["-m", "1", "-timeout", "30s", "-timeout_error"])
         .args(["-nostdin", "-trace_err"])
-        .args(extra)
+        .args(&extra)
         .current_dir(work.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -357,26 +375,53 @@ fn free_udp_port(ip: IpAddr) -> Result<u16> {
     Ok(std::net::UdpSocket::bind((ip, 0))?.local_addr()?.port())
 }
 
-/// Seat 1002 registers through the ClusterIP from this machine's bridge address and answers;
-/// seat 1001 calls it through the ClusterIP, plays audio for 3 s and hangs up. Both sides
-/// must complete their scenarios: the call went through the media node in its pod.
-async fn call_through_the_cluster(sip: IpAddr, host: IpAddr) -> Result<()> {
+/// A seat: extension and password.
+struct SeatLogin<'a> {
+    extension: &'a str,
+    password: &'a str,
+}
+
+/// `callee` registers through the ClusterIP from this machine's bridge address and answers;
+/// `caller` calls it through the ClusterIP, plays audio for 3 s and hangs up. Both sides must
+/// complete their scenarios: the call went through the media node in its pod.
+async fn call_through_the_cluster(
+    sip: IpAddr,
+    host: IpAddr,
+    domain: &str,
+    caller: &SeatLogin<'_>,
+    callee: &SeatLogin<'_>,
+) -> Result<()> {
     let ip = host.to_string();
     let callee_port = free_udp_port(host)?.to_string();
     let callee_media = free_udp_port(host)?.to_string();
     let caller_media = free_udp_port(host)?.to_string();
-    sipp(
-        sip,
-        "call-register-1002.xml",
-        &["-i", &ip, "-p", &callee_port],
-    )
-    .await?
-    .finish()
-    .await
-    .context("seat 1002 registering")?;
-    let callee = sipp(
-        sip,
-        "call-uas-answer.xml",
+    let login = |seat: &SeatLogin<'_>| {
+        [
+            "-key".to_string(),
+            "ext".to_string(),
+            seat.extension.to_string(),
+            "-au".to_string(),
+            seat.extension.to_string(),
+            "-ap".to_string(),
+            seat.password.to_string(),
+        ]
+    };
+    let (callee_login, caller_login) = (login(callee), login(caller));
+    let with = |login: &[String; 7], more: &[&str]| -> Vec<String> {
+        login
+            .iter()
+            .cloned()
+            .chain(more.iter().map(ToString::to_string))
+            .collect()
+    };
+    let register = with(&callee_login, &["-i", &ip, "-p", &callee_port]);
+    sipp(sip, domain, "seat-register.xml", &register)
+        .await?
+        .finish()
+        .await
+        .with_context(|| format!("seat {} registering", callee.extension))?;
+    let answer = with(
+        &callee_login,
         &[
             "-i",
             &ip,
@@ -388,17 +433,31 @@ async fn call_through_the_cluster(sip: IpAddr, host: IpAddr) -> Result<()> {
             &callee_media,
             "-rtp_echo",
         ],
-    )
-    .await?;
+    );
+    let answering = sipp(sip, domain, "seat-uas-answer.xml", &answer).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let caller = sipp(
-        sip,
-        "call-uac-bye.xml",
-        &["-i", &ip, "-s", "1002", "-mi", &ip, "-mp", &caller_media],
-    )
-    .await?;
-    caller.finish().await.context("seat 1001 calling 1002")?;
-    callee.finish().await.context("seat 1002 answering")?;
+    let call = with(
+        &caller_login,
+        &[
+            "-i",
+            &ip,
+            "-s",
+            callee.extension,
+            "-mi",
+            &ip,
+            "-mp",
+            &caller_media,
+        ],
+    );
+    let calling = sipp(sip, domain, "seat-uac-bye.xml", &call).await?;
+    calling
+        .finish()
+        .await
+        .with_context(|| format!("seat {} calling {}", caller.extension, callee.extension))?;
+    answering
+        .finish()
+        .await
+        .with_context(|| format!("seat {} answering", callee.extension))?;
     Ok(())
 }
 
@@ -700,7 +759,20 @@ async fn run(
         "SIPp REGISTER of seat 1001 via {ip}:{SIP_PORT}/udp succeeded after {attempts} attempt(s)"
     );
     let host = bridge_address(state_dir)?;
-    call_through_the_cluster(ip, host).await?;
+    call_through_the_cluster(
+        ip,
+        host,
+        "localhost",
+        &SeatLogin {
+            extension: "1001",
+            password: "practice-1001",
+        },
+        &SeatLogin {
+            extension: "1002",
+            password: "practice-1002",
+        },
+    )
+    .await?;
     eprintln!("a call from seat 1001 to seat 1002 through {ip}:{SIP_PORT}/udp (SIPp on {host})");
     // The node's live state reaches the CallCenter: seat 1002 stays registered.
     wait_for(
@@ -743,6 +815,220 @@ async fn run(
         "children garbage-collected {:.1}s after the CallCenter was deleted",
         started.elapsed().as_secs_f64()
     );
+
+    campus(client, cc_ns, cleanup, state_dir).await
+}
+
+/// The campus example (HotStandby: two media nodes) in the same namespace: both nodes become
+/// Ready, exactly one holds the Lease and carries the active label the SIP Service selects, a
+/// call between two campus seats goes through the ClusterIP, the status names the active and
+/// the standby node, and `kubectl get queues` shows the live columns.
+async fn campus(
+    client: &Client,
+    cc_ns: &str,
+    cleanup: &mut Cleanup,
+    state_dir: &Path,
+) -> Result<()> {
+    const CAMPUS: &str = "campus";
+    let names = ChildNames::new(CAMPUS);
+    // Two static volumes, one per node, on a class of this test.
+    let class = names::unique("sb-e2e-campus");
+    let mut dirs = Vec::new();
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for ordinal in 0..2 {
+        let dir = tempfile::Builder::new()
+            .prefix("switchboard-e2e-campus.")
+            .tempdir()?;
+        std::os::unix::fs::chown(dir.path(), Some(65532), Some(65532))?;
+        let claim = format!("recordings-{}-{ordinal}", names.stateful_set);
+        let pv_name = names::unique("sb-e2e-campus");
+        let pv = recordings_volume(&pv_name, &class, dir.path(), cc_ns, &claim);
+        cleanup.volumes.push(pv_name.clone());
+        pvs.patch(
+            &pv_name,
+            &PatchParams::apply(TEST_FIELD_MANAGER).force(),
+            &Patch::Apply(&pv),
+        )
+        .await
+        .with_context(|| format!("creating PersistentVolume {pv_name}"))?;
+        dirs.push(dir);
+    }
+    let yaml = example("campus.yaml", CAMPUS, &class)?;
+    let started = Instant::now();
+    apply_all(client, &yaml, cc_ns)
+        .await
+        .context("applying examples/campus.yaml")?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), cc_ns);
+    let node_names = [
+        format!("{}-0", names.stateful_set),
+        format!("{}-1", names.stateful_set),
+    ];
+    wait_for(NODE_LIMIT, "both campus media-node pods Ready", || async {
+        for name in &node_names {
+            let pod = pods.get_opt(name).await.ok().flatten()?;
+            if !pod_ready(&pod) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+    eprintln!(
+        "campus: both media-node pods Ready {:.1}s after the CallCenter was applied",
+        started.elapsed().as_secs_f64()
+    );
+    let active_selector = ListParams::default().labels(&format!(
+        "{}={},app.kubernetes.io/instance={CAMPUS}",
+        switchboard_operator::builders::ROLE_LABEL,
+        switchboard_operator::builders::ROLE_ACTIVE
+    ));
+    let active = wait_for(NODE_LIMIT, "one campus node marked active", || async {
+        let list = pods.list(&active_selector).await.ok()?;
+        (list.items.len() == 1).then(|| list.items[0].metadata.name.clone())?
+    })
+    .await?;
+    let standby = node_names
+        .iter()
+        .find(|n| **n != active)
+        .cloned()
+        .unwrap_or_default();
+    eprintln!(
+        "campus: {active} holds the Lease {:.1}s after the CallCenter was applied",
+        started.elapsed().as_secs_f64()
+    );
+
+    // The SIP Service reaches the active node only.
+    let services: Api<Service> = Api::namespaced(client.clone(), cc_ns);
+    let sip: IpAddr = services
+        .get(&names.sip_service)
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .ok_or_else(|| anyhow!("campus SIP Service without a clusterIP"))?
+        .parse()?;
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), cc_ns);
+    let active_ip = pods
+        .get(&active)
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .unwrap_or_default();
+    wait_for(
+        NODE_LIMIT,
+        "the campus SIP Service's one endpoint",
+        || async {
+            let ep = endpoints.get_opt(&names.sip_service).await.ok().flatten()?;
+            let addresses: Vec<String> = ep
+                .subsets?
+                .iter()
+                .flat_map(|s| s.addresses.clone().unwrap_or_default())
+                .map(|a| a.ip)
+                .collect();
+            (addresses == [active_ip.clone()]).then_some(())
+        },
+    )
+    .await?;
+
+    // Seats 2002 and 2001 of the example, with their passwords from its Secret.
+    let password = |extension: &str| -> Result<String> {
+        yaml_documents(&yaml)?
+            .into_iter()
+            .find(|d| {
+                d["kind"] == json!("Secret")
+                    && d["metadata"]["name"] == json!("campus-seat-passwords")
+            })
+            .and_then(|d| d["stringData"][extension].as_str().map(str::to_string))
+            .with_context(|| format!("no password for seat {extension} in campus.yaml"))
+    };
+    let (p2001, p2002) = (password("2001")?, password("2002")?);
+    let host = bridge_address(state_dir)?;
+    let deadline = Instant::now() + SIPP_LIMIT * 2;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let call = call_through_the_cluster(
+            sip,
+            host,
+            "callcenter.campus.example.edu",
+            &SeatLogin {
+                extension: "2002",
+                password: &p2002,
+            },
+            &SeatLogin {
+                extension: "2001",
+                password: &p2001,
+            },
+        )
+        .await;
+        match call {
+            Ok(()) => break,
+            // kube-proxy may not have written the Service's rules yet.
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("campus call, {attempts} attempt(s)")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+    eprintln!(
+        "campus: seat 2002 called seat 2001 through {sip}:{SIP_PORT}/udp, served by {active}"
+    );
+
+    // Status: the active and standby nodes, the registered seat, both nodes on the config.
+    let centers: Api<CallCenter> = Api::namespaced(client.clone(), cc_ns);
+    let status = wait_for(NODE_LIMIT, "campus status naming both nodes", || async {
+        let status = centers.get(CAMPUS).await.ok()?.status?;
+        (status.active_node.as_deref() == Some(active.as_str())
+            && status.standby_node.as_deref() == Some(standby.as_str())
+            && status.seats_registered >= 1
+            && status.nodes.len() == 2
+            && status
+                .nodes
+                .iter()
+                .all(|n| n.config == switchboard_crds::callcenter::NodeConfigState::Current))
+        .then_some(status)
+    })
+    .await?;
+    eprintln!(
+        "campus status: active {active}, standby {standby}, {} seat(s) registered, config generation {:?}",
+        status.seats_registered, status.config_generation
+    );
+
+    // `kubectl get queues` shows the live columns.
+    let kubeconfig = switchboard_tests::cluster_kubeconfig()?;
+    let out = std::process::Command::new(switchboard_tests::kubectl()?)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "queues", "-n", cc_ns])
+        .output()
+        .context("running kubectl get queues")?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "kubectl get queues: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let header = table.lines().next().unwrap_or_default();
+    for column in ["CENTER", "WAITING", "LONGEST", "READY", "SL%"] {
+        ensure!(header.contains(column), "no {column} column in:\n{table}");
+    }
+    ensure!(
+        table.contains("inbound-service") && table.contains("outbound-sales"),
+        "the campus queues are missing:\n{table}"
+    );
+    eprintln!("{table}");
+
+    // Remove the center before its volumes' directories go.
+    centers.delete(CAMPUS, &DeleteParams::default()).await?;
+    wait_for(GC_LIMIT, "the campus pods gone", || async {
+        for name in &node_names {
+            if pods.get_opt(name).await.ok()?.is_some() {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+    drop(dirs);
     Ok(())
 }
 

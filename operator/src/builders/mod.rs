@@ -39,11 +39,7 @@ pub const COMPONENT: &str = "media-node";
 pub const MANAGED_BY: &str = "switchboard-operator";
 /// Label naming the CallCenter an object belongs to.
 pub const CALL_CENTER_LABEL: &str = "switchboard.dev/callcenter";
-/// Label the active media node sets on its own pod (`active`), so the SIP Service follows the
-/// Lease holder.
-pub const ROLE_LABEL: &str = "switchboard.dev/role";
-/// Value of [`ROLE_LABEL`] on the active node's pod.
-pub const ROLE_ACTIVE: &str = "active";
+pub use switchboard_proto::{ROLE_ACTIVE, ROLE_LABEL};
 /// ConfigMap annotation with the node config's content hash.
 pub const CONFIG_HASH_ANNOTATION: &str = "switchboard.dev/node-config-hash";
 /// Pod-template annotation with the hash of the settings a node reads only at start

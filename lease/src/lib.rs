@@ -1,7 +1,8 @@
-//! Leader election through a coordination.k8s.io Lease, so two operator replicas can run and
-//! only one reconciles. The holder renews the Lease; another replica takes it over only after
-//! it expired. A leader that cannot renew in time stops (the process exits and restarts as a
-//! follower) rather than risk two writers.
+//! Leader election through a coordination.k8s.io Lease: of two operator replicas only one
+//! reconciles, and of the two media nodes of a HotStandby call center only one serves. The
+//! holder renews the Lease; another candidate takes it over only after it expired. A holder
+//! that cannot renew in time gives up before the Lease can expire, so two holders never
+//! overlap.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 /// Lease timing.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseTiming {
     /// How long a Lease is valid after its last renewal.
     pub duration: Duration,
@@ -140,7 +141,7 @@ pub async fn keep(api: &Api<Lease>, name: &str, me: &str, timing: &LeaseTiming) 
     }
 }
 
-/// The Lease API of the operator's own namespace.
+/// The Lease API of a namespace.
 pub fn lease_api(client: Client, namespace: &str) -> Api<Lease> {
     Api::namespaced(client, namespace)
 }

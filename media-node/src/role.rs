@@ -1,0 +1,150 @@
+//! Which node of a HotStandby call center serves: both compete for the center's Lease (named by
+//! `SWITCHBOARD_LEASE_NAME`, timing from `spec.highAvailability`); the holder labels its own pod
+//! `switchboard.dev/role=active`, which the center's SIP Service selects, so calls go to it. A
+//! node that loses the Lease (or cannot renew it before it expires) removes the label and
+//! reports STANDBY. Replicating live state to the standby, re-INVITing calls at takeover and
+//! draining are the hot-standby work built on this.
+//!
+//! With `highAvailability.mode: None`, or outside a cluster, there is no election: the node is
+//! the only one and serves (ACTIVE).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use switchboard_crds::callcenter::{HaMode, HighAvailabilitySpec};
+use switchboard_lease::{LeaseTiming, acquire, keep, lease_api};
+use switchboard_proto::{ROLE_ACTIVE, ROLE_LABEL};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::node::PodEnv;
+
+/// What the node does now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Serves calls (holds the Lease, or is the only node).
+    Active,
+    /// Waits for the Lease.
+    Standby,
+}
+
+/// Where to elect: the pod's namespace and name and the Lease, when the node runs in a pod of
+/// a HotStandby center; `None` when it serves alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Election {
+    pub namespace: String,
+    pub pod: String,
+    pub lease: String,
+    pub timing: LeaseTiming,
+}
+
+/// The election this node takes part in, from its environment and the center's spec.
+pub fn election(env: &PodEnv, ha: &HighAvailabilitySpec) -> Option<Election> {
+    if ha.mode != HaMode::HotStandby {
+        return None;
+    }
+    Some(Election {
+        namespace: env.pod_namespace.clone()?,
+        pod: env.pod_name.clone()?,
+        lease: env.lease_name.clone()?,
+        timing: LeaseTiming {
+            duration: Duration::from_secs(u64::from(ha.lease_duration_seconds)),
+            renew_every: Duration::from_secs(u64::from(ha.renew_interval_seconds)),
+        },
+    })
+}
+
+/// Runs the election for the life of the node, publishing the role on `role`.
+pub async fn run(election: Election, role: watch::Sender<Role>) {
+    let client = match Client::try_default().await {
+        Ok(c) => c,
+        Err(error) => {
+            // Without the API server the node cannot know whether the other one serves:
+            // staying standby is the safe side (two actives must never be).
+            warn!(%error, "no Kubernetes API: staying standby");
+            role.send_replace(Role::Standby);
+            return;
+        }
+    };
+    let leases = lease_api(client.clone(), &election.namespace);
+    let pods: Api<Pod> = Api::namespaced(client, &election.namespace);
+    // A container restarted in the same pod keeps the pod's labels: drop a stale mark first.
+    mark(&pods, &election.pod, false).await;
+    role.send_replace(Role::Standby);
+    loop {
+        info!(lease = %election.lease, "standby: waiting for the Lease");
+        acquire(&leases, &election.lease, &election.pod, &election.timing).await;
+        info!(lease = %election.lease, "active: holding the Lease");
+        mark(&pods, &election.pod, true).await;
+        role.send_replace(Role::Active);
+        let lost = keep(&leases, &election.lease, &election.pod, &election.timing).await;
+        warn!(lease = %election.lease, reason = %lost, "lost the Lease: standby");
+        role.send_replace(Role::Standby);
+        mark(&pods, &election.pod, false).await;
+    }
+}
+
+/// Sets or removes the active mark on the node's own pod, retrying a few times: a pod that
+/// keeps a stale mark would draw calls it no longer serves.
+async fn mark(pods: &Api<Pod>, pod: &str, active: bool) {
+    let value = if active {
+        serde_json::Value::from(ROLE_ACTIVE)
+    } else {
+        serde_json::Value::Null
+    };
+    let patch = serde_json::json!({"metadata": {"labels": {ROLE_LABEL: value}}});
+    for attempt in 1..=5u32 {
+        match pods
+            .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return,
+            Err(error) => {
+                warn!(pod, active, attempt, %error, "cannot mark the pod");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> PodEnv {
+        PodEnv {
+            pod_name: Some("campus-media-1".into()),
+            pod_namespace: Some("college".into()),
+            lease_name: Some("campus-active".into()),
+            ..PodEnv::default()
+        }
+    }
+
+    #[test]
+    fn only_a_hot_standby_pod_elects_with_the_centers_timing() {
+        let ha: HighAvailabilitySpec = serde_json::from_value(serde_json::json!({
+            "mode": "HotStandby", "leaseDurationSeconds": 6, "renewIntervalSeconds": 2
+        }))
+        .expect("valid");
+        assert_eq!(
+            election(&env(), &ha),
+            Some(Election {
+                namespace: "college".into(),
+                pod: "campus-media-1".into(),
+                lease: "campus-active".into(),
+                timing: LeaseTiming {
+                    duration: Duration::from_secs(6),
+                    renew_every: Duration::from_secs(2),
+                },
+            })
+        );
+        let alone = HighAvailabilitySpec {
+            mode: HaMode::None,
+            ..ha.clone()
+        };
+        assert_eq!(election(&env(), &alone), None);
+        assert_eq!(election(&PodEnv::default(), &ha), None, "standalone");
+    }
+}
