@@ -25,7 +25,7 @@ use switchboard_proto::node::v1::apply_config_reply::Outcome;
 use switchboard_proto::node::v1::node_control_server::{NodeControl, NodeControlServer};
 use switchboard_proto::node::v1::{
     AgentState, ApplyConfigReply, ConfigSnapshot, DrainReply, DrainRequest, NodeRole, NodeState,
-    SeatState, SetAgentStateReply, SetAgentStateRequest, WatchStateRequest,
+    SeatState, SetAgentStateReply, SetAgentStateRequest, TrunkState, WatchStateRequest,
 };
 use switchboard_proto::node_config::NodeConfig;
 use tokio::net::TcpListener;
@@ -247,8 +247,31 @@ impl Control {
                 })
                 .collect(),
             queues: Vec::new(),
-            trunks: Vec::new(),
+            trunks: self.trunk_states(),
         }
+    }
+}
+
+impl Control {
+    /// Each trunk's channels now. `offered_erlangs` stays 0 until the node measures offered
+    /// traffic (trunk scaling).
+    fn trunk_states(&self) -> Vec<TrunkState> {
+        let Some(calls) = self.inner.sip.calls() else {
+            return Vec::new();
+        };
+        calls
+            .routing()
+            .trunks
+            .all()
+            .iter()
+            .map(|t| TrunkState {
+                trunk: t.name().to_string(),
+                channel_limit: t.limit(),
+                channels_busy: t.busy(),
+                calls_blocked: t.blocked(),
+                offered_erlangs: 0.0,
+            })
+            .collect()
     }
 }
 

@@ -374,6 +374,7 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
         status.seats_ready = live.seats_ready();
         status.active_node = live.active_node.clone();
         status.standby_node = live.standby_node.clone();
+        status.trunks = trunk_statuses(&status.trunks, &live.trunks, now);
         let mut degraded = Vec::new();
         if !problems.is_empty() {
             degraded.push(("ObjectsLeftOut", summarize(&problems)));
@@ -495,6 +496,32 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
         )));
     }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// The trunks' status lines from the serving node's counts; `lastChangeTime` moves only when a
+/// trunk's limit changes.
+fn trunk_statuses(
+    before: &[switchboard_crds::callcenter::TrunkStatus],
+    live: &[crate::node_state::TrunkView],
+    now: &Time,
+) -> Vec<switchboard_crds::callcenter::TrunkStatus> {
+    live.iter()
+        .map(|t| {
+            let previous = before.iter().find(|b| b.name == t.name);
+            let last_change_time = match previous {
+                Some(p) if p.limit != t.limit => Some(now.clone()),
+                Some(p) => p.last_change_time.clone(),
+                None => None,
+            };
+            switchboard_crds::callcenter::TrunkStatus {
+                name: t.name.clone(),
+                limit: t.limit,
+                busy: t.busy,
+                blocked: t.blocked,
+                last_change_time,
+            }
+        })
+        .collect()
 }
 
 /// The key of a center in the operator's in-memory indexes.
@@ -860,4 +887,36 @@ where
     api.patch(&object.name_any(), params, &Patch::Apply(&body))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_crds::callcenter::TrunkStatus;
+
+    use super::*;
+    use crate::node_state::TrunkView;
+
+    #[test]
+    fn a_trunks_change_time_moves_only_with_its_limit() {
+        let then = Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap());
+        let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_600).unwrap());
+        let live = |limit, busy| TrunkView {
+            name: "pstn".into(),
+            limit,
+            busy,
+            blocked: 0,
+        };
+        let first = trunk_statuses(&[], &[live(30, 2)], &then);
+        assert_eq!(first[0].last_change_time, None, "never changed");
+        let before = [TrunkStatus {
+            last_change_time: Some(then.clone()),
+            ..first[0].clone()
+        }];
+        let busier = trunk_statuses(&before, &[live(30, 9)], &now);
+        assert_eq!(busier[0].busy, 9);
+        assert_eq!(busier[0].last_change_time, Some(then), "same limit");
+        let raised = trunk_statuses(&before, &[live(40, 9)], &now);
+        assert_eq!(raised[0].limit, 40);
+        assert_eq!(raised[0].last_change_time, Some(now));
+    }
 }

@@ -47,6 +47,15 @@ pub struct QueueView {
     pub abandon_rate_percent: Option<f64>,
 }
 
+/// One trunk's channels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrunkView {
+    pub name: String,
+    pub limit: u32,
+    pub busy: u32,
+    pub blocked: u64,
+}
+
 /// What the nodes of one center say, merged.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CenterView {
@@ -56,6 +65,8 @@ pub struct CenterView {
     pub seats: BTreeMap<String, SeatView>,
     /// By queue name; only queues some node reports (nodes without the ACD report none).
     pub queues: BTreeMap<String, QueueView>,
+    /// Each trunk's channels as the serving node counts them, in the node's order.
+    pub trunks: Vec<TrunkView>,
     /// The node (pod) that says it serves, and the one that says it stands by.
     pub active_node: Option<String>,
     pub standby_node: Option<String>,
@@ -113,6 +124,20 @@ pub fn merge<'a>(states: impl IntoIterator<Item = &'a NodeState>) -> CenterView 
             }
             _ => {}
         }
+    }
+    // Trunk channels are counted where calls are served: the first node in order (the active
+    // one when one reports) that has trunks.
+    if let Some(state) = states.iter().find(|s| !s.trunks.is_empty()) {
+        view.trunks = state
+            .trunks
+            .iter()
+            .map(|t| TrunkView {
+                name: t.trunk.clone(),
+                limit: t.channel_limit,
+                busy: t.channels_busy,
+                blocked: t.calls_blocked,
+            })
+            .collect();
     }
     for state in states {
         for queue in &state.queues {
@@ -378,6 +403,18 @@ mod tests {
             ..proto::QueueState::default()
         });
         let mut active = active;
+        active.trunks.push(proto::TrunkState {
+            trunk: "pstn".into(),
+            channel_limit: 30,
+            channels_busy: 4,
+            calls_blocked: 1,
+            offered_erlangs: 0.0,
+        });
+        standby.trunks.push(proto::TrunkState {
+            trunk: "pstn".into(),
+            channel_limit: 30,
+            ..proto::TrunkState::default()
+        });
         active.queues.push(proto::QueueState {
             queue: "support".into(),
             calls_waiting: 3,
@@ -389,6 +426,16 @@ mod tests {
         let view = merge([&standby, &active]);
         assert_eq!(view.nodes_reporting, 2);
         assert_eq!(view.active_node.as_deref(), Some("cc-media-1"));
+        assert_eq!(
+            view.trunks,
+            [TrunkView {
+                name: "pstn".into(),
+                limit: 30,
+                busy: 4,
+                blocked: 1
+            }],
+            "the serving node's channels"
+        );
         assert_eq!(view.standby_node.as_deref(), Some("cc-media-0"));
         assert_eq!(
             view.queues["support"],

@@ -973,13 +973,18 @@ async fn campus(
         "campus: seat 2002 called seat 2001 through {sip}:{SIP_PORT}/udp, served by {active}"
     );
 
-    // Status: the active and standby nodes, the registered seat, both nodes on the config.
+    // Status: the active and standby nodes, the registered seat, the trunk's channels as the
+    // active node counts them, both nodes on the config.
     let centers: Api<CallCenter> = Api::namespaced(client.clone(), cc_ns);
     let status = wait_for(NODE_LIMIT, "campus status naming both nodes", || async {
         let status = centers.get(CAMPUS).await.ok()?.status?;
         (status.active_node.as_deref() == Some(active.as_str())
             && status.standby_node.as_deref() == Some(standby.as_str())
             && status.seats_registered >= 1
+            && status
+                .trunks
+                .iter()
+                .any(|t| t.name == "campus-pstn" && t.limit == 30 && t.busy == 0)
             && status.nodes.len() == 2
             && status
                 .nodes
