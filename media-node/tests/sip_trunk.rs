@@ -224,6 +224,51 @@ impl TrunkNode {
             .collect()
     }
 
+    /// An inbound trunk call: seat 1002 registers and plays `seat` (with RTP echo when
+    /// `media`), then the carrier plays `carrier` towards the front desk with `extra`; both
+    /// scenarios must pass and the node settle.
+    fn inbound(&self, seat: &str, media: bool, carrier: &str, extra: &[&str]) {
+        let callee_port = free_port();
+        self.register_callee(callee_port);
+        let callee = if media {
+            self.seat(
+                seat,
+                callee_port,
+                Some(free_media_port("127.0.0.1")),
+                &["-rtp_echo"],
+            )
+        } else {
+            self.seat(seat, callee_port, None, &[])
+        };
+        // The seat listens before the carrier dials.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut args = vec!["-s", FRONT_DESK];
+        args.extend_from_slice(extra);
+        let media_port = media.then(|| free_media_port(TRUNK_IP));
+        self.carrier(carrier, free_port_on(TRUNK_IP), media_port, &args)
+            .assert_ok(&format!("carrier plays {carrier}"));
+        callee.assert_ok(&format!("seat 1002 plays {seat}"));
+        self.assert_settled();
+    }
+
+    /// An outbound trunk call: the carrier listens on `trunk_port` playing `carrier` (with
+    /// RTP echo when `media`), then seat 1001 dials 0301234567 playing `seat`; both scenarios
+    /// must pass and the node settle.
+    fn outbound(&self, trunk_port: u16, carrier: &str, media: bool, extra: &[&str], seat: &str) {
+        let mut args = extra.to_vec();
+        let media_port = media.then(|| {
+            args.push("-rtp_echo");
+            free_media_port(TRUNK_IP)
+        });
+        let listening = self.carrier(carrier, trunk_port, media_port, &args);
+        std::thread::sleep(Duration::from_millis(300));
+        let seat_media = media.then(|| free_media_port("127.0.0.1"));
+        self.seat(seat, free_port(), seat_media, &["-s", "0301234567"])
+            .assert_ok(&format!("seat 1001 plays {seat}"));
+        listening.assert_ok(&format!("carrier plays {carrier}"));
+        self.assert_settled();
+    }
+
     /// SIPp as the carrier (from [`TRUNK_IP`]).
     fn carrier(&self, scenario: &str, port: u16, media_port: Option<u16>, extra: &[&str]) -> Sipp {
         Sipp::spawn(self.port, TRUNK_IP, scenario, port, media_port, extra)
@@ -243,25 +288,12 @@ fn relayed_both_ways(node: &TrunkNode) {
 fn trunk_call_reaches_the_entry_points_seat_with_media_both_ways() {
     require_sipp();
     let node = TrunkNode::start(2, free_port_on(TRUNK_IP));
-    let callee_port = free_port();
-    node.register_callee(callee_port);
-    let callee = node.seat(
+    node.inbound(
         "call-uas-answer.xml",
-        callee_port,
-        Some(free_media_port("127.0.0.1")),
-        &["-rtp_echo"],
-    );
-    // The seat listens before the carrier dials.
-    std::thread::sleep(Duration::from_millis(300));
-    let carrier = node.carrier(
+        true,
         "trunk-uac-inbound.xml",
-        free_port_on(TRUNK_IP),
-        Some(free_media_port(TRUNK_IP)),
-        &["-s", FRONT_DESK, "-d", "3000"],
+        &["-d", "3000"],
     );
-    carrier.assert_ok("carrier calls the front desk");
-    callee.assert_ok("seat 1002 answers");
-    node.assert_settled();
     relayed_both_ways(&node);
     let cdrs = node.cdrs();
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
@@ -283,24 +315,15 @@ fn outbound_call_answers_the_trunks_challenge_once() {
     require_sipp();
     let trunk_port = free_port_on(TRUNK_IP);
     let node = TrunkNode::start(2, trunk_port);
-    let carrier = node.carrier(
-        "trunk-uas-challenge.xml",
+    // The scenario checks the digest (acct / s3cret, as in the Secret files) and that the
+    // dialed 0301234567 arrives as +49301234567 (strip 1, prepend +49).
+    node.outbound(
         trunk_port,
-        Some(free_media_port(TRUNK_IP)),
-        // The scenario checks the digest (acct / s3cret, as in the Secret files) and that
-        // the dialed 0301234567 arrives as +49301234567 (strip 1, prepend +49).
-        &["-rtp_echo"],
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let seat = node.seat(
+        "trunk-uas-challenge.xml",
+        true,
+        &[],
         "call-uac-bye.xml",
-        free_port(),
-        Some(free_media_port("127.0.0.1")),
-        &["-s", "0301234567"],
     );
-    seat.assert_ok("seat 1001 dials out");
-    carrier.assert_ok("carrier challenges, then answers");
-    node.assert_settled();
     relayed_both_ways(&node);
     let cdrs = node.cdrs();
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
@@ -318,22 +341,13 @@ fn outbound_call_through_a_tcp_trunk_opens_the_connection() {
     let trunk_port = free_port_on(TRUNK_IP);
     let node = TrunkNode::start_with(2, trunk_port, "TCP");
     // The carrier listens on TCP; the node connects to it (phones are never connected to).
-    let carrier = node.carrier(
-        "trunk-uas-challenge.xml",
+    node.outbound(
         trunk_port,
-        Some(free_media_port(TRUNK_IP)),
-        &["-t", "t1", "-rtp_echo"],
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let seat = node.seat(
+        "trunk-uas-challenge.xml",
+        true,
+        &["-t", "t1"],
         "call-uac-bye.xml",
-        free_port(),
-        Some(free_media_port("127.0.0.1")),
-        &["-s", "0301234567"],
     );
-    seat.assert_ok("seat 1001 dials out over UDP");
-    carrier.assert_ok("carrier on TCP challenges, then answers");
-    node.assert_settled();
     relayed_both_ways(&node);
     let cdrs = node.cdrs();
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
@@ -346,17 +360,13 @@ fn a_second_challenge_fails_the_outbound_call_with_403() {
     require_sipp();
     let trunk_port = free_port_on(TRUNK_IP);
     let node = TrunkNode::start(2, trunk_port);
-    let carrier = node.carrier("trunk-uas-challenge-twice.xml", trunk_port, None, &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    node.seat(
+    node.outbound(
+        trunk_port,
+        "trunk-uas-challenge-twice.xml",
+        false,
+        &[],
         "trunk-seat-uac-refused-403.xml",
-        free_port(),
-        None,
-        &["-s", "0301234567"],
-    )
-    .assert_ok("seat 1001 refused");
-    carrier.assert_ok("carrier challenges twice");
-    node.assert_settled();
+    );
     let cdrs = node.cdrs();
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
     assert_eq!(cdrs[0]["direction"], "outbound");
@@ -453,22 +463,13 @@ fn outbound_call_answers_the_challenge_with_standalone_credentials() {
         },
     );
     // The carrier checks the digest made with acct / s3cret from the file's Secret.
-    let carrier = node.carrier(
-        "trunk-uas-challenge.xml",
+    node.outbound(
         trunk_port,
-        Some(free_media_port(TRUNK_IP)),
-        &["-rtp_echo"],
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    node.seat(
+        "trunk-uas-challenge.xml",
+        true,
+        &[],
         "call-uac-bye.xml",
-        free_port(),
-        Some(free_media_port("127.0.0.1")),
-        &["-s", "0301234567"],
-    )
-    .assert_ok("seat 1001 dials out");
-    carrier.assert_ok("carrier challenges, then answers");
-    node.assert_settled();
+    );
     let cdrs = node.cdrs();
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
     assert_eq!(cdrs[0]["outcome"], "answered", "{cdrs:?}");
@@ -479,25 +480,13 @@ fn outbound_call_answers_the_challenge_with_standalone_credentials() {
 fn trunk_call_hung_up_by_the_seat() {
     require_sipp();
     let node = TrunkNode::start(2, free_port_on(TRUNK_IP));
-    let callee_port = free_port();
-    node.register_callee(callee_port);
-    // Seat 1002 answers, echoes RTP and sends BYE after 3 s.
-    let callee = node.seat(
+    // Seat 1002 answers, echoes RTP and sends BYE after 3 s; the carrier gets the BYE.
+    node.inbound(
         "call-uas-hangup.xml",
-        callee_port,
-        Some(free_media_port("127.0.0.1")),
-        &["-rtp_echo"],
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let carrier = node.carrier(
+        true,
         "trunk-uac-inbound-seat-bye.xml",
-        free_port_on(TRUNK_IP),
-        Some(free_media_port(TRUNK_IP)),
-        &["-s", FRONT_DESK],
+        &[],
     );
-    callee.assert_ok("seat 1002 answers, then hangs up");
-    carrier.assert_ok("carrier gets the BYE");
-    node.assert_settled();
     relayed_both_ways(&node);
     let cdrs = node.cdrs();
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
@@ -513,20 +502,14 @@ fn trunk_call_hung_up_by_the_seat() {
 fn carrier_cancels_while_the_seat_rings() {
     require_sipp();
     let node = TrunkNode::start(2, free_port_on(TRUNK_IP));
-    let callee_port = free_port();
-    node.register_callee(callee_port);
-    // Seat 1002 rings until the node CANCELs its leg, then ends the INVITE with 487.
-    let callee = node.seat("call-uas-ring.xml", callee_port, None, &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    let carrier = node.carrier(
+    // Seat 1002 rings until the node CANCELs its leg, then ends the INVITE with 487; the
+    // carrier cancels and gets 487.
+    node.inbound(
+        "call-uas-ring.xml",
+        false,
         "trunk-uac-inbound-cancel.xml",
-        free_port_on(TRUNK_IP),
-        None,
-        &["-s", FRONT_DESK],
+        &[],
     );
-    carrier.assert_ok("carrier cancels and gets 487");
-    callee.assert_ok("seat 1002 gets CANCEL and answers 487");
-    node.assert_settled();
     assert_eq!(node.trunk().busy(), 0);
     let cdrs = node.cdrs();
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
@@ -548,24 +531,12 @@ fn recorded_trunk_call_has_both_channels_and_the_call_length() {
             ..Options::new(2)
         },
     );
-    let callee_port = free_port();
-    node.register_callee(callee_port);
-    let callee = node.seat(
+    node.inbound(
         "call-uas-answer.xml",
-        callee_port,
-        Some(free_media_port("127.0.0.1")),
-        &["-rtp_echo"],
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    node.carrier(
+        true,
         "trunk-uac-inbound.xml",
-        free_port_on(TRUNK_IP),
-        Some(free_media_port(TRUNK_IP)),
-        &["-s", FRONT_DESK, "-d", "3000"],
-    )
-    .assert_ok("carrier calls the front desk");
-    callee.assert_ok("seat 1002 answers");
-    node.assert_settled();
+        &["-d", "3000"],
+    );
 
     let cdrs = node.cdrs();
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
