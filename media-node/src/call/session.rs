@@ -878,27 +878,36 @@ impl CallSession {
         self.timer_b = Some(now + TRANSACTION_TIMEOUT);
     }
 
-    /// Sends BYE (in the confirmed dialog) on a leg.
-    fn send_bye(&mut self, leg: Leg, now: Instant) {
+    /// A new request in `leg`'s dialog: the next CSeq, the remote target as Request-URI, the
+    /// route set, a new branch. Returns it with its branch and CSeq number.
+    fn in_dialog_request(
+        &mut self,
+        leg: Leg,
+        method: &'static str,
+        body: Option<&[u8]>,
+    ) -> (Outbound, String, u32) {
         let branch = branch();
-        let d = match leg {
-            Leg::Caller => &mut self.a,
-            Leg::Callee => &mut self.b,
-        };
+        let d = self.dialog_mut(leg);
         d.local_cseq += 1;
         let cseq = d.local_cseq;
-        let target = d.remote_target.clone();
+        let uri = d.remote_target.clone();
         let out = self.request(
             leg,
             RequestLine {
-                method: "BYE",
-                uri: &target,
+                method,
+                uri: &uri,
                 branch: &branch,
                 cseq,
                 route: true,
             },
-            None,
+            body,
         );
+        (out, branch, cseq)
+    }
+
+    /// Sends BYE (in the confirmed dialog) on a leg.
+    fn send_bye(&mut self, leg: Leg, now: Instant) {
+        let (out, branch, _) = self.in_dialog_request(leg, "BYE", None);
         self.send(out.clone());
         info!(call_id = self.a.call_id, ?leg, "BYE sent");
         self.pending.push(ClientRequest {
@@ -1326,22 +1335,8 @@ impl CallSession {
         across: Option<Leg>,
         now: Instant,
     ) {
-        let branch = branch();
-        let d = self.dialog_mut(leg);
-        d.local_cseq += 1;
-        let cseq = d.local_cseq;
-        let uri = d.remote_target.clone();
-        let out = self.request(
-            leg,
-            RequestLine {
-                method: "INVITE",
-                uri: &uri,
-                branch: &branch,
-                cseq,
-                route: true,
-            },
-            Some(&offered.1),
-        );
+        let (out, branch, cseq) = self.in_dialog_request(leg, "INVITE", Some(&offered.1));
+        let uri = self.dialog(leg).remote_target.clone();
         self.send(out.clone());
         self.reinvite_out = Some(ClientReinvite {
             leg,
