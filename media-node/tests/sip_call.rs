@@ -15,8 +15,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use media_node::call::CallSettings;
-use media_node::media::wav;
-use support::{TestNode, free_media_port, free_port, require_sipp};
+
+use support::{TestNode, assert_recording_of_the_call, free_media_port, free_port, require_sipp};
 
 /// The node with calls on; with `record`, recordings (and CDRs) go to the returned directory.
 fn start(record: bool) -> (TestNode, Option<tempfile::TempDir>) {
@@ -176,44 +176,13 @@ fn recorded_call_has_both_channels_and_the_call_length() {
     assert_eq!(wavs.len(), 1, "one recording per bridged call: {wavs:?}");
     let wav_path = wavs.pop().unwrap();
     let bytes = std::fs::read(&wav_path).expect("read the recording");
-    let view = wav::parse(&bytes).expect("a valid WAV");
-    assert_eq!(view.format.channels, 2);
-    assert_eq!(view.format.sample_rate, 8000);
-
-    // The call's length as the node logged it (answer to hang-up) in the CDR.
     let cdr = std::fs::read_to_string(dir.join("cdr.jsonl")).expect("CDR written");
     let lines: Vec<&str> = cdr.lines().collect();
     assert_eq!(lines.len(), 1, "one CDR line per call: {cdr}");
     let record: serde_json::Value = serde_json::from_str(lines[0]).expect("CDR is JSON");
     assert_eq!(record["outcome"], "answered", "{record}");
-    let answered: chrono::DateTime<chrono::Utc> =
-        record["answeredAt"].as_str().unwrap().parse().unwrap();
-    let ended: chrono::DateTime<chrono::Utc> = record["endedAt"].as_str().unwrap().parse().unwrap();
-    let call_ms = (ended - answered).num_milliseconds() as f64;
-    let wav_ms = view.frames() as f64 / 8.0;
-    // Audio starts a moment after the answer and the last frames may be in flight: allow
-    // a second either way.
-    assert!(
-        (wav_ms - call_ms).abs() < 1000.0,
-        "recording {wav_ms} ms vs call {call_ms} ms"
-    );
-
-    // Both channels carry audio: the caller's pcap on the left, its echo on the right.
-    let samples: Vec<i16> = view
-        .data
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
-    let energy = |channel: usize| -> u64 {
-        samples
-            .iter()
-            .skip(channel)
-            .step_by(2)
-            .map(|s| u64::from(s.unsigned_abs()))
-            .sum()
-    };
-    assert!(energy(0) > 0, "caller channel is silent");
-    assert!(energy(1) > 0, "callee channel is silent");
+    // The caller's pcap on the left, its echo on the right.
+    assert_recording_of_the_call(&bytes, &record);
 
     let sidecar = std::fs::read_to_string(wav_path.with_extension("json")).expect("sidecar");
     let sidecar: serde_json::Value = serde_json::from_str(&sidecar).expect("sidecar JSON");

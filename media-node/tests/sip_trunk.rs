@@ -22,9 +22,9 @@ mod support;
 
 use media_node::call::trunks::TrunkCredentialSource;
 use media_node::call::{CallSettings, TrunkSettings};
-use media_node::media::wav;
 use support::{
-    SETTLE_LIMIT, Sipp, TestNode, free_media_port, free_port, free_port_on, require_sipp,
+    SETTLE_LIMIT, Sipp, TestNode, assert_recording_of_the_call, free_media_port, free_port,
+    free_port_on, require_sipp,
 };
 use switchboard_crds::callcenter::{EntryPoint, TrunkSpec};
 
@@ -547,39 +547,6 @@ fn recorded_trunk_call_has_both_channels_and_the_call_length() {
         .as_str()
         .expect("the CDR names the recording");
     let bytes = std::fs::read(node.records.path().join(name)).expect("read the recording");
-    let view = wav::parse(&bytes).expect("a valid WAV");
-    assert_eq!((view.format.channels, view.format.sample_rate), (2, 8000));
-
-    // The call's length as the node logged it (answer to hang-up).
-    let at = |field: &str| -> chrono::DateTime<chrono::Utc> {
-        cdr[field]
-            .as_str()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or_else(|| panic!("{field} in {cdr}"))
-    };
-    let call_ms = (at("endedAt") - at("answeredAt")).num_milliseconds() as f64;
-    let wav_ms = view.frames() as f64 / 8.0;
-    eprintln!("recording {wav_ms} ms, call {call_ms} ms");
-    // Audio starts a moment after the answer and the last frames may be in flight.
-    assert!(
-        (wav_ms - call_ms).abs() < 1000.0,
-        "recording {wav_ms} ms vs call {call_ms} ms"
-    );
-
-    // Both channels carry audio: the carrier's pcap on the left, the seat's echo on the right.
-    let samples: Vec<i16> = view
-        .data
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
-    let energy = |channel: usize| -> u64 {
-        samples
-            .iter()
-            .skip(channel)
-            .step_by(2)
-            .map(|s| u64::from(s.unsigned_abs()))
-            .sum()
-    };
-    assert!(energy(0) > 0, "carrier (caller) channel is silent");
-    assert!(energy(1) > 0, "seat (callee) channel is silent");
+    // The carrier's pcap on the left, the seat's echo on the right.
+    assert_recording_of_the_call(&bytes, cdr);
 }

@@ -333,3 +333,40 @@ impl Drop for TestNode {
         runtime.shutdown_timeout(Duration::from_secs(2));
     }
 }
+
+/// Checks a call's recording against its CDR line: a stereo 8 kHz WAV as long as the call
+/// (answer to hang-up, within a second: audio starts a moment after the answer and the last
+/// frames may be in flight), with audio on both channels (the caller's on the left, the other
+/// party's on the right).
+pub fn assert_recording_of_the_call(bytes: &[u8], cdr: &serde_json::Value) {
+    let view = media_node::media::wav::parse(bytes).expect("a valid WAV");
+    assert_eq!((view.format.channels, view.format.sample_rate), (2, 8000));
+    let at = |field: &str| -> chrono::DateTime<chrono::Utc> {
+        cdr[field]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{field} in {cdr}"))
+    };
+    let call_ms = (at("endedAt") - at("answeredAt")).num_milliseconds() as f64;
+    let wav_ms = view.frames() as f64 / 8.0;
+    eprintln!("recording {wav_ms} ms, call {call_ms} ms");
+    assert!(
+        (wav_ms - call_ms).abs() < 1000.0,
+        "recording {wav_ms} ms vs call {call_ms} ms"
+    );
+    let samples: Vec<i16> = view
+        .data
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let energy = |channel: usize| -> u64 {
+        samples
+            .iter()
+            .skip(channel)
+            .step_by(2)
+            .map(|s| u64::from(s.unsigned_abs()))
+            .sum()
+    };
+    assert!(energy(0) > 0, "caller channel is silent");
+    assert!(energy(1) > 0, "callee channel is silent");
+}
