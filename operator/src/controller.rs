@@ -487,6 +487,16 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
             &serving,
             now,
         );
+        let (value, reason, message) = standby_readiness(center, &live, &node_statuses);
+        mark(
+            status,
+            center,
+            conditions::STANDBY_READY,
+            value,
+            reason,
+            &message,
+            now,
+        );
     })
     .await?;
     if !all_current {
@@ -496,6 +506,49 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
         )));
     }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// `StandbyReady`: whether a standby could take over. A standby that runs the current config
+/// would take new calls after the active node's Lease expires, but live calls and
+/// registrations are not replicated to it yet, so it is never reported ready to take them.
+fn standby_readiness(
+    center: &CallCenter,
+    live: &CenterView,
+    nodes: &[NodeStatus],
+) -> (&'static str, &'static str, String) {
+    use switchboard_crds::callcenter::HaMode;
+    if center.spec.high_availability.mode == HaMode::None {
+        return (
+            "False",
+            "NotConfigured",
+            "highAvailability.mode is None: one media node, no standby".to_string(),
+        );
+    }
+    let Some(standby) = &live.standby_node else {
+        return (
+            "False",
+            "NoStandby",
+            "no media node reports as standby".to_string(),
+        );
+    };
+    let current = nodes
+        .iter()
+        .any(|n| &n.name == standby && n.config == NodeConfigState::Current);
+    if !current {
+        return (
+            "False",
+            "StandbyConfigPending",
+            format!("standby {standby} does not run the current config yet"),
+        );
+    }
+    (
+        "False",
+        "NoReplication",
+        format!(
+            "{standby} stands by on the current config and would take new calls if the active \
+             node failed, but live calls and registrations are not replicated to it yet"
+        ),
+    )
 }
 
 /// The trunks' status lines from the serving node's counts; `lastChangeTime` moves only when a
@@ -895,6 +948,50 @@ mod tests {
 
     use super::*;
     use crate::node_state::TrunkView;
+
+    #[test]
+    fn a_standby_is_never_ready_to_take_live_calls_without_replication() {
+        let center = |mode: &str| -> CallCenter {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "switchboard.dev/v1alpha1",
+                "kind": "CallCenter",
+                "metadata": {"name": "campus", "namespace": "college"},
+                "spec": {"sip": {"domain": "cc.example.edu"}, "highAvailability": {"mode": mode}}
+            }))
+            .expect("a center")
+        };
+        let line = |config| NodeStatus {
+            name: "campus-media-0".into(),
+            config_generation: Some(3),
+            config,
+            message: None,
+        };
+        let standby = CenterView {
+            standby_node: Some("campus-media-0".into()),
+            ..CenterView::default()
+        };
+        let reason = |c: &CallCenter, live: &CenterView, nodes: &[NodeStatus]| {
+            let (value, reason, _) = standby_readiness(c, live, nodes);
+            (value, reason)
+        };
+        assert_eq!(
+            reason(&center("None"), &standby, &[]),
+            ("False", "NotConfigured")
+        );
+        let hot = center("HotStandby");
+        assert_eq!(
+            reason(&hot, &CenterView::default(), &[]),
+            ("False", "NoStandby")
+        );
+        assert_eq!(
+            reason(&hot, &standby, &[line(NodeConfigState::Unreachable)]),
+            ("False", "StandbyConfigPending")
+        );
+        assert_eq!(
+            reason(&hot, &standby, &[line(NodeConfigState::Current)]),
+            ("False", "NoReplication")
+        );
+    }
 
     #[test]
     fn a_trunks_change_time_moves_only_with_its_limit() {

@@ -985,6 +985,10 @@ async fn campus(
                 .trunks
                 .iter()
                 .any(|t| t.name == "campus-pstn" && t.limit == 30 && t.busy == 0)
+            && status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "StandbyReady" && c.reason == "NoReplication")
             && status.nodes.len() == 2
             && status
                 .nodes
