@@ -110,6 +110,11 @@ fn nonce_of(response: &str) -> String {
 }
 
 fn authorization(user: &str, password: &str, nonce: &str, nc: u32) -> String {
+    digest_authorization("REGISTER", user, password, nonce, nc)
+}
+
+/// A phone's digest answer (qop=auth) for a request of `method` to `sip:localhost`.
+fn digest_authorization(method: &str, user: &str, password: &str, nonce: &str, nc: u32) -> String {
     let credentials = DigestCredentials {
         username: user.into(),
         realm: REALM.into(),
@@ -121,7 +126,7 @@ fn authorization(user: &str, password: &str, nonce: &str, nc: u32) -> String {
         cnonce: Some("c0ffee".into()),
         opaque: None,
     };
-    let response = expected_response(&credentials, "REGISTER", &ha1(user, REALM, password));
+    let response = expected_response(&credentials, method, &ha1(user, REALM, password));
     format!(
         "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:localhost\", \
          response=\"{response}\", algorithm=MD5, qop=auth, nc={nc:08x}, cnonce=\"c0ffee\""
@@ -788,23 +793,7 @@ mod calls {
     }
 
     fn invite_authorization(user: &str, password: &str, nonce: &str, nc: u32) -> String {
-        let credentials = DigestCredentials {
-            username: user.into(),
-            realm: REALM.into(),
-            nonce: nonce.into(),
-            uri: "sip:localhost".into(),
-            response: String::new(),
-            qop: Some("auth".into()),
-            nc: Some(nc),
-            cnonce: Some("c0ffee".into()),
-            opaque: None,
-        };
-        let response = expected_response(&credentials, "INVITE", &ha1(user, REALM, password));
-        format!(
-            "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", \
-             uri=\"sip:localhost\", response=\"{response}\", algorithm=MD5, qop=auth, \
-             nc={nc:08x}, cnonce=\"c0ffee\""
-        )
+        digest_authorization("INVITE", user, password, nonce, nc)
     }
 
     /// Challenges an INVITE and answers the challenge; returns the final response.
