@@ -1066,18 +1066,10 @@ impl CallSession {
     /// Codecs to answer a leg's new offer with: the one agreed there first (no needless
     /// change of codec), then the call center's others.
     fn codec_preferences(&self, leg: Leg) -> Vec<Codec> {
-        let agreed = self.sdp(leg).audio.map(|a| a.codec);
-        agreed
-            .into_iter()
-            .chain(
-                self.engine
-                    .settings
-                    .codecs
-                    .iter()
-                    .copied()
-                    .filter(|&c| Some(c) != agreed),
-            )
-            .collect()
+        first_then_others(
+            self.sdp(leg).audio.map(|a| a.codec),
+            &self.engine.settings.codecs,
+        )
     }
 
     /// The node's re-INVITE offer for a leg with a wanted direction; `None` before any audio
@@ -1962,18 +1954,10 @@ impl CallSession {
         );
         if self.a_sdp.audio.is_none() {
             // Late offer: the caller's 200 offers the callee's codec first, then the others.
-            let chosen = self.b_sdp.audio.map(|a| a.codec);
-            let codecs: Vec<Codec> = chosen
-                .into_iter()
-                .chain(
-                    self.engine
-                        .settings
-                        .codecs
-                        .iter()
-                        .copied()
-                        .filter(|&c| Some(c) != chosen),
-                )
-                .collect();
+            let codecs = first_then_others(
+                self.b_sdp.audio.map(|a| a.codec),
+                &self.engine.settings.codecs,
+            );
             let offer = build_offer(&self.a_sdp.local, &codecs)
                 .to_string()
                 .into_bytes();
@@ -2245,6 +2229,15 @@ impl CallSession {
             self.linger_until = Some(if udp { now + TIMER_D } else { now });
         }
     }
+}
+
+/// `first` (when set), then the other codecs of `all` in their order: an offer that keeps a
+/// codec already agreed or chosen on the other leg, without dropping the rest.
+fn first_then_others(first: Option<Codec>, all: &[Codec]) -> Vec<Codec> {
+    first
+        .into_iter()
+        .chain(all.iter().copied().filter(|&c| Some(c) != first))
+        .collect()
 }
 
 /// What the caller hears when the callee refuses, and how the CDR counts it.
