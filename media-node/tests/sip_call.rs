@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use media_node::call::CallSettings;
 
-use support::{TestNode, assert_recording_of_the_call, free_media_port, free_port, require_sipp};
+use support::{TestNode, assert_recording_of_the_call, free_port, require_sipp};
 
 /// The node with calls on; with `record`, recordings (and CDRs) go to the returned directory.
 fn start(record: bool) -> (TestNode, Option<tempfile::TempDir>) {
@@ -29,53 +29,23 @@ fn start(record: bool) -> (TestNode, Option<tempfile::TempDir>) {
     (node, recordings)
 }
 
-fn answered_call(node: &TestNode, uas: &str, uac: &str) {
-    answered_call_over(node, uas, uac, false);
-}
-
-/// As [`answered_call`]; with `caller_tcp` the caller's leg runs over TCP.
+/// A call from 1001 to 1002 (see [`TestNode::seat_call`]); the A-law caller and µ-law callee
+/// make the relay transcode.
 fn answered_call_over(node: &TestNode, uas: &str, uac: &str, caller_tcp: bool) {
-    let callee_port = free_port();
-    node.register_callee(callee_port);
-    let callee = node.seat(
-        uas,
-        callee_port,
-        Some(free_media_port("127.0.0.1")),
-        &["-rtp_echo"],
-    );
-    // The callee listens before the caller dials.
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = if caller_tcp {
-        node.seat_tcp(
-            uac,
-            free_port(),
-            Some(free_media_port("127.0.0.1")),
-            &["-s", "1002"],
-        )
-    } else {
-        node.seat(
-            uac,
-            free_port(),
-            Some(free_media_port("127.0.0.1")),
-            &["-s", "1002"],
-        )
-    };
-    caller.assert_ok("caller 1001");
-    callee.assert_ok("callee 1002");
-    node.wait_settled(|| true);
-    let stats = node.engine().relay_stats();
-    let forward = stats.caller_to_callee.load(Ordering::Relaxed);
-    let back = stats.callee_to_caller.load(Ordering::Relaxed);
-    let transcoded = stats.transcoded.load(Ordering::Relaxed);
-    eprintln!(
-        "relayed {forward} RTP packets caller→callee, {back} callee→caller, {transcoded} transcoded"
-    );
-    assert!(forward > 0, "no RTP relayed from caller to callee");
-    assert!(back > 0, "no RTP relayed from callee (echo) back to caller");
+    node.seat_call(uas, uac, caller_tcp);
+    let transcoded = node
+        .engine()
+        .relay_stats()
+        .transcoded
+        .load(Ordering::Relaxed);
     assert!(
         transcoded > 0,
         "A-law caller and µ-law callee: the relay must transcode"
     );
+}
+
+fn answered_call(node: &TestNode, uas: &str, uac: &str) {
+    answered_call_over(node, uas, uac, false);
 }
 
 #[test]

@@ -12,39 +12,14 @@
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use media_node::call::CallSettings;
-use support::{TestNode, free_media_port, free_port, require_sipp};
+use support::{TestNode, require_sipp};
 
-/// Runs 1001 (`uac`) calling 1002 (`uas`, echoing RTP) to the end and checks both SIPp exit
-/// codes, that the node settles, and that RTP was relayed both ways.
+/// Runs 1001 (`uac`) calling 1002 (`uas`, echoing RTP) to the end: both SIPp exit codes,
+/// the node settled, RTP relayed both ways, one call set up.
 fn call(node: &TestNode, uas: &str, uac: &str) {
-    let callee_port = free_port();
-    node.register_callee(callee_port);
-    let callee = node.seat(
-        uas,
-        callee_port,
-        Some(free_media_port("127.0.0.1")),
-        &["-rtp_echo"],
-    );
-    // The callee listens before the caller dials.
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = node.seat(
-        uac,
-        free_port(),
-        Some(free_media_port("127.0.0.1")),
-        &["-s", "1002"],
-    );
-    caller.assert_ok("caller 1001");
-    callee.assert_ok("callee 1002");
-    node.wait_settled(|| true);
-    let stats = node.engine().relay_stats();
-    let forward = stats.caller_to_callee.load(Ordering::Relaxed);
-    let back = stats.callee_to_caller.load(Ordering::Relaxed);
-    eprintln!("relayed {forward} RTP packets caller→callee, {back} callee→caller");
-    assert!(forward > 0, "no RTP relayed from caller to callee");
-    assert!(back > 0, "no RTP relayed from callee (echo) back to caller");
+    node.seat_call(uas, uac, false);
     assert_eq!(node.engine().counters().started(), 1);
 }
 

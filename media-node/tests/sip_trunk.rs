@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 mod support;
@@ -275,15 +274,6 @@ impl TrunkNode {
     }
 }
 
-fn relayed_both_ways(node: &TrunkNode) {
-    let stats = node.engine().relay_stats();
-    let forward = stats.caller_to_callee.load(Ordering::Relaxed);
-    let back = stats.callee_to_caller.load(Ordering::Relaxed);
-    eprintln!("relayed {forward} RTP packets caller→callee, {back} callee→caller");
-    assert!(forward > 0, "no RTP relayed from caller to callee");
-    assert!(back > 0, "no RTP relayed from callee (echo) back to caller");
-}
-
 #[test]
 fn trunk_call_reaches_the_entry_points_seat_with_media_both_ways() {
     require_sipp();
@@ -294,7 +284,7 @@ fn trunk_call_reaches_the_entry_points_seat_with_media_both_ways() {
         "trunk-uac-inbound.xml",
         &["-d", "3000"],
     );
-    relayed_both_ways(&node);
+    node.assert_relayed_both_ways();
     let cdrs = node.cdrs();
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
     let cdr = &cdrs[0];
@@ -324,7 +314,7 @@ fn outbound_call_answers_the_trunks_challenge_once() {
         &[],
         "call-uac-bye.xml",
     );
-    relayed_both_ways(&node);
+    node.assert_relayed_both_ways();
     let cdrs = node.cdrs();
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
     let cdr = &cdrs[0];
@@ -348,7 +338,7 @@ fn outbound_call_through_a_tcp_trunk_opens_the_connection() {
         &["-t", "t1"],
         "call-uac-bye.xml",
     );
-    relayed_both_ways(&node);
+    node.assert_relayed_both_ways();
     let cdrs = node.cdrs();
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
     assert_eq!(cdrs[0]["outcome"], "answered", "{cdrs:?}");
@@ -487,7 +477,7 @@ fn trunk_call_hung_up_by_the_seat() {
         "trunk-uac-inbound-seat-bye.xml",
         &[],
     );
-    relayed_both_ways(&node);
+    node.assert_relayed_both_ways();
     let cdrs = node.cdrs();
     assert_eq!(cdrs.len(), 1, "{cdrs:?}");
     let cdr = &cdrs[0];

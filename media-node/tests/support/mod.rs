@@ -7,6 +7,7 @@ use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use media_node::call::{CallEngine, CallSettings};
@@ -312,6 +313,42 @@ impl TestNode {
         let mut args = vec!["-t", "t1"];
         args.extend_from_slice(extra);
         Sipp::spawn(self.port, "127.0.0.1", scenario, port, media_port, &args)
+    }
+
+    /// Seat 1002 registers and plays `uas` echoing RTP; seat 1001 calls it playing `uac`
+    /// (over TCP with `caller_tcp`). Both scenarios must pass, the node settle, and RTP have
+    /// been relayed both ways.
+    pub fn seat_call(&self, uas: &str, uac: &str, caller_tcp: bool) {
+        let callee_port = free_port();
+        self.register_callee(callee_port);
+        let callee = self.seat(
+            uas,
+            callee_port,
+            Some(free_media_port("127.0.0.1")),
+            &["-rtp_echo"],
+        );
+        // The callee listens before the caller dials.
+        std::thread::sleep(Duration::from_millis(300));
+        let media = Some(free_media_port("127.0.0.1"));
+        let caller = if caller_tcp {
+            self.seat_tcp(uac, free_port(), media, &["-s", "1002"])
+        } else {
+            self.seat(uac, free_port(), media, &["-s", "1002"])
+        };
+        caller.assert_ok("caller 1001");
+        callee.assert_ok("callee 1002");
+        self.wait_settled(|| true);
+        self.assert_relayed_both_ways();
+    }
+
+    /// Asserts the node relayed RTP in both directions.
+    pub fn assert_relayed_both_ways(&self) {
+        let stats = self.engine().relay_stats();
+        let forward = stats.caller_to_callee.load(Ordering::Relaxed);
+        let back = stats.callee_to_caller.load(Ordering::Relaxed);
+        eprintln!("relayed {forward} RTP packets caller→callee, {back} callee→caller");
+        assert!(forward > 0, "no RTP relayed from caller to callee");
+        assert!(back > 0, "no RTP relayed from callee (echo) back to caller");
     }
 
     /// Seat 1002 registers from `port` (where its answering scenario will then listen).
