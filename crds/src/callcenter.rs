@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{
     DATE_PATTERN, DIALED_NUMBER_PATTERN, DTMF_DIGIT_PATTERN, E164_PATTERN, HOST_PATTERN,
-    NAME_PATTERN, PROMPT_PATTERN, ServiceLevelTarget,
+    NAME_PATTERN, PROMPT_PATTERN, SecretKeyReference, ServiceLevelTarget,
 };
 
 /// A call center: SIP and media settings, trunks, entry numbers, voice menus, business hours,
@@ -83,6 +83,13 @@ pub struct CallCenterSpec {
     /// Opening hours. Menus with an `afterHours` route use it outside these hours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub business_hours: Option<BusinessHours>,
+    /// Codes agents dial from their own phone to log in and out and to change their agent
+    /// state.
+    #[serde(default)]
+    pub feature_codes: FeatureCodes,
+    /// Voicemail for overflow, after hours and unanswered seats.
+    #[serde(default)]
+    pub voicemail: VoicemailSpec,
     /// Call recording and where recordings are kept.
     #[serde(default)]
     pub recording: RecordingSpec,
@@ -455,6 +462,150 @@ pub struct IvrMenu {
     /// menu plays at all hours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_hours: Option<Route>,
+    /// Instead of one key, collect a member PIN ended by `#`. A menu that collects has no
+    /// `options`; a wrong PIN counts as an invalid key (the menu repeats, then `onFailure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collect_pin: Option<PinCollection>,
+}
+
+/// A member PIN collected by a menu: a caller who enters a valid PIN is put ahead of other
+/// callers when queued.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PinCollection {
+    /// The Secret key holding the valid PINs, one per line (4 to 12 digits each). The node
+    /// only ever holds their salted SHA-256 hashes.
+    pub pins: SecretKeyReference,
+    /// Most digits a PIN has; the caller ends shorter PINs with `#`.
+    #[serde(default = "default_pin_digits")]
+    #[schemars(range(min = 4, max = 12))]
+    pub max_digits: u32,
+    /// Added to the caller's priority in every queue after a valid PIN (higher is served
+    /// first among callers of the same queue).
+    #[serde(default = "default_pin_priority")]
+    #[schemars(range(min = 1, max = 100))]
+    pub priority_boost: u32,
+    /// Where the call goes after a valid PIN.
+    pub on_valid: Route,
+}
+
+fn default_pin_digits() -> u32 {
+    6
+}
+fn default_pin_priority() -> u32 {
+    10
+}
+
+/// Feature codes dialed from a seat's own phone. Each code is `*` and one to three digits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureCodes {
+    /// Log in: the seat starts taking queue calls (Ready).
+    #[serde(default = "default_login_code")]
+    #[schemars(pattern(FEATURE_CODE_PATTERN))]
+    pub login: String,
+    /// Log out: the seat gets no queue calls until it logs in again.
+    #[serde(default = "default_logout_code")]
+    #[schemars(pattern(FEATURE_CODE_PATTERN))]
+    pub logout: String,
+    /// Ready: take queue calls again after a pause.
+    #[serde(default = "default_ready_code")]
+    #[schemars(pattern(FEATURE_CODE_PATTERN))]
+    pub ready: String,
+    /// Not ready: this code followed by one reason digit (`*24` then `1` dials `*241`).
+    #[serde(default = "default_not_ready_code")]
+    #[schemars(pattern(FEATURE_CODE_PATTERN))]
+    pub not_ready: String,
+    /// The reasons an agent can give for NotReady, by digit. `no-answer` is set by the node
+    /// itself after an unanswered offer.
+    #[serde(default = "default_not_ready_reasons")]
+    #[schemars(length(min = 1, max = 10))]
+    pub not_ready_reasons: Vec<NotReadyReason>,
+}
+
+/// A feature code: `*` and one to three digits.
+pub const FEATURE_CODE_PATTERN: &str = r"^\*[0-9]{1,3}$";
+
+/// One NotReady reason an agent can dial.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotReadyReason {
+    /// The digit dialed after the NotReady code.
+    #[schemars(pattern(r"^[0-9]$"))]
+    pub digit: String,
+    /// The reason shown in status and statistics, for example `break`.
+    #[schemars(length(min = 1, max = 32), pattern(r"^[a-z][a-z0-9-]*$"))]
+    pub reason: String,
+}
+
+fn default_login_code() -> String {
+    "*21".to_string()
+}
+fn default_logout_code() -> String {
+    "*22".to_string()
+}
+fn default_ready_code() -> String {
+    "*23".to_string()
+}
+fn default_not_ready_code() -> String {
+    "*24".to_string()
+}
+fn default_not_ready_reasons() -> Vec<NotReadyReason> {
+    [
+        ("1", "break"),
+        ("2", "meal"),
+        ("3", "training"),
+        ("4", "meeting"),
+        ("5", "coaching"),
+    ]
+    .into_iter()
+    .map(|(digit, reason)| NotReadyReason {
+        digit: digit.to_string(),
+        reason: reason.to_string(),
+    })
+    .collect()
+}
+
+impl Default for FeatureCodes {
+    fn default() -> Self {
+        Self {
+            login: default_login_code(),
+            logout: default_logout_code(),
+            ready: default_ready_code(),
+            not_ready: default_not_ready_code(),
+            not_ready_reasons: default_not_ready_reasons(),
+        }
+    }
+}
+
+/// Voicemail: what callers hear and how long they may speak.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VoicemailSpec {
+    /// Greeting played before the tone (an 8 kHz WAV in the prompt store).
+    #[serde(default = "default_voicemail_greeting")]
+    #[schemars(length(min = 5, max = 255), pattern(PROMPT_PATTERN))]
+    pub greeting: String,
+    /// Longest message in seconds; recording stops there.
+    #[serde(default = "default_voicemail_seconds")]
+    #[schemars(range(min = 5, max = 600))]
+    pub max_message_seconds: u32,
+}
+
+fn default_voicemail_greeting() -> String {
+    "voicemail/greeting.wav".to_string()
+}
+fn default_voicemail_seconds() -> u32 {
+    120
+}
+
+impl Default for VoicemailSpec {
+    fn default() -> Self {
+        Self {
+            greeting: default_voicemail_greeting(),
+            max_message_seconds: default_voicemail_seconds(),
+        }
+    }
 }
 
 fn default_menu_timeout() -> u32 {

@@ -125,6 +125,31 @@ pub struct QueueSpec {
     /// Service-level target of this queue. Empty: the CallCenter's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_level: Option<ServiceLevelTarget>,
+    /// A post-call survey: when the agent hangs up first, the caller hears a prompt and
+    /// presses 1 to 5; the score goes into the CDR. Empty: no survey.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survey: Option<Survey>,
+}
+
+/// The post-call survey of a queue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Survey {
+    /// The question, asking for a key from 1 (poor) to 5 (excellent).
+    #[schemars(length(min = 5, max = 255), pattern(PROMPT_PATTERN))]
+    pub prompt: String,
+    /// Played after a score was given. Empty: hang up at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 5, max = 255), pattern(PROMPT_PATTERN))]
+    pub thank_you_prompt: Option<String>,
+    /// Seconds to wait for the key after the prompt.
+    #[serde(default = "default_survey_timeout")]
+    #[schemars(range(min = 1, max = 30))]
+    pub timeout_seconds: u32,
+}
+
+fn default_survey_timeout() -> u32 {
+    8
 }
 
 fn default_max_wait() -> u32 {

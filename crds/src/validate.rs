@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use chrono::{NaiveDate, NaiveTime};
 
-use crate::callcenter::{BusinessHours, CallCenterSpec, HaMode, Route, RouteAction};
+use crate::callcenter::{BusinessHours, CallCenterSpec, FeatureCodes, HaMode, Route, RouteAction};
 use crate::queue::{OverflowAction, QueueSpec};
 use crate::seat::SeatSpec;
 
@@ -196,6 +196,20 @@ pub fn call_center(spec: &CallCenterSpec) -> FieldErrors {
         if let Some(route) = &menu.on_failure {
             check_route(route, &format!("{path}.onFailure"), &menus, &mut errs);
         }
+        if let Some(collect) = &menu.collect_pin {
+            if !menu.options.is_empty() {
+                errs.push(
+                    format!("{path}.options"),
+                    "Forbidden: a menu that collects a PIN (collectPin) takes no single-key options",
+                );
+            }
+            check_route(
+                &collect.on_valid,
+                &format!("{path}.collectPin.onValid"),
+                &menus,
+                &mut errs,
+            );
+        }
         if let Some(route) = &menu.after_hours {
             check_route(route, &format!("{path}.afterHours"), &menus, &mut errs);
             if spec.business_hours.is_none() {
@@ -210,6 +224,12 @@ pub fn call_center(spec: &CallCenterSpec) -> FieldErrors {
     if let Some(hours) = &spec.business_hours {
         check_business_hours(hours, &mut errs);
     }
+    check_feature_codes(&spec.feature_codes, &mut errs);
+    check_prompt(
+        &spec.voicemail.greeting,
+        "spec.voicemail.greeting",
+        &mut errs,
+    );
 
     let size = &spec.recording.storage_size.0;
     if !is_quantity(size) {
@@ -296,6 +316,55 @@ fn check_trunks(spec: &CallCenterSpec, errs: &mut FieldErrors) {
         }
     }
 }
+
+/// Feature codes must be distinct and none may start another (the node acts on the first
+/// match), and NotReady reason digits are unique.
+fn check_feature_codes(codes: &FeatureCodes, errs: &mut FieldErrors) {
+    let named = [
+        ("login", &codes.login),
+        ("logout", &codes.logout),
+        ("ready", &codes.ready),
+        ("notReady", &codes.not_ready),
+    ];
+    for (i, (field, code)) in named.iter().enumerate() {
+        for (other_field, other) in &named[i + 1..] {
+            if code.starts_with(other.as_str()) || other.starts_with(code.as_str()) {
+                errs.push(
+                    format!("spec.featureCodes.{other_field}"),
+                    format!(
+                        "Invalid value: {other:?}: clashes with spec.featureCodes.{field} ({code:?}); \
+                         no code may equal or begin another"
+                    ),
+                );
+            }
+        }
+    }
+    check_unique(
+        codes.not_ready_reasons.iter().map(|r| r.digit.as_str()),
+        |i| format!("spec.featureCodes.notReadyReasons[{i}].digit"),
+        errs,
+    );
+    check_unique(
+        codes.not_ready_reasons.iter().map(|r| r.reason.as_str()),
+        |i| format!("spec.featureCodes.notReadyReasons[{i}].reason"),
+        errs,
+    );
+    if let Some(i) = codes
+        .not_ready_reasons
+        .iter()
+        .position(|r| r.reason == NO_ANSWER_REASON)
+    {
+        errs.push(
+            format!("spec.featureCodes.notReadyReasons[{i}].reason"),
+            format!(
+                "Invalid value: {NO_ANSWER_REASON:?} is set by the node after an unanswered offer"
+            ),
+        );
+    }
+}
+
+/// The NotReady reason the node sets when an agent lets an offered call ring out.
+pub const NO_ANSWER_REASON: &str = "no-answer";
 
 fn check_route(route: &Route, path: &str, menus: &BTreeSet<&str>, errs: &mut FieldErrors) {
     match (route.action, &route.target) {
@@ -518,6 +587,12 @@ pub fn queue(spec: &QueueSpec, own_name: &str) -> FieldErrors {
         }
     }
     check_prompt(&spec.music_on_hold, "spec.musicOnHold", &mut errs);
+    if let Some(survey) = &spec.survey {
+        check_prompt(&survey.prompt, "spec.survey.prompt", &mut errs);
+        if let Some(thanks) = &survey.thank_you_prompt {
+            check_prompt(thanks, "spec.survey.thankYouPrompt", &mut errs);
+        }
+    }
     errs
 }
 

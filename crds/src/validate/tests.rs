@@ -1,4 +1,6 @@
 use super::*;
+use crate::callcenter::PinCollection;
+use crate::common::SecretKeyReference;
 use crate::{CallCenterSpec, QueueSpec, SeatSpec};
 use proptest::prelude::*;
 
@@ -179,6 +181,61 @@ fn every_cross_field_rule_names_its_field() {
         (
             "spec.recording.storageSize",
             Box::new(|s| s.recording.storage_size.0 = "lots".into()),
+        ),
+        (
+            "spec.featureCodes.ready",
+            Box::new(|s| s.feature_codes.ready = "*2".into()),
+        ),
+        (
+            "spec.featureCodes.notReady",
+            Box::new(|s| s.feature_codes.not_ready = s.feature_codes.login.clone()),
+        ),
+        (
+            "spec.featureCodes.notReadyReasons[1].digit",
+            Box::new(|s| s.feature_codes.not_ready_reasons[1].digit = "1".into()),
+        ),
+        (
+            "spec.featureCodes.notReadyReasons[0].reason",
+            Box::new(|s| s.feature_codes.not_ready_reasons[0].reason = "no-answer".into()),
+        ),
+        (
+            "spec.ivrMenus[0].options",
+            Box::new(|s| {
+                s.ivr_menus[0].collect_pin = Some(PinCollection {
+                    pins: SecretKeyReference {
+                        name: "member-pins".into(),
+                        key: "pins".into(),
+                    },
+                    max_digits: 6,
+                    priority_boost: 10,
+                    on_valid: Route {
+                        action: RouteAction::Queue,
+                        target: Some("service".into()),
+                    },
+                })
+            }),
+        ),
+        (
+            "spec.ivrMenus[0].collectPin.onValid.target",
+            Box::new(|s| {
+                s.ivr_menus[0].options.clear();
+                s.ivr_menus[0].collect_pin = Some(PinCollection {
+                    pins: SecretKeyReference {
+                        name: "member-pins".into(),
+                        key: "pins".into(),
+                    },
+                    max_digits: 6,
+                    priority_boost: 10,
+                    on_valid: Route {
+                        action: RouteAction::Menu,
+                        target: Some("nowhere".into()),
+                    },
+                })
+            }),
+        ),
+        (
+            "spec.voicemail.greeting",
+            Box::new(|s| s.voicemail.greeting = "../etc/passwd.wav".into()),
         ),
     ];
     for (field, edit) in cases {

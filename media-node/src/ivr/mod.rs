@@ -1,0 +1,1 @@
+//! The IVR: menus, DTMF, timeouts, retries and business hours (pure).

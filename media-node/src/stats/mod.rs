@@ -1,0 +1,1 @@
+//! Live queue and agent statistics over rolling windows (pure).
