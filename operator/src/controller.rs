@@ -170,8 +170,9 @@ async fn run_call_centers(ctx: Arc<Context>) {
     controller
         .with_config(runtime_controller::Config::default().debounce(RECONCILE_DEBOUNCE))
         .reconcile_on(woken)
-        // A Secret holds seat passwords or trunk credentials of the centers in its namespace:
-        // a rotated password must reach the nodes (as a new HA1) without waiting for a resync.
+        // A Secret holds seat passwords, trunk credentials or member PINs of the centers in its
+        // namespace: a rotated password must reach the nodes (as a new HA1) without waiting for
+        // a resync.
         .watches(
             scoped::<Secret>(&client, ns),
             watcher::Config::default(),

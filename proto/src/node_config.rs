@@ -30,6 +30,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use switchboard_crds::callcenter::{NodesSpec, Route, RouteAction};
 use switchboard_crds::{CallCenter, CallCenterSpec, Queue, QueueSpec, Seat, SeatSpec, validate};
 
@@ -66,6 +67,46 @@ pub struct NodeConfig {
     pub queues: Vec<NodeQueue>,
     /// The center's usable seats, by name.
     pub seats: Vec<NodeSeat>,
+    /// Member PINs of the menus that collect one (`collectPin`), by menu name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_pins: Vec<MemberPins>,
+}
+
+/// The valid member PINs of one menu, as salted SHA-256 hashes ([`pin_hash`]): a node can
+/// check a PIN a caller keys in, and a reader of the ConfigMap does not see the PINs. (PINs
+/// are short, so the hashes are no defence against someone who may read the ConfigMap and
+/// tries every PIN; keep read access to ConfigMaps as narrow as to Secrets.)
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberPins {
+    /// The menu that collects them.
+    pub menu: String,
+    /// Per center and menu, so equal PINs of two centers hash differently.
+    pub salt: String,
+    /// `pin_hash(salt, pin)` of every valid PIN, sorted.
+    pub hashes: Vec<String>,
+}
+
+/// Digits a member PIN has at least and at most.
+pub const PIN_DIGITS: std::ops::RangeInclusive<usize> = 4..=12;
+
+/// The hash of a member PIN: lowercase hex SHA-256 of `salt` followed by the PIN's digits.
+pub fn pin_hash(salt: &str, pin: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(salt.as_bytes());
+    h.update(pin.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The salt of a menu's PIN hashes, derived from where the menu lives so the config stays
+/// deterministic.
+pub fn pin_salt(namespace: &str, center: &str, menu: &str) -> String {
+    let mut h = Sha256::new();
+    for part in ["switchboard member pins", namespace, center, menu] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
 }
 
 /// Where a trunk's digest credentials are: the Secret reference and the mount path the node
@@ -141,6 +182,11 @@ pub enum ProblemReason {
     QueueNotFound,
     /// A named Seat does not exist in the center (or was left out itself).
     SeatNotFound,
+    /// A Secret value is not in the expected form (such as a PIN list line that is not 4 to
+    /// 12 digits).
+    InvalidSecretValue,
+    /// A Queue requires a skill that no seat of its center has.
+    UnknownSkill,
 }
 
 impl ProblemReason {
@@ -153,6 +199,8 @@ impl ProblemReason {
             Self::DuplicateExtension => "DuplicateExtension",
             Self::QueueNotFound => "QueueNotFound",
             Self::SeatNotFound => "SeatNotFound",
+            Self::InvalidSecretValue => "InvalidSecretValue",
+            Self::UnknownSkill => "UnknownSkill",
         }
     }
 }
@@ -404,12 +452,14 @@ pub fn build_node_config(
     }
     node_seats.sort_by(|a, b| a.name.cmp(&b.name));
     let seat_names: BTreeSet<String> = node_seats.iter().map(|s| s.name.clone()).collect();
+    report_unknown_skills(&node_queues, &node_seats, &mut problems);
 
     let mut spec = center.spec.clone();
     // Pod settings change the StatefulSet, not what a node serves.
     spec.nodes = NodesSpec::default();
     let trunk_secrets = resolve_trunk_secrets(&name, &mut spec, secrets, &mut problems);
     resolve_routes(&name, &mut spec, &queue_names, &seat_names, &mut problems);
+    let member_pins = resolve_member_pins(&namespace, &name, &spec, secrets, &mut problems);
 
     problems.sort();
     Ok((
@@ -422,6 +472,7 @@ pub fn build_node_config(
             trunk_secrets,
             queues: node_queues,
             seats: node_seats,
+            member_pins,
         },
         problems,
     ))
@@ -575,6 +626,31 @@ fn resolve_seats(
     out
 }
 
+/// A required skill no seat has is almost always a typo (`mandrin`): the queue stays (a
+/// RelaxSkills step may still serve it) but the problem is reported.
+fn report_unknown_skills(queues: &[NodeQueue], seats: &[NodeSeat], problems: &mut Vec<Problem>) {
+    let known: BTreeSet<&str> = seats
+        .iter()
+        .flat_map(|s| s.spec.skills.iter().map(|k| k.name.as_str()))
+        .collect();
+    for q in queues {
+        for (i, skill) in q.spec.required_skills.iter().enumerate() {
+            if !known.contains(skill.name.as_str()) {
+                problems.push(problem(
+                    ObjectKind::Queue,
+                    &q.name,
+                    format!("spec.requiredSkills[{i}].name"),
+                    ProblemReason::UnknownSkill,
+                    format!(
+                        "no seat of the call center has skill {:?}; no agent can take this queue's calls",
+                        skill.name
+                    ),
+                ));
+            }
+        }
+    }
+}
+
 /// A membership of a missing queue is removed; the seat keeps its other queues.
 fn drop_memberships_of_missing_queues(
     s: &mut NodeSeat,
@@ -665,6 +741,86 @@ fn resolve_trunk_secrets(
         }
     }
     out.sort_by(|a, b| a.trunk.cmp(&b.trunk));
+    out
+}
+
+/// The PIN lists of menus that collect a PIN, hashed. A missing Secret or key leaves the menu
+/// with no valid PIN (every caller takes the invalid-PIN path) and is reported; a line that is
+/// not a PIN is skipped and reported by line number, never by content.
+fn resolve_member_pins(
+    namespace: &str,
+    center: &str,
+    spec: &CallCenterSpec,
+    secrets: &dyn SecretLookup,
+    problems: &mut Vec<Problem>,
+) -> Vec<MemberPins> {
+    let mut out = Vec::new();
+    for (i, menu) in spec.ivr_menus.iter().enumerate() {
+        let Some(collect) = &menu.collect_pin else {
+            continue;
+        };
+        let field = format!("spec.ivrMenus[{i}].collectPin.pins");
+        let salt = pin_salt(namespace, center, &menu.name);
+        let mut hashes = Vec::new();
+        match secrets.value(&collect.pins.name, &collect.pins.key) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                for (n, line) in text.lines().enumerate() {
+                    let pin = line.trim();
+                    if pin.is_empty() || pin.starts_with('#') {
+                        continue;
+                    }
+                    if PIN_DIGITS.contains(&pin.len()) && pin.bytes().all(|b| b.is_ascii_digit()) {
+                        hashes.push(pin_hash(&salt, pin));
+                    } else {
+                        problems.push(problem(
+                            ObjectKind::CallCenter,
+                            center,
+                            format!("{field}.key"),
+                            ProblemReason::InvalidSecretValue,
+                            format!(
+                                "line {} of key {:?} in Secret {:?} is not a PIN of 4 to 12 digits; it is ignored",
+                                n + 1,
+                                collect.pins.key,
+                                collect.pins.name
+                            ),
+                        ));
+                    }
+                }
+            }
+            Err(miss) => {
+                let (sub, reason, what) = match miss {
+                    SecretMiss::NoSecret => (
+                        "name",
+                        ProblemReason::SecretNotFound,
+                        format!("Secret {:?} not found", collect.pins.name),
+                    ),
+                    SecretMiss::NoKey => (
+                        "key",
+                        ProblemReason::SecretKeyNotFound,
+                        format!(
+                            "Secret {:?} has no key {:?}",
+                            collect.pins.name, collect.pins.key
+                        ),
+                    ),
+                };
+                problems.push(problem(
+                    ObjectKind::CallCenter,
+                    center,
+                    format!("{field}.{sub}"),
+                    reason,
+                    format!("{what}; menu {} accepts no PIN", menu.name),
+                ));
+            }
+        }
+        hashes.sort();
+        hashes.dedup();
+        out.push(MemberPins {
+            menu: menu.name.clone(),
+            salt,
+            hashes,
+        });
+    }
     out
 }
 
@@ -770,6 +926,19 @@ fn resolve_routes(
             {
                 *slot = None;
             }
+        }
+        // A valid PIN must lead somewhere: with its target gone, the menu's failure route.
+        if let Some(collect) = &mut menu.collect_pin
+            && !apply(
+                &mut collect.on_valid,
+                format!("spec.ivrMenus[{m}].collectPin.onValid"),
+                problems,
+            )
+        {
+            collect.on_valid = menu.on_failure.clone().unwrap_or(Route {
+                action: RouteAction::Hangup,
+                target: None,
+            });
         }
     }
 }
@@ -984,6 +1153,118 @@ mod tests {
         assert!(!yaml.contains("TrunkPassw0rd"));
         assert!(!yaml.contains("SeatPass"));
         assert!(yaml.contains(&c.seats[0].ha1));
+    }
+
+    #[test]
+    fn a_queue_requiring_a_skill_no_seat_has_is_reported_and_kept() {
+        let mut qs = queues();
+        qs.push(queue(
+            "mandarin-help",
+            json!({"callCenter": "campus", "requiredSkills": [{"name": "mandrin", "minProficiency": 2}]}),
+        ));
+        let mut ss = seats();
+        ss[0].spec.skills = vec![
+            serde_json::from_value(json!({"name": "mandarin", "proficiency": 5}))
+                .expect("valid skill"),
+        ];
+        let (c, problems) = build(&campus(), &qs, &ss, &secrets());
+        assert!(c.queues.iter().any(|q| q.name == "mandarin-help"));
+        let unknown: Vec<_> = problems
+            .iter()
+            .filter(|p| p.reason == ProblemReason::UnknownSkill)
+            .collect();
+        assert_eq!(unknown.len(), 1, "{problems:?}");
+        assert_eq!(unknown[0].name, "mandarin-help");
+        assert_eq!(unknown[0].field, "spec.requiredSkills[0].name");
+        assert!(unknown[0].message.contains("\"mandrin\""));
+    }
+
+    /// The campus center with a second menu that collects member PINs from `member-pins`.
+    fn campus_with_pin_menu() -> CallCenter {
+        let mut c = campus();
+        c.spec.ivr_menus.push(
+            serde_json::from_value(json!({
+                "name": "members",
+                "prompt": "campus/member-pin.wav",
+                "collectPin": {
+                    "pins": {"name": "member-pins", "key": "pins"},
+                    "onValid": {"action": "Queue", "target": "inbound-service"}
+                },
+                "onFailure": {"action": "Queue", "target": "inbound-service"}
+            }))
+            .expect("valid menu"),
+        );
+        c
+    }
+
+    #[test]
+    fn member_pins_reach_the_node_only_as_salted_hashes() {
+        let mut s = secrets();
+        s.insert(
+            "member-pins".to_string(),
+            BTreeMap::from([(
+                "pins".to_string(),
+                "# members of the alumni association\n482913\n\n  7301 \n12ab\n482913\n"
+                    .to_string(),
+            )]),
+        );
+        let (c, problems) = build(&campus_with_pin_menu(), &queues(), &seats(), &s);
+        let pins = &c.member_pins[0];
+        assert_eq!(pins.menu, "members");
+        assert_eq!(pins.salt, pin_salt("college", "campus", "members"));
+        let mut expected = vec![pin_hash(&pins.salt, "482913"), pin_hash(&pins.salt, "7301")];
+        expected.sort();
+        assert_eq!(
+            pins.hashes, expected,
+            "duplicates collapse, comments and blanks skipped"
+        );
+        // The bad line is reported by number, never by content.
+        let bad: Vec<_> = problems
+            .iter()
+            .filter(|p| p.reason == ProblemReason::InvalidSecretValue)
+            .collect();
+        assert_eq!(bad.len(), 1, "{problems:?}");
+        assert_eq!(bad[0].field, "spec.ivrMenus[1].collectPin.pins.key");
+        assert!(bad[0].message.contains("line 5"), "{}", bad[0].message);
+        assert!(!bad[0].message.contains("12ab"));
+        let yaml = c.to_yaml().expect("serialises");
+        assert!(!yaml.contains("482913") && !yaml.contains("7301"));
+        // Another center's salt differs, so its hash of the same PIN does too.
+        assert_ne!(pins.salt, pin_salt("college", "other", "members"));
+    }
+
+    #[test]
+    fn a_missing_pin_secret_leaves_the_menu_accepting_no_pin() {
+        let (c, problems) = build(&campus_with_pin_menu(), &queues(), &seats(), &secrets());
+        assert!(c.member_pins[0].hashes.is_empty());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.reason == ProblemReason::SecretNotFound
+                    && p.field == "spec.ivrMenus[1].collectPin.pins.name"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_pin_menu_whose_queue_is_missing_falls_back_to_its_failure_route() {
+        let mut center = campus_with_pin_menu();
+        center.spec.ivr_menus[1]
+            .collect_pin
+            .as_mut()
+            .unwrap()
+            .on_valid = Route {
+            action: RouteAction::Queue,
+            target: Some("gone".into()),
+        };
+        let (c, problems) = build(&center, &queues(), &seats(), &secrets());
+        let collect = c.spec.ivr_menus[1].collect_pin.as_ref().unwrap();
+        assert_eq!(collect.on_valid.target.as_deref(), Some("inbound-service"));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.field.starts_with("spec.ivrMenus[1].collectPin.onValid"))
+        );
     }
 
     #[test]

@@ -16,6 +16,66 @@ use parking_lot::Mutex;
 
 use super::wav::{Prompt, WavError};
 
+/// The announcements the node itself plays (queue position and wait, agent feature-code
+/// confirmations, the unavailable message) and the number words they are built from. The
+/// default set in the repository's `prompts/` directory has them all.
+pub const BUILT_IN: &[&str] = &[
+    "queue/all-busy.wav",
+    "queue/caller-number.wav",
+    "queue/in-line.wav",
+    "queue/estimated-wait.wav",
+    "queue/minute.wav",
+    "queue/minutes.wav",
+    "queue/less-than-a-minute.wav",
+    "queue/unavailable.wav",
+    "agent/logged-in.wav",
+    "agent/logged-out.wav",
+    "agent/ready.wav",
+    "agent/not-ready.wav",
+    "agent/refused.wav",
+    "numbers/0.wav",
+    "numbers/1.wav",
+    "numbers/2.wav",
+    "numbers/3.wav",
+    "numbers/4.wav",
+    "numbers/5.wav",
+    "numbers/6.wav",
+    "numbers/7.wav",
+    "numbers/8.wav",
+    "numbers/9.wav",
+    "numbers/10.wav",
+    "numbers/11.wav",
+    "numbers/12.wav",
+    "numbers/13.wav",
+    "numbers/14.wav",
+    "numbers/15.wav",
+    "numbers/16.wav",
+    "numbers/17.wav",
+    "numbers/18.wav",
+    "numbers/19.wav",
+    "numbers/20.wav",
+    "numbers/30.wav",
+    "numbers/40.wav",
+    "numbers/50.wav",
+    "numbers/60.wav",
+    "numbers/70.wav",
+    "numbers/80.wav",
+    "numbers/90.wav",
+];
+
+/// The number words that say `n` (0 to 99) with the prompts of [`BUILT_IN`]: `23` is
+/// `numbers/20.wav` then `numbers/3.wav`. Larger numbers are said as 99.
+pub fn number_prompts(n: u32) -> Vec<String> {
+    let n = n.min(99);
+    if n <= 20 || n % 10 == 0 {
+        return vec![format!("numbers/{n}.wav")];
+    }
+    vec![
+        format!("numbers/{}.wav", n / 10 * 10),
+        format!("numbers/{}.wav", n % 10),
+    ]
+}
+
 /// Largest prompt file read: an hour of 8 kHz 16-bit audio is 57.6 MB.
 pub const MAX_PROMPT_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -181,6 +241,20 @@ mod tests {
     use super::*;
     use crate::media::wav::tests::wav_bytes;
     use crate::media::wav::{FORMAT_ALAW, FORMAT_MULAW, FORMAT_PCM};
+
+    #[test]
+    fn numbers_are_said_with_at_most_two_words() {
+        assert_eq!(number_prompts(0), ["numbers/0.wav"]);
+        assert_eq!(number_prompts(17), ["numbers/17.wav"]);
+        assert_eq!(number_prompts(40), ["numbers/40.wav"]);
+        assert_eq!(number_prompts(23), ["numbers/20.wav", "numbers/3.wav"]);
+        assert_eq!(number_prompts(250), ["numbers/90.wav", "numbers/9.wav"]);
+        for n in 0..100 {
+            for p in number_prompts(n) {
+                assert!(BUILT_IN.contains(&p.as_str()), "{n}: {p}");
+            }
+        }
+    }
 
     fn pcm(samples: &[i16]) -> Vec<u8> {
         samples.iter().flat_map(|s| s.to_le_bytes()).collect()
