@@ -67,7 +67,7 @@ pub const BUILT_IN: &[&str] = &[
 /// `numbers/20.wav` then `numbers/3.wav`. Larger numbers are said as 99.
 pub fn number_prompts(n: u32) -> Vec<String> {
     let n = n.min(99);
-    if n <= 20 || n % 10 == 0 {
+    if n <= 20 || n.is_multiple_of(10) {
         return vec![format!("numbers/{n}.wav")];
     }
     vec![
