@@ -280,6 +280,30 @@ pub fn host_name() -> Option<String> {
         .or_else(|| std::env::var("HOSTNAME").ok())
 }
 
+/// Every prompt a config can play: menu prompts, music on hold, surveys, the voicemail
+/// greeting, and the node's own announcement set ([`crate::media::prompts::BUILT_IN`]).
+pub fn prompts_used(config: &NodeConfig) -> BTreeSet<String> {
+    let spec = &config.spec;
+    let mut used: BTreeSet<String> = crate::media::prompts::BUILT_IN
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    used.insert(spec.voicemail.greeting.clone());
+    for menu in &spec.ivr_menus {
+        used.insert(menu.prompt.clone());
+        used.extend(menu.invalid_prompt.iter().cloned());
+        used.extend(menu.timeout_prompt.iter().cloned());
+    }
+    for queue in &config.queues {
+        used.insert(queue.spec.music_on_hold.clone());
+        if let Some(survey) = &queue.spec.survey {
+            used.insert(survey.prompt.clone());
+            used.extend(survey.thank_you_prompt.iter().cloned());
+        }
+    }
+    used
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -419,28 +443,4 @@ mod tests {
         assert_eq!(standalone.node_name(Some("laptop\n".into())), "laptop");
         assert_eq!(standalone.node_name(None), "standalone");
     }
-}
-
-/// Every prompt a config can play: menu prompts, music on hold, surveys, the voicemail
-/// greeting, and the node's own announcement set ([`crate::media::prompts::BUILT_IN`]).
-pub fn prompts_used(config: &NodeConfig) -> BTreeSet<String> {
-    let spec = &config.spec;
-    let mut used: BTreeSet<String> = crate::media::prompts::BUILT_IN
-        .iter()
-        .map(|p| p.to_string())
-        .collect();
-    used.insert(spec.voicemail.greeting.clone());
-    for menu in &spec.ivr_menus {
-        used.insert(menu.prompt.clone());
-        used.extend(menu.invalid_prompt.iter().cloned());
-        used.extend(menu.timeout_prompt.iter().cloned());
-    }
-    for queue in &config.queues {
-        used.insert(queue.spec.music_on_hold.clone());
-        if let Some(survey) = &queue.spec.survey {
-            used.insert(survey.prompt.clone());
-            used.extend(survey.thank_you_prompt.iter().cloned());
-        }
-    }
-    used
 }
