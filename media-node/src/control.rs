@@ -6,7 +6,10 @@
 //! - `ApplyConfig` follows the generation rules of the contract (see [`decide`]).
 //! - `WatchState` reports what the node really knows: its name, its role, the running config
 //!   generation, and for each seat whether the registrar holds a live contact for it.
-//! - `SetAgentState` and `Drain` are not served yet (issues 4 and 6 bring them).
+//!   With the ACD, each seat's agent state (and since when, calls and talk time today) and
+//!   each queue's live figures.
+//! - `SetAgentState` logs a seat in or out or changes its state (see [`crate::center`]).
+//! - `Drain` is not served yet (hot-standby failover brings it).
 //!
 //! An applied config takes effect at once for what a running node can swap: the seats (the
 //! registrar keeps the registrations of seats that stay), the entry points, and the trunks
@@ -25,7 +28,7 @@ use switchboard_proto::node::v1::apply_config_reply::Outcome;
 use switchboard_proto::node::v1::node_control_server::{NodeControl, NodeControlServer};
 use switchboard_proto::node::v1::{
     AgentState, ApplyConfigReply, ConfigSnapshot, DrainReply, DrainRequest, NodeRole, NodeState,
-    SeatState, SetAgentStateReply, SetAgentStateRequest, TrunkState, WatchStateRequest,
+    QueueState, SeatState, SetAgentStateReply, SetAgentStateRequest, TrunkState, WatchStateRequest,
 };
 use switchboard_proto::node_config::NodeConfig;
 use tokio::net::TcpListener;
@@ -34,6 +37,8 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::acd::{AgentError, AgentRequest};
+use crate::center::{AgentRequestError, CallCenterRuntime};
 use crate::http::NodeMetrics;
 use crate::node::{parse_node_config, seat_extensions, sip_settings};
 use crate::role::Role;
@@ -113,6 +118,8 @@ struct Inner {
     changed: watch::Sender<i64>,
     /// Active or standby (see [`crate::role`]).
     role: watch::Receiver<Role>,
+    /// The ACD and live statistics.
+    center: Arc<CallCenterRuntime>,
 }
 
 /// The `NodeControl` service. Cheap to clone.
@@ -129,6 +136,7 @@ impl Control {
         sip: Arc<SipServer>,
         metrics: NodeMetrics,
         role: watch::Receiver<Role>,
+        center: Arc<CallCenterRuntime>,
     ) -> Self {
         metrics.config_generation.set(config.generation);
         let (changed, _) = watch::channel(config.generation);
@@ -142,6 +150,7 @@ impl Control {
                 metrics,
                 changed,
                 role,
+                center,
             }),
         }
     }
@@ -206,6 +215,7 @@ impl Control {
         }
         // Else the seats' HA1 values are for a realm the registrar does not serve yet: the
         // old accounts stay until the restart that brings the new realm.
+        self.inner.center.configure(config);
         if let Some(calls) = sip.calls() {
             calls.reconfigure(
                 config.spec.entry_points.clone(),
@@ -224,11 +234,12 @@ impl Control {
         )
     }
 
-    /// The node's state now. Seat registration comes from the registrar; what the node does not
-    /// track yet (agent states, call counts, queues, trunks) is left unset rather than made up.
+    /// The node's state now: seat registration from the registrar, agent states and queue
+    /// figures from the ACD and the statistics.
     pub fn state(&self) -> NodeState {
         let config = self.running();
         let now = Instant::now();
+        let agents = self.inner.center.seats();
         NodeState {
             node: self.inner.node_name.clone(),
             role: match *self.inner.role.borrow() {
@@ -239,14 +250,42 @@ impl Control {
             seats: config
                 .seats
                 .iter()
-                .map(|s| SeatState {
-                    seat: s.name.clone(),
-                    registered: !self.inner.sip.contacts(&s.spec.extension, now).is_empty(),
-                    agent_state: AgentState::Unspecified as i32,
-                    ..SeatState::default()
+                .map(|s| {
+                    let registered = !self.inner.sip.contacts(&s.spec.extension, now).is_empty();
+                    match agents.get(&s.name) {
+                        Some(agent) => SeatState {
+                            seat: s.name.clone(),
+                            registered,
+                            agent_state: agent_state_to_wire(agent.state) as i32,
+                            not_ready_reason: agent.reason.clone().unwrap_or_default(),
+                            state_since_unix: agent.since.timestamp(),
+                            calls_today: agent.calls_today,
+                            talk_seconds_today: agent.talk_today.as_secs(),
+                        },
+                        None => SeatState {
+                            seat: s.name.clone(),
+                            registered,
+                            agent_state: AgentState::Unspecified as i32,
+                            ..SeatState::default()
+                        },
+                    }
                 })
                 .collect(),
-            queues: Vec::new(),
+            queues: self
+                .inner
+                .center
+                .queues()
+                .into_iter()
+                .map(|q| QueueState {
+                    queue: q.queue,
+                    calls_waiting: q.waiting,
+                    longest_wait_seconds: u32::try_from(q.longest_wait.as_secs())
+                        .unwrap_or(u32::MAX),
+                    agents_ready: q.agents_ready,
+                    service_level_percent: q.service_level_percent,
+                    abandon_rate_percent: q.abandon_rate_percent,
+                })
+                .collect(),
             trunks: self.trunk_states(),
         }
     }
@@ -275,6 +314,19 @@ impl Control {
     }
 }
 
+/// The API's agent state as the wire enum.
+fn agent_state_to_wire(state: switchboard_crds::seat::AgentState) -> AgentState {
+    use switchboard_crds::seat::AgentState as Api;
+    match state {
+        Api::LoggedOut => AgentState::LoggedOut,
+        Api::Ready => AgentState::Ready,
+        Api::NotReady => AgentState::NotReady,
+        Api::Ringing => AgentState::Ringing,
+        Api::Busy => AgentState::Busy,
+        Api::WrapUp => AgentState::WrapUp,
+    }
+}
+
 type StateStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<NodeState, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -297,6 +349,7 @@ impl NodeControl for Control {
         let mut changed = self.inner.changed.subscribe();
         let mut role = self.inner.role.clone();
         let mut role_open = true;
+        let mut agents = self.inner.center.subscribe();
         tokio::spawn(async move {
             let mut last: Option<NodeState> = None;
             let mut poll = tokio::time::interval(REGISTRATION_POLL);
@@ -314,6 +367,7 @@ impl NodeControl for Control {
                     r = changed.changed() => if r.is_err() { return },
                     // An election that ended (no API server) leaves the role as it is.
                     r = role.changed(), if role_open => role_open = r.is_ok(),
+                    r = agents.changed() => if r.is_err() { return },
                     _ = poll.tick() => {}
                 }
             }
@@ -323,11 +377,46 @@ impl NodeControl for Control {
 
     async fn set_agent_state(
         &self,
-        _: Request<SetAgentStateRequest>,
+        request: Request<SetAgentStateRequest>,
     ) -> Result<Response<SetAgentStateReply>, Status> {
-        Err(Status::unimplemented(
-            "SetAgentState: agent states arrive with the ACD (issue 4, media-node II)",
-        ))
+        let request = request.into_inner();
+        let wanted = match AgentState::try_from(request.state) {
+            Ok(AgentState::LoggedOut) => AgentRequest::Logout,
+            Ok(AgentState::Ready) => AgentRequest::Ready,
+            Ok(AgentState::NotReady) => {
+                let reason = request.not_ready_reason.trim();
+                if reason.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "not_ready_reason: NOT_READY needs a reason",
+                    ));
+                }
+                AgentRequest::NotReady(reason.to_string())
+            }
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "state: {} cannot be requested; ask for LOGGED_OUT, READY or NOT_READY \
+                     (ringing, busy and wrap-up follow the calls)",
+                    request.state
+                )));
+            }
+        };
+        let sip = &self.inner.sip;
+        let now = Instant::now();
+        let result = self
+            .inner
+            .center
+            .request(&request.seat, wanted, |extension| {
+                !sip.contacts(extension, now).is_empty()
+            });
+        match result {
+            Ok(status) => Ok(Response::new(SetAgentStateReply {
+                state: agent_state_to_wire(status.state) as i32,
+            })),
+            Err(AgentRequestError::Acd(AgentError::UnknownSeat(seat))) => Err(Status::not_found(
+                format!("seat {seat:?} is not in the running config"),
+            )),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
+        }
     }
 
     async fn drain(&self, _: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
@@ -427,6 +516,7 @@ mod tests {
             Instant::now(),
         ));
         let metrics = NodeMetrics::new(&registry).expect("node metrics");
+        let center = Arc::new(CallCenterRuntime::new(&config, Some(&registry)).expect("center"));
         (
             Control::new(
                 "node-a".into(),
@@ -434,6 +524,7 @@ mod tests {
                 sip,
                 metrics,
                 watch::channel(Role::Active).1,
+                center,
             ),
             registry,
         )
@@ -548,6 +639,19 @@ mod tests {
             .map(|s| (s.seat.as_str(), s.registered))
             .collect();
         assert_eq!(seats, [("agent-1001", false), ("agent-1002", false)]);
-        assert!(state.queues.is_empty() && state.trunks.is_empty());
+        assert!(
+            state
+                .seats
+                .iter()
+                .all(|s| s.agent_state() == AgentState::LoggedOut),
+            "nobody has logged in"
+        );
+        let queues: Vec<_> = state
+            .queues
+            .iter()
+            .map(|q| (q.queue.as_str(), q.calls_waiting, q.agents_ready))
+            .collect();
+        assert_eq!(queues, [("support", 0, 0)]);
+        assert!(state.trunks.is_empty());
     }
 }

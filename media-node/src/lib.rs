@@ -4,6 +4,7 @@
 
 pub mod acd;
 pub mod call;
+pub mod center;
 pub mod config;
 pub mod control;
 pub mod http;

@@ -14,6 +14,7 @@ use std::time::Instant;
 use clap::Parser;
 use media_node::call::CallSettings;
 use media_node::call::trunks::TrunkCredentialSource;
+use media_node::center::{self, CallCenterRuntime};
 use media_node::control::{Control, ControlListener};
 use media_node::http::{HttpListener, NodeMetrics, Readiness};
 use media_node::media::ports::PortAllocator;
@@ -224,6 +225,10 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot create recording metrics: {e}"))?;
     let node_metrics =
         NodeMetrics::new(&registry).map_err(|e| format!("cannot create node metrics: {e}"))?;
+    let center = Arc::new(
+        CallCenterRuntime::new(&config, Some(&registry))
+            .map_err(|e| format!("cannot create queue and agent metrics: {e}"))?,
+    );
 
     // The probes answer first, so a slow SIP bind shows as "not ready" rather than a refused
     // connection; the config was loaded before the runtime started.
@@ -293,12 +298,14 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
         role_tx.send_replace(Role::Standby);
         tokio::spawn(role::run(election, role_tx));
     }
+    tokio::spawn(center::run(Arc::clone(&center), Arc::clone(&sip)));
     let control = tokio::spawn(control.serve(Control::new(
         node_name,
         config,
         Arc::clone(&sip),
         node_metrics,
         role_rx,
+        center,
     )));
     readiness.sip_bound();
     info!("ready");

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use switchboard_crds::{CallCenter, Queue, Seat};
 use switchboard_proto::node::v1::apply_config_reply::Outcome;
 use switchboard_proto::node::v1::node_control_client::NodeControlClient;
-use switchboard_proto::node::v1::{ConfigSnapshot, NodeRole, WatchStateRequest};
+use switchboard_proto::node::v1::{
+    AgentState, ConfigSnapshot, NodeRole, SetAgentStateRequest, WatchStateRequest,
+};
 use switchboard_proto::node_config::{NodeConfig, build_node_config};
 
 const NODE: &str = env!("CARGO_BIN_EXE_media-node");
@@ -410,12 +412,114 @@ async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_contro
         ]
     );
 
+    // Agent states through the control API: a registered seat logs in and pauses; a seat
+    // without a phone cannot log in; only LOGGED_OUT, READY and NOT_READY can be asked for.
+    let set = |seat: &str, state: AgentState, reason: &str| {
+        let mut client = client.clone();
+        let request = SetAgentStateRequest {
+            seat: seat.to_string(),
+            state: state as i32,
+            not_ready_reason: reason.to_string(),
+        };
+        async move { client.set_agent_state(request).await }
+    };
+    let reply = set("agent-1001", AgentState::Ready, "")
+        .await
+        .expect("login");
+    assert_eq!(reply.into_inner().state(), AgentState::Ready);
+    let agent_1001 = loop {
+        let state = tokio::time::timeout(STARTUP_LIMIT, stream.message())
+            .await
+            .expect("a state change within the limit")
+            .expect("a healthy stream")
+            .expect("a state");
+        let seat = state.seats.into_iter().find(|s| s.seat == "agent-1001");
+        if let Some(seat) = seat.filter(|s| s.agent_state() == AgentState::Ready) {
+            break seat;
+        }
+    };
+    assert!(
+        agent_1001.state_since_unix > 1_700_000_000,
+        "{agent_1001:?}"
+    );
+    let reply = set("agent-1001", AgentState::NotReady, "break")
+        .await
+        .expect("pause");
+    assert_eq!(reply.into_inner().state(), AgentState::NotReady);
+    let refused = set("agent-1002", AgentState::Ready, "")
+        .await
+        .expect_err("no phone, no login");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("no registered phone"),
+        "{refused:?}"
+    );
+    for (seat, state, reason, code) in [
+        (
+            "agent-1001",
+            AgentState::NotReady,
+            "",
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "agent-1001",
+            AgentState::Busy,
+            "",
+            tonic::Code::InvalidArgument,
+        ),
+        ("agent-9999", AgentState::Ready, "", tonic::Code::NotFound),
+    ] {
+        let error = set(seat, state, reason).await.expect_err("refused");
+        assert_eq!(error.code(), code, "{seat} {state:?}: {error:?}");
+    }
+    let paused = loop {
+        let state = tokio::time::timeout(STARTUP_LIMIT, stream.message())
+            .await
+            .expect("a state change within the limit")
+            .expect("a healthy stream")
+            .expect("a state");
+        let seat = state.seats.into_iter().find(|s| s.seat == "agent-1001");
+        if let Some(seat) = seat.filter(|s| s.agent_state() == AgentState::NotReady) {
+            break seat;
+        }
+    };
+    assert_eq!(paused.not_ready_reason, "break");
+    // The queue of the minimal center reports its live figures: one agent logged in.
+    let queues: Vec<_> = client
+        .clone()
+        .watch_state(WatchStateRequest {})
+        .await
+        .expect("WatchState answers")
+        .into_inner()
+        .message()
+        .await
+        .expect("a healthy stream")
+        .expect("a state")
+        .queues
+        .into_iter()
+        .map(|q| (q.queue, q.calls_waiting, q.agents_ready))
+        .collect();
+    assert_eq!(queues, [("support".to_string(), 0, 0)]);
+    let agent_metric = "switchboard_agent_state{seat=\"agent-1001\",state=\"not_ready\"} 1";
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    loop {
+        let (_, metrics) = tokio::task::block_in_place(|| node.get("/metrics")).expect("metrics");
+        if metrics.contains(agent_metric) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{agent_metric} missing from /metrics:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     let unimplemented = client
         .drain(switchboard_proto::node::v1::DrainRequest::default())
         .await
         .expect_err("Drain is not served yet");
     assert_eq!(unimplemented.code(), tonic::Code::Unimplemented);
-    assert!(unimplemented.message().contains("issue 6"));
+    assert!(unimplemented.message().contains("hot-standby"));
 
     let (_, metrics) = tokio::task::block_in_place(|| node.get("/metrics")).expect("metrics");
     assert!(
