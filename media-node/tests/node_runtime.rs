@@ -19,7 +19,8 @@ use switchboard_crds::{CallCenter, Queue, Seat};
 use switchboard_proto::node::v1::apply_config_reply::Outcome;
 use switchboard_proto::node::v1::node_control_client::NodeControlClient;
 use switchboard_proto::node::v1::{
-    AgentState, ConfigSnapshot, NodeRole, SetAgentStateRequest, WatchStateRequest,
+    AgentState, ConfigSnapshot, NodeRole, NodeState, SeatState, SetAgentStateRequest,
+    WatchStateRequest,
 };
 use switchboard_proto::node_config::{NodeConfig, build_node_config};
 
@@ -237,6 +238,33 @@ fn register(node: SocketAddr, extension: &str, ha1: &str) -> String {
     answer.lines().next().unwrap_or_default().to_string()
 }
 
+/// The next message of a `WatchState` stream, within [`STARTUP_LIMIT`].
+async fn next_state(stream: &mut tonic::Streaming<NodeState>) -> NodeState {
+    tokio::time::timeout(STARTUP_LIMIT, stream.message())
+        .await
+        .expect("a state within the limit")
+        .expect("a healthy stream")
+        .expect("a state")
+}
+
+/// Reads the stream until `seat` is reported in `state`.
+async fn seat_reaches(
+    stream: &mut tonic::Streaming<NodeState>,
+    seat: &str,
+    state: AgentState,
+) -> SeatState {
+    loop {
+        let found = next_state(stream)
+            .await
+            .seats
+            .into_iter()
+            .find(|s| s.seat == seat && s.agent_state() == state);
+        if let Some(found) = found {
+            return found;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_control() {
     let config = operator_config(3);
@@ -326,11 +354,7 @@ async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_contro
         .await
         .expect("WatchState answers")
         .into_inner();
-    let state = tokio::time::timeout(STARTUP_LIMIT, stream.message())
-        .await
-        .expect("a first state within the limit")
-        .expect("a healthy stream")
-        .expect("a first state");
+    let state = next_state(&mut stream).await;
     assert_eq!(state.node, POD_NAME);
     assert_eq!(state.role(), NodeRole::Active);
     assert_eq!(state.config_generation, 4);
@@ -351,11 +375,7 @@ async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_contro
         "{status}\n{}",
         node.log()
     );
-    let state = tokio::time::timeout(STARTUP_LIMIT, stream.message())
-        .await
-        .expect("a state change within the limit")
-        .expect("a healthy stream")
-        .expect("a second state");
+    let state = next_state(&mut stream).await;
     let seats: Vec<_> = state
         .seats
         .iter()
@@ -385,11 +405,7 @@ async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_contro
         node.log()
     );
     let registered = loop {
-        let state = tokio::time::timeout(STARTUP_LIMIT, stream.message())
-            .await
-            .expect("a state change within the limit")
-            .expect("a healthy stream")
-            .expect("a state");
+        let state = next_state(&mut stream).await;
         if state
             .seats
             .iter()
@@ -427,17 +443,7 @@ async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_contro
         .await
         .expect("login");
     assert_eq!(reply.into_inner().state(), AgentState::Ready);
-    let agent_1001 = loop {
-        let state = tokio::time::timeout(STARTUP_LIMIT, stream.message())
-            .await
-            .expect("a state change within the limit")
-            .expect("a healthy stream")
-            .expect("a state");
-        let seat = state.seats.into_iter().find(|s| s.seat == "agent-1001");
-        if let Some(seat) = seat.filter(|s| s.agent_state() == AgentState::Ready) {
-            break seat;
-        }
-    };
+    let agent_1001 = seat_reaches(&mut stream, "agent-1001", AgentState::Ready).await;
     assert!(
         agent_1001.state_since_unix > 1_700_000_000,
         "{agent_1001:?}"
@@ -472,19 +478,10 @@ async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_contro
         let error = set(seat, state, reason).await.expect_err("refused");
         assert_eq!(error.code(), code, "{seat} {state:?}: {error:?}");
     }
-    let paused = loop {
-        let state = tokio::time::timeout(STARTUP_LIMIT, stream.message())
-            .await
-            .expect("a state change within the limit")
-            .expect("a healthy stream")
-            .expect("a state");
-        let seat = state.seats.into_iter().find(|s| s.seat == "agent-1001");
-        if let Some(seat) = seat.filter(|s| s.agent_state() == AgentState::NotReady) {
-            break seat;
-        }
-    };
+    let paused = seat_reaches(&mut stream, "agent-1001", AgentState::NotReady).await;
     assert_eq!(paused.not_ready_reason, "break");
-    // The queue of the minimal center reports its live figures: one agent logged in.
+    // The queue of the minimal center reports its live figures: its one logged-in agent is
+    // paused, so none is ready.
     let queues: Vec<_> = client
         .clone()
         .watch_state(WatchStateRequest {})
