@@ -356,7 +356,7 @@ pub async fn run(center: std::sync::Arc<CallCenterRuntime>, sip: std::sync::Arc<
     loop {
         tick.tick().await;
         let now = Instant::now();
-        center.tick(|extension| !sip.contacts(extension, now).is_empty());
+        center.tick(|extension| sip.is_registered(extension, now));
     }
 }
 

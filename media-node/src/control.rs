@@ -251,7 +251,7 @@ impl Control {
                 .seats
                 .iter()
                 .map(|s| {
-                    let registered = !self.inner.sip.contacts(&s.spec.extension, now).is_empty();
+                    let registered = self.inner.sip.is_registered(&s.spec.extension, now);
                     match agents.get(&s.name) {
                         Some(agent) => SeatState {
                             seat: s.name.clone(),
@@ -406,7 +406,7 @@ impl NodeControl for Control {
             .inner
             .center
             .request(&request.seat, wanted, |extension| {
-                !sip.contacts(extension, now).is_empty()
+                sip.is_registered(extension, now)
             });
         match result {
             Ok(status) => Ok(Response::new(SetAgentStateReply {

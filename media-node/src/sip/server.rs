@@ -343,6 +343,11 @@ impl SipServer {
             .collect()
     }
 
+    /// Whether a seat has a live registered contact (its phone can be rung).
+    pub fn is_registered(&self, extension: &str, now: Instant) -> bool {
+        !self.registrar.lock().bindings(extension, now).is_empty()
+    }
+
     /// Handles one complete message from `source`. Never panics on any input.
     pub fn handle(
         &self,
