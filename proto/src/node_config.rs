@@ -90,12 +90,17 @@ pub struct MemberPins {
 /// Digits a member PIN has at least and at most.
 pub const PIN_DIGITS: std::ops::RangeInclusive<usize> = 4..=12;
 
-/// The hash of a member PIN: lowercase hex SHA-256 of `salt` followed by the PIN's digits.
+/// The hash of a member PIN: lowercase hex of [`pin_digest`].
 pub fn pin_hash(salt: &str, pin: &str) -> String {
+    hex::encode(pin_digest(salt.as_bytes(), pin))
+}
+
+/// SHA-256 of `salt` followed by the PIN's digits.
+pub fn pin_digest(salt: &[u8], pin: &str) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(salt.as_bytes());
+    h.update(salt);
     h.update(pin.as_bytes());
-    hex::encode(h.finalize())
+    h.finalize().into()
 }
 
 /// The salt of a menu's PIN hashes, derived from where the menu lives so the config stays

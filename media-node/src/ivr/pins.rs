@@ -6,12 +6,12 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use sha2::{Digest, Sha256};
+use switchboard_proto::node_config::{PIN_DIGITS, pin_digest};
 
 /// Fewest digits a member PIN has.
-pub const MIN_PIN_DIGITS: usize = 4;
+pub const MIN_PIN_DIGITS: usize = *PIN_DIGITS.start();
 /// Most digits a member PIN has.
-pub const MAX_PIN_DIGITS: usize = 12;
+pub const MAX_PIN_DIGITS: usize = *PIN_DIGITS.end();
 
 /// Why a PIN list could not be read. Never carries a PIN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,11 +44,6 @@ impl PinSet {
     /// The hex SHA-256 of `salt ‖ pin`.
     pub fn hash(salt: impl AsRef<[u8]>, pin: &str) -> String {
         hex::encode(digest(salt.as_ref(), pin))
-    }
-
-    /// A fresh random salt (16 bytes, hex), for a node that hashes a Secret's PINs itself.
-    pub fn random_salt() -> String {
-        hex::encode(rand::random::<[u8; 16]>())
     }
 
     /// A set from hex hashes made with [`PinSet::hash`] and the same salt. Upper- or
@@ -116,11 +111,9 @@ impl PinSet {
     }
 }
 
+/// The one PIN hash, shared with the config builder that hashes a Secret's PINs.
 fn digest(salt: &[u8], pin: &str) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(salt);
-    hasher.update(pin.as_bytes());
-    hasher.finalize().into()
+    pin_digest(salt, pin)
 }
 
 #[cfg(test)]
@@ -176,8 +169,7 @@ mod tests {
 
     #[test]
     fn hashes_made_with_the_helper_match() {
-        let salt = PinSet::random_salt();
-        assert_eq!(salt.len(), 32);
+        let salt = switchboard_proto::node_config::pin_salt("college", "campus", "members");
         let set = PinSet::from_hashes(
             &salt,
             [
