@@ -14,4 +14,5 @@ pub mod nodes;
 // `switchboard_operator::node_config` paths keep working.
 pub use switchboard_proto::node_config;
 pub mod server;
+pub mod traffic;
 pub mod webhook;
