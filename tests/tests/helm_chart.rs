@@ -667,9 +667,10 @@ fn opt_ins_render_when_enabled() -> Result<()> {
         .iter()
         .flat_map(|g| g["rules"].as_array().into_iter().flatten())
         .collect();
+    // The operator's two alerts come first; the call centers' follow (checked with promtool).
     let names: Vec<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
     ensure!(
-        names == ["SwitchboardOperatorDown", "SwitchboardReconcileErrors"],
+        names.starts_with(&["SwitchboardOperatorDown", "SwitchboardReconcileErrors"]),
         "alerts {names:?}"
     );
     for (rule, severity, runbook) in [
@@ -914,6 +915,306 @@ fn values_files_merge_deeply_over_the_defaults() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // (e) promtool
 
+/// The high-availability metrics the media node is to export under exactly these names (the
+/// alerts and the dashboard use them before the code does).
+const HA_METRICS: &[&str] = &[
+    "switchboard_node_role",
+    "switchboard_standby_ready",
+    "switchboard_replication_lag_seconds",
+    "switchboard_failovers_total",
+];
+
+/// Every `"switchboard_…"` metric name in the sources of the media node and the operator.
+fn exported_metric_names() -> Result<BTreeSet<String>> {
+    fn scan(dir: &std::path::Path, names: &mut BTreeSet<String>) -> Result<()> {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                scan(&path, names)?;
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                for (at, _) in text.match_indices("\"switchboard_") {
+                    let name: String = text[at + 1..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                        .collect();
+                    // Only a whole string literal is a name (not a line of exposition text).
+                    if text[at + 1 + name.len()..].starts_with('"') {
+                        names.insert(name);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut names = BTreeSet::new();
+    for dir in ["media-node/src", "operator/src"] {
+        scan(&repo_root().join(dir), &mut names)?;
+    }
+    ensure!(
+        names.contains("switchboard_queue_calls_waiting")
+            && names.contains("switchboard_trunk_calls_blocked_total"),
+        "the source scan found too little: {names:?}"
+    );
+    Ok(names)
+}
+
+/// The metric names a PromQL expression selects: identifiers outside strings, label matchers,
+/// label lists, ranges and Grafana variables that are neither functions nor keywords.
+fn promql_metric_names(expr: &str) -> Result<BTreeSet<String>> {
+    // Operators, and aggregations (which may take `by (…)` before their parenthesis).
+    #[rustfmt::skip]
+    const KEYWORDS: &[&str] = &[
+        "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+        "bool", "offset", "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count",
+        "count_values", "bottomk", "topk", "quantile",
+    ];
+    const LABEL_LISTS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    let mut skip_next_list = false;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' | '\'' | '`' => {
+                i += 1;
+                while i < chars.len() && chars[i] != c {
+                    i += if chars[i] == '\\' { 2 } else { 1 };
+                }
+                ensure!(i < chars.len(), "unterminated string in {expr}");
+                i += 1;
+            }
+            '{' | '[' => {
+                let close = if c == '{' { '}' } else { ']' };
+                // Label matchers and ranges hold no metric names; their strings may hold
+                // anything, so step over strings inside too.
+                i += 1;
+                while i < chars.len() && chars[i] != close {
+                    if chars[i] == '"' {
+                        i += 1;
+                        while i < chars.len() && chars[i] != '"' {
+                            i += if chars[i] == '\\' { 2 } else { 1 };
+                        }
+                    }
+                    i += 1;
+                }
+                ensure!(i < chars.len(), "unbalanced {c} in {expr}");
+                i += 1;
+            }
+            '(' if skip_next_list => {
+                skip_next_list = false;
+                while i < chars.len() && chars[i] != ')' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            '$' => {
+                // A Grafana variable such as $__rate_interval.
+                i += 1;
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_digit() || c == '.' => {
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
+                let start = i;
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+                {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                let mut next = i;
+                while next < chars.len() && chars[next].is_whitespace() {
+                    next += 1;
+                }
+                let is_call = chars.get(next) == Some(&'(');
+                if LABEL_LISTS.contains(&word.as_str()) {
+                    skip_next_list = is_call;
+                } else if KEYWORDS.contains(&word.as_str()) || is_call {
+                    // An operator keyword or a function.
+                } else {
+                    names.insert(word);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(names)
+}
+
+#[test]
+fn promql_metric_names_finds_only_the_selected_metrics() -> Result<()> {
+    let names = promql_metric_names(
+        r#"label_replace(max by (namespace, job) (rate(a_total{job=~"x{1,2}",q="}"}[5m])) / on (job) group_left (pod) b > 0 unless c offset 5m, "center", "$1", "job", "(.+)") * 60 + sum(d{x="$center"}[$__rate_interval]) and up"#,
+    )?;
+    let want: BTreeSet<String> = ["a_total", "b", "c", "d", "up"].map(String::from).into();
+    ensure!(names == want, "found {names:?}, want {want:?}");
+    Ok(())
+}
+
+/// A rule's annotation as Prometheus expands it for an alert with `labels` and `value` (the
+/// value already formatted as the annotation's function formats it). Knows the template
+/// actions the chart uses: `$labels.X`, `$value | F`, and `if eq $labels.X "V"`/`else`/`end`.
+fn expand_annotation(text: &str, labels: &Value, value: &str) -> Result<String> {
+    let mut out = String::new();
+    // For each open `if`: whether its parent was output, and whether its condition held.
+    let mut open: Vec<(bool, bool)> = Vec::new();
+    let mut output = true;
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        if output {
+            out.push_str(&rest[..start]);
+        }
+        let end = start
+            + rest[start..]
+                .find("}}")
+                .ok_or_else(|| anyhow!("unclosed action in {text}"))?;
+        let action = rest[start + 2..end].trim();
+        rest = &rest[end + 2..];
+        if let Some(condition) = action.strip_prefix("if ") {
+            let words: Vec<&str> = condition.split_whitespace().collect();
+            let holds = match words.as_slice() {
+                ["eq", label, want] => {
+                    let name = label
+                        .strip_prefix("$labels.")
+                        .ok_or_else(|| anyhow!("unknown condition {condition}"))?;
+                    labels[name].as_str().unwrap_or_default() == want.trim_matches('"')
+                }
+                _ => bail!("unknown condition {condition}"),
+            };
+            open.push((output, holds));
+            output = output && holds;
+        } else if action == "else" {
+            let (parent, holds) = *open.last().ok_or_else(|| anyhow!("else without if"))?;
+            output = parent && !holds;
+        } else if action == "end" {
+            output = open.pop().ok_or_else(|| anyhow!("end without if"))?.0;
+        } else if let Some(name) = action.strip_prefix("$labels.") {
+            if output {
+                out.push_str(labels[name].as_str().unwrap_or_default());
+            }
+        } else if action.starts_with("$value") {
+            if output {
+                out.push_str(value);
+            }
+        } else {
+            bail!("unknown template action {action:?} in {text}");
+        }
+    }
+    ensure!(open.is_empty(), "unclosed if in {text}");
+    if output {
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+/// The alerting rules of a rendered PrometheusRule's groups.
+fn alert_rules(groups: &Value) -> Vec<&Value> {
+    groups
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .collect()
+}
+
+/// An `exp_alerts` entry: the alert's labels (with its severity and the release's extra label)
+/// and its annotations expanded for them.
+fn expected_alert(rules: &[&Value], alert: &str, labels: Value, value: &str) -> Result<Value> {
+    let rule = rules
+        .iter()
+        .find(|r| r["alert"] == json!(alert))
+        .ok_or_else(|| anyhow!("no {alert}"))?;
+    let mut labels = labels;
+    let map = labels
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("labels is not a map"))?;
+    map.insert("severity".into(), rule["labels"]["severity"].clone());
+    map.insert("team".into(), json!("telephony"));
+    let mut annotations = serde_json::Map::new();
+    for (k, v) in rule["annotations"].as_object().into_iter().flatten() {
+        let text = expand_annotation(v.as_str().unwrap_or_default(), &labels, value)?;
+        annotations.insert(k.clone(), Value::String(text));
+    }
+    Ok(json!({"exp_labels": labels, "exp_annotations": annotations}))
+}
+
+/// The alerts, each with its severity, what its summary must name, and its runbook.
+const ALERTS: &[(&str, &str, &[&str])] = &[
+    ("SwitchboardOperatorDown", "critical", &[]),
+    ("SwitchboardReconcileErrors", "warning", &[]),
+    (
+        "SwitchboardServiceLevelLow",
+        "warning",
+        &["center", "queue"],
+    ),
+    (
+        "SwitchboardAbandonRateHigh",
+        "warning",
+        &["center", "queue"],
+    ),
+    (
+        "SwitchboardCallersWaitingWithNoAgent",
+        "critical",
+        &["center", "queue"],
+    ),
+    (
+        "SwitchboardTrunkNearChannelLimit",
+        "warning",
+        &["center", "trunk"],
+    ),
+    (
+        "SwitchboardTrunkCallsBlocked",
+        "critical",
+        &["center", "trunk"],
+    ),
+    (
+        "SwitchboardRecordingFailures",
+        "critical",
+        &["center", "pod"],
+    ),
+    ("SwitchboardCallCenterDown", "critical", &["center"]),
+    ("SwitchboardMediaNodeDown", "warning", &["center", "pod"]),
+    ("SwitchboardNoActiveMediaNode", "critical", &["center"]),
+    ("SwitchboardStandbyNotReady", "warning", &["center", "pod"]),
+    (
+        "SwitchboardReplicationLagging",
+        "warning",
+        &["center", "pod"],
+    ),
+    ("SwitchboardFailover", "warning", &["center", "pod"]),
+];
+
+/// Runs promtool with `args` in `dir`; fails with its output.
+fn promtool(dir: &std::path::Path, args: &[&str]) -> Result<String> {
+    let result = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("cannot run promtool (Debian package prometheus, in the helm set of tests/k8s/install-packages)")?;
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    ensure!(result.status.success(), "promtool {args:?} failed:\n{out}");
+    Ok(out)
+}
+
 #[test]
 fn prometheus_rules_pass_promtool() -> Result<()> {
     let yaml = render(&[
@@ -925,128 +1226,597 @@ fn prometheus_rules_pass_promtool() -> Result<()> {
         "alerts.enabled=true",
         "--set",
         "alerts.additionalRuleLabels.team=telephony",
+        "--set",
+        "alerts.serviceLevel.queueTargets.emergency=0.95",
     ])?;
     let docs = documents(&yaml)?;
     let groups = at(only(&docs, "PrometheusRule")?, "/spec/groups")?;
+    let rules = alert_rules(groups);
+
+    // Every alert is there once, labelled, described, and linked to a runbook page that exists
+    // and has the runbooks' sections.
+    let names: Vec<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
+    let want: Vec<&str> = ALERTS.iter().map(|(name, _, _)| *name).collect();
+    ensure!(names == want, "alerts {names:?}, want {want:?}");
+    let exported = exported_metric_names()?;
+    for (rule, (alert, severity, named)) in rules.iter().zip(ALERTS) {
+        ensure!(
+            rule["labels"]["severity"] == json!(severity),
+            "{alert}: severity {}",
+            rule["labels"]
+        );
+        ensure!(
+            rule["labels"]["team"] == json!("telephony"),
+            "{alert}: extra labels missing"
+        );
+        let summary = rule["annotations"]["summary"].as_str().unwrap_or_default();
+        for label in *named {
+            ensure!(
+                summary.contains(&format!("{{{{ $labels.{label} }}}}")),
+                "{alert}: the summary does not name the {label}: {summary}"
+            );
+        }
+        ensure!(
+            rule["annotations"]["description"]
+                .as_str()
+                .is_some_and(|s| s.len() > 40),
+            "{alert}: no description"
+        );
+        let page = format!("{}.md", alert.to_lowercase());
+        ensure!(
+            rule["annotations"]["runbook_url"]
+                == json!(format!(
+                    "https://github.com/switchboard-dev/switchboard/blob/main/docs/runbooks/{page}"
+                )),
+            "{alert}: runbook_url {}",
+            rule["annotations"]["runbook_url"]
+        );
+        let runbook = std::fs::read_to_string(repo_root().join("docs/runbooks").join(&page))
+            .with_context(|| format!("{alert}: no runbook docs/runbooks/{page}"))?;
+        for part in [
+            format!("# {alert}\n"),
+            format!("**Severity:** {severity}\n"),
+            "## What it means\n".to_string(),
+            "## How to confirm\n".to_string(),
+            "## What to do\n".to_string(),
+        ] {
+            ensure!(
+                runbook.contains(&part),
+                "docs/runbooks/{page} lacks {part:?}"
+            );
+        }
+        // Only metrics that exist (or are to, for high availability), and Prometheus' `up`.
+        let expr = rule["expr"].as_str().unwrap_or_default();
+        for name in promql_metric_names(expr)? {
+            ensure!(
+                exported.contains(&name) || HA_METRICS.contains(&name.as_str()) || name == "up",
+                "{alert} uses {name}, which no code exports"
+            );
+        }
+    }
+
     let dir = tempfile::tempdir()?;
-    let rules_file = dir.path().join("rules.yaml");
     std::fs::write(
-        &rules_file,
+        dir.path().join("rules.yaml"),
         serde_yaml::to_string(&json!({"groups": groups}))?,
     )?;
-
-    let check = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&rules_file)
-        .output()
-        .context("cannot run promtool (Debian package prometheus, in the helm set of tests/k8s/install-packages)")?;
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let out = promtool(dir.path(), &["check", "rules", "rules.yaml"])?;
     ensure!(
-        check.status.success(),
-        "promtool check rules failed:\n{out}"
-    );
-    ensure!(
-        out.contains("SUCCESS: 2 rules found"),
+        out.contains(&format!("SUCCESS: {} rules found", ALERTS.len())),
         "promtool output:\n{out}"
     );
 
     // The alerts fire when they should, for this release only: a unit test of the rules.
-    let rules: Vec<&Value> = groups
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
-        .collect();
-    let expanded = |alert: &str, value: &str| -> Result<Value> {
-        let rule = rules
-            .iter()
-            .find(|r| r["alert"] == json!(alert))
-            .ok_or_else(|| anyhow!("no {alert}"))?;
-        let mut annotations = serde_json::Map::new();
-        for (k, v) in rule["annotations"].as_object().into_iter().flatten() {
-            let text = v.as_str().unwrap_or_default();
-            let text = text
-                .replace("{{ $labels.job }}", "sb-switchboard")
-                .replace("{{ $labels.namespace }}", "telephony")
-                .replace("{{ $value | humanize }}", value);
-            annotations.insert(k.clone(), Value::String(text));
-        }
-        Ok(Value::Object(annotations))
+    let expect =
+        |alert: &str, labels: Value, value: &str| expected_alert(&rules, alert, labels, value);
+    let operator = |severity: &str| json!({"severity": severity, "job": "sb-switchboard", "namespace": "telephony"});
+    let operator_tests = json!([{
+        "interval": "1m",
+        "input_series": [
+            // The operator is up for 5 minutes, then down.
+            {"series": "up{job=\"sb-switchboard\",namespace=\"telephony\",instance=\"a\",pod=\"p\"}", "values": "1x5 0x40"},
+            // Another release's operator stays up: it must not hide this one's outage.
+            {"series": "up{job=\"other-switchboard\",namespace=\"telephony\",instance=\"b\",pod=\"q\"}", "values": "1x45"},
+            // One reconcile error a second throughout.
+            {"series": "switchboard_operator_reconcile_errors_total{job=\"sb-switchboard\",namespace=\"telephony\",instance=\"a\",pod=\"p\"}", "values": "0+60x45"},
+            {"series": "switchboard_operator_reconcile_errors_total{job=\"other-switchboard\",namespace=\"telephony\",instance=\"b\",pod=\"q\"}", "values": "0x45"}
+        ],
+        "alert_rule_test": [
+            {"eval_time": "4m", "alertname": "SwitchboardOperatorDown", "exp_alerts": []},
+            {"eval_time": "8m", "alertname": "SwitchboardOperatorDown", "exp_alerts": []},
+            {"eval_time": "15m", "alertname": "SwitchboardOperatorDown", "exp_alerts": [
+                expect("SwitchboardOperatorDown", operator("critical"), "")?
+            ]},
+            {"eval_time": "10m", "alertname": "SwitchboardReconcileErrors", "exp_alerts": []},
+            {"eval_time": "25m", "alertname": "SwitchboardReconcileErrors", "exp_alerts": [
+                expect("SwitchboardReconcileErrors", operator("warning"), "1")?
+            ]}
+        ]
+    }, {
+        // Never scraped at all (only another release is): absent() fires.
+        "interval": "1m",
+        "input_series": [
+            {"series": "up{job=\"other-switchboard\",namespace=\"telephony\",instance=\"b\"}", "values": "1x20"}
+        ],
+        "alert_rule_test": [
+            {"eval_time": "3m", "alertname": "SwitchboardOperatorDown", "exp_alerts": []},
+            {"eval_time": "10m", "alertname": "SwitchboardOperatorDown", "exp_alerts": [
+                expect("SwitchboardOperatorDown", operator("critical"), "")?
+            ]},
+            {"eval_time": "10m", "alertname": "SwitchboardReconcileErrors", "exp_alerts": []}
+        ]
+    }, {
+        // Two replicas, one down: the other still serves, nothing fires.
+        "interval": "1m",
+        "input_series": [
+            {"series": "up{job=\"sb-switchboard\",namespace=\"telephony\",instance=\"a\"}", "values": "1x2 0x20"},
+            {"series": "up{job=\"sb-switchboard\",namespace=\"telephony\",instance=\"c\"}", "values": "1x22"},
+            {"series": "switchboard_operator_reconcile_errors_total{job=\"sb-switchboard\",namespace=\"telephony\",instance=\"c\"}", "values": "5x22"}
+        ],
+        "alert_rule_test": [
+            {"eval_time": "20m", "alertname": "SwitchboardOperatorDown", "exp_alerts": []},
+            {"eval_time": "20m", "alertname": "SwitchboardReconcileErrors", "exp_alerts": []}
+        ]
+    }]);
+
+    // The call centers, as scraped through their `<center>-media-metrics` Services. Node 0 of
+    // each center is the active one, node 1 the standby. Every alert has a case that fires and
+    // near misses that must not: an exp_alerts list is the complete set of firing alerts.
+    let node = |center: &str, n: u32| {
+        format!(
+            "namespace=\"college\",job=\"{center}-media-metrics\",instance=\"{center}-{n}:9090\",pod=\"{center}-media-{n}\""
+        )
     };
-    let labels = |severity: &str| json!({"severity": severity, "team": "telephony", "job": "sb-switchboard", "namespace": "telephony"});
-    let test = json!({
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [
-                // The operator is up for 5 minutes, then down.
-                {"series": "up{job=\"sb-switchboard\",namespace=\"telephony\",instance=\"a\",pod=\"p\"}", "values": "1x5 0x40"},
-                // Another release's operator stays up: it must not hide this one's outage.
-                {"series": "up{job=\"other-switchboard\",namespace=\"telephony\",instance=\"b\",pod=\"q\"}", "values": "1x45"},
-                // One reconcile error a second throughout.
-                {"series": "switchboard_operator_reconcile_errors_total{job=\"sb-switchboard\",namespace=\"telephony\",instance=\"a\",pod=\"p\"}", "values": "0+60x45"},
-                {"series": "switchboard_operator_reconcile_errors_total{job=\"other-switchboard\",namespace=\"telephony\",instance=\"b\",pod=\"q\"}", "values": "0x45"}
-            ],
-            "alert_rule_test": [
-                {"eval_time": "4m", "alertname": "SwitchboardOperatorDown", "exp_alerts": []},
-                {"eval_time": "8m", "alertname": "SwitchboardOperatorDown", "exp_alerts": []},
-                {"eval_time": "15m", "alertname": "SwitchboardOperatorDown", "exp_alerts": [{
-                    "exp_labels": labels("critical"),
-                    "exp_annotations": expanded("SwitchboardOperatorDown", "")?
-                }]},
-                {"eval_time": "10m", "alertname": "SwitchboardReconcileErrors", "exp_alerts": []},
-                {"eval_time": "25m", "alertname": "SwitchboardReconcileErrors", "exp_alerts": [{
-                    "exp_labels": labels("warning"),
-                    "exp_annotations": expanded("SwitchboardReconcileErrors", "1")?
-                }]}
-            ]
-        }, {
-            // Never scraped at all (only another release is): absent() fires.
-            "interval": "1m",
-            "input_series": [
-                {"series": "up{job=\"other-switchboard\",namespace=\"telephony\",instance=\"b\"}", "values": "1x20"}
-            ],
-            "alert_rule_test": [
-                {"eval_time": "3m", "alertname": "SwitchboardOperatorDown", "exp_alerts": []},
-                {"eval_time": "10m", "alertname": "SwitchboardOperatorDown", "exp_alerts": [{
-                    "exp_labels": labels("critical"),
-                    "exp_annotations": expanded("SwitchboardOperatorDown", "")?
-                }]},
-                {"eval_time": "10m", "alertname": "SwitchboardReconcileErrors", "exp_alerts": []}
-            ]
-        }, {
-            // Two replicas, one down: the other still serves, nothing fires.
-            "interval": "1m",
-            "input_series": [
-                {"series": "up{job=\"sb-switchboard\",namespace=\"telephony\",instance=\"a\"}", "values": "1x2 0x20"},
-                {"series": "up{job=\"sb-switchboard\",namespace=\"telephony\",instance=\"c\"}", "values": "1x22"},
-                {"series": "switchboard_operator_reconcile_errors_total{job=\"sb-switchboard\",namespace=\"telephony\",instance=\"c\"}", "values": "5x22"}
-            ],
-            "alert_rule_test": [
-                {"eval_time": "20m", "alertname": "SwitchboardOperatorDown", "exp_alerts": []},
-                {"eval_time": "20m", "alertname": "SwitchboardReconcileErrors", "exp_alerts": []}
-            ]
-        }]
-    });
-    let test_file = dir.path().join("rules_test.yaml");
-    std::fs::write(&test_file, serde_yaml::to_string(&test)?)?;
-    let unit = Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(&test_file)
-        .current_dir(dir.path())
-        .output()
-        .context("cannot run promtool")?;
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&unit.stdout),
-        String::from_utf8_lossy(&unit.stderr)
+    let series = |metric: &str, center: &str, n: u32, extra: &str, values: &str| {
+        let sep = if extra.is_empty() { "" } else { "," };
+        json!({"series": format!("{metric}{{{}{sep}{extra}}}", node(center, n)), "values": values})
+    };
+    let center_labels = |center: &str| json!({"namespace": "college", "job": format!("{center}-media-metrics"), "center": center});
+    let with = |center: &str, key: &str, value: &str| {
+        let mut labels = center_labels(center);
+        labels[key] = json!(value);
+        labels
+    };
+    let node_labels = |center: &str, n: u32| {
+        let mut labels = center_labels(center);
+        labels["instance"] = json!(format!("{center}-{n}:9090"));
+        labels["pod"] = json!(format!("{center}-media-{n}"));
+        labels
+    };
+    let sl =
+        |queue: &str, def: &str| format!("queue=\"{queue}\",window=\"15m\",definition=\"{def}\"");
+    let q15 = |queue: &str| format!("queue=\"{queue}\",window=\"15m\"");
+    let q = |queue: &str| format!("queue=\"{queue}\"");
+    let agents = |queue: &str, state: &str| format!("queue=\"{queue}\",state=\"{state}\"");
+    let t = |trunk: &str| format!("trunk=\"{trunk}\"");
+    let role = |r: &str| format!("role=\"{r}\"");
+    const N: &str = "0x40"; // a series that stays 0 for the whole test
+    let none = String::new;
+    // (metric without its switchboard_ prefix, center, node, extra labels, values)
+    let rows: Vec<(&str, &str, u32, String, &str)> = vec![
+        // Service level: sales is below 80 % with 20 calls; emergency below its own 95 %;
+        // support is below but had only 9 calls; billing meets the target; the
+        // answered_and_abandoned figure of billing is low but not the one compared.
+        (
+            "queue_service_level_ratio",
+            "campus",
+            0,
+            sl("sales", "answered"),
+            "0.6x40",
+        ),
+        ("queue_calls_offered", "campus", 0, q15("sales"), "20x40"),
+        (
+            "queue_service_level_ratio",
+            "campus",
+            0,
+            sl("emergency", "answered"),
+            "0.9x40",
+        ),
+        (
+            "queue_calls_offered",
+            "campus",
+            0,
+            q15("emergency"),
+            "20x40",
+        ),
+        (
+            "queue_service_level_ratio",
+            "campus",
+            0,
+            sl("support", "answered"),
+            "0.5x40",
+        ),
+        ("queue_calls_offered", "campus", 0, q15("support"), "9x40"),
+        (
+            "queue_service_level_ratio",
+            "campus",
+            0,
+            sl("billing", "answered"),
+            "0.81x40",
+        ),
+        (
+            "queue_service_level_ratio",
+            "campus",
+            0,
+            sl("billing", "answered_and_abandoned"),
+            "0.5x40",
+        ),
+        ("queue_calls_offered", "campus", 0, q15("billing"), "50x40"),
+        // The standby's idle view of sales: no calls offered, no service level.
+        ("queue_calls_offered", "campus", 1, q15("sales"), N),
+        // Abandon rate: sales 25 %; support 50 % of 9 calls; billing exactly 10 %.
+        ("queue_abandon_ratio", "campus", 0, q15("sales"), "0.25x40"),
+        ("queue_abandon_ratio", "campus", 0, q15("support"), "0.5x40"),
+        ("queue_abandon_ratio", "campus", 0, q15("billing"), "0.1x40"),
+        // Waiting callers: sales has 3 and every agent NotReady; billing has 2 and every
+        // agent Busy (normal queueing); support has nobody waiting and no agent. The
+        // standby's replicated view of sales shows a Ready agent: it must not hide the
+        // active node's view.
+        ("queue_calls_waiting", "campus", 0, q("sales"), "3x40"),
+        ("queue_agents", "campus", 0, agents("sales", "ready"), N),
+        (
+            "queue_agents",
+            "campus",
+            0,
+            agents("sales", "not_ready"),
+            "2x40",
+        ),
+        ("queue_agents", "campus", 0, agents("sales", "busy"), N),
+        ("queue_agents", "campus", 0, agents("sales", "ringing"), N),
+        ("queue_agents", "campus", 0, agents("sales", "wrap_up"), N),
+        ("queue_calls_waiting", "campus", 0, q("billing"), "2x40"),
+        ("queue_agents", "campus", 0, agents("billing", "ready"), N),
+        (
+            "queue_agents",
+            "campus",
+            0,
+            agents("billing", "busy"),
+            "2x40",
+        ),
+        ("queue_calls_waiting", "campus", 0, q("support"), N),
+        ("queue_agents", "campus", 0, agents("support", "ready"), N),
+        ("queue_calls_waiting", "campus", 1, q("sales"), N),
+        (
+            "queue_agents",
+            "campus",
+            1,
+            agents("sales", "ready"),
+            "1x40",
+        ),
+        // Trunks: pstn has 28 of 30 channels busy and blocks a call a minute; backup has 26
+        // of 30 busy and blocked 4 calls in the last 15 minutes; spare has a
+        // limit of 0, which is no utilization.
+        ("trunk_channels_busy", "campus", 0, t("pstn"), "28x40"),
+        ("trunk_channel_limit", "campus", 0, t("pstn"), "30x40"),
+        (
+            "trunk_calls_blocked_total",
+            "campus",
+            0,
+            t("pstn"),
+            "0+1x40",
+        ),
+        ("trunk_channels_busy", "campus", 0, t("backup"), "26x40"),
+        ("trunk_channel_limit", "campus", 0, t("backup"), "30x40"),
+        (
+            "trunk_calls_blocked_total",
+            "campus",
+            0,
+            t("backup"),
+            "0x20 1 2 3 4x16",
+        ),
+        ("trunk_channels_busy", "campus", 0, t("spare"), "1x40"),
+        ("trunk_channel_limit", "campus", 0, t("spare"), N),
+        ("trunk_channels_busy", "campus", 1, t("pstn"), N),
+        ("trunk_channel_limit", "campus", 1, t("pstn"), "30x40"),
+        ("trunk_calls_blocked_total", "campus", 1, t("pstn"), N),
+        // Recording: node 0 fails one write at 25m; node 1 failed long ago.
+        ("recording_failures_total", "campus", 0, none(), "0x25 1x15"),
+        ("recording_failures_total", "campus", 1, none(), "3x40"),
+        // Roles: campus is healthy (its standby 3 s behind, briefly 9 s), depot has no
+        // active node, plant's standby is not ready and lags 12 s (its active node reports
+        // figures of its own that mean nothing there).
+        ("node_role", "campus", 0, role("active"), "1x40"),
+        ("node_role", "campus", 0, role("standby"), N),
+        ("node_role", "campus", 1, role("active"), N),
+        ("node_role", "campus", 1, role("standby"), "1x40"),
+        ("standby_ready", "campus", 1, none(), "1x40"),
+        (
+            "replication_lag_seconds",
+            "campus",
+            1,
+            none(),
+            "3x20 9x3 3x16",
+        ),
+        ("node_role", "depot", 0, role("active"), N),
+        ("node_role", "depot", 0, role("standby"), "1x40"),
+        ("node_role", "depot", 1, role("active"), N),
+        ("node_role", "depot", 1, role("standby"), "1x40"),
+        ("node_role", "plant", 0, role("active"), "1x40"),
+        ("node_role", "plant", 0, role("standby"), N),
+        ("standby_ready", "plant", 0, none(), N),
+        ("replication_lag_seconds", "plant", 0, none(), "30x40"),
+        ("node_role", "plant", 1, role("active"), N),
+        ("node_role", "plant", 1, role("standby"), "1x40"),
+        ("standby_ready", "plant", 1, none(), N),
+        ("replication_lag_seconds", "plant", 1, none(), "12x40"),
+        // Failovers: campus node 0 took over at 21m; plant node 0 did so long ago.
+        ("failovers_total", "campus", 0, none(), "0x20 1x20"),
+        ("failovers_total", "campus", 1, none(), N),
+        ("failovers_total", "plant", 0, none(), "2x40"),
+        // Up: campus, depot and plant are up; clinic has lost node 1; ward has lost both;
+        // annex's pods vanished at 10m (Pending pods have no endpoint to scrape).
+        ("up", "campus", 0, none(), "1x40"),
+        ("up", "campus", 1, none(), "1x40"),
+        ("up", "depot", 0, none(), "1x40"),
+        ("up", "depot", 1, none(), "1x40"),
+        ("up", "plant", 0, none(), "1x40"),
+        ("up", "plant", 1, none(), "1x40"),
+        ("up", "clinic", 0, none(), "1x40"),
+        ("up", "clinic", 1, none(), "1x5 0x35"),
+        ("up", "ward", 0, none(), "1x5 0x35"),
+        ("up", "ward", 1, none(), "1x5 0x35"),
+        ("up", "annex", 0, none(), "1x10"),
+        ("up", "annex", 1, none(), "1x10"),
+    ];
+    let mut input: Vec<Value> = rows
+        .into_iter()
+        .map(|(metric, center, n, extra, values)| {
+            let metric = if metric == "up" {
+                metric.to_string()
+            } else {
+                format!("switchboard_{metric}")
+            };
+            series(&metric, center, n, &extra, values)
+        })
+        .collect();
+    // The operator is up, so its alerts stay out of the way.
+    input.push(json!({"series": "up{job=\"sb-switchboard\",namespace=\"telephony\",instance=\"a\"}", "values": "1x40"}));
+    // Another Prometheus job that happens to export queue figures is not a media node.
+    input.push(json!({"series": "switchboard_queue_calls_waiting{namespace=\"college\",job=\"campus-media\",instance=\"x\",queue=\"sales\"}", "values": "9x40"}));
+    let fires = |time: &str, alert: &str, alerts: Vec<Value>| json!({"eval_time": time, "alertname": alert, "exp_alerts": alerts});
+    let call_center_tests = json!([{
+        "interval": "1m",
+        "input_series": input,
+        "alert_rule_test": [
+            fires("10m", "SwitchboardServiceLevelLow", vec![]),
+            fires("20m", "SwitchboardServiceLevelLow", vec![
+                expect("SwitchboardServiceLevelLow", with("campus", "queue", "emergency"), "90%")?,
+                expect("SwitchboardServiceLevelLow", with("campus", "queue", "sales"), "60%")?,
+            ]),
+            fires("10m", "SwitchboardAbandonRateHigh", vec![]),
+            fires("20m", "SwitchboardAbandonRateHigh", vec![
+                expect("SwitchboardAbandonRateHigh", with("campus", "queue", "sales"), "25%")?,
+            ]),
+            fires("1m", "SwitchboardCallersWaitingWithNoAgent", vec![]),
+            fires("5m", "SwitchboardCallersWaitingWithNoAgent", vec![
+                expect("SwitchboardCallersWaitingWithNoAgent", with("campus", "queue", "sales"), "3")?,
+            ]),
+            fires("5m", "SwitchboardTrunkNearChannelLimit", vec![]),
+            fires("15m", "SwitchboardTrunkNearChannelLimit", vec![
+                expect("SwitchboardTrunkNearChannelLimit", with("campus", "trunk", "pstn"), "93.33%")?,
+            ]),
+            fires("30m", "SwitchboardTrunkCallsBlocked", vec![
+                expect("SwitchboardTrunkCallsBlocked", with("campus", "trunk", "pstn"), "15")?,
+            ]),
+            fires("20m", "SwitchboardRecordingFailures", vec![]),
+            fires("30m", "SwitchboardRecordingFailures", vec![
+                expect("SwitchboardRecordingFailures", node_labels("campus", 0), "1")?,
+            ]),
+            fires("40m", "SwitchboardRecordingFailures", vec![]),
+            fires("6m", "SwitchboardCallCenterDown", vec![]),
+            fires("30m", "SwitchboardCallCenterDown", vec![
+                expect("SwitchboardCallCenterDown", center_labels("annex"), "0")?,
+                expect("SwitchboardCallCenterDown", center_labels("ward"), "0")?,
+            ]),
+            fires("8m", "SwitchboardMediaNodeDown", vec![]),
+            fires("30m", "SwitchboardMediaNodeDown", vec![
+                expect("SwitchboardMediaNodeDown", node_labels("clinic", 1), "0")?,
+            ]),
+            fires("30m", "SwitchboardNoActiveMediaNode", vec![
+                expect("SwitchboardNoActiveMediaNode", center_labels("depot"), "0")?,
+            ]),
+            fires("5m", "SwitchboardStandbyNotReady", vec![]),
+            fires("30m", "SwitchboardStandbyNotReady", vec![
+                expect("SwitchboardStandbyNotReady", node_labels("plant", 1), "0")?,
+            ]),
+            fires("25m", "SwitchboardReplicationLagging", vec![
+                expect("SwitchboardReplicationLagging", node_labels("plant", 1), "12s")?,
+            ]),
+            fires("15m", "SwitchboardFailover", vec![]),
+            fires("30m", "SwitchboardFailover", vec![
+                expect("SwitchboardFailover", node_labels("campus", 0), "1")?,
+            ]),
+            fires("40m", "SwitchboardFailover", vec![]),
+        ]
+    }]);
+
+    let mut tests = operator_tests
+        .as_array()
+        .cloned()
+        .ok_or_else(|| anyhow!("tests"))?;
+    tests.extend(call_center_tests.as_array().cloned().into_iter().flatten());
+    let test = json!({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests});
+    std::fs::write(
+        dir.path().join("rules_test.yaml"),
+        serde_yaml::to_string(&test)?,
+    )?;
+    promtool(dir.path(), &["test", "rules", "rules_test.yaml"])?;
+
+    // Thresholds are checked by the schema.
+    for (needle, set) in [
+        (
+            "alerts.serviceLevel.target",
+            "alerts.serviceLevel.target=1.5",
+        ),
+        (
+            "alerts.serviceLevel.definition",
+            "alerts.serviceLevel.definition=all",
+        ),
+        ("alerts.trunks.utilization", "alerts.trunks.utilization=0"),
+        ("alerts.callersWaiting.for", "alerts.callersWaiting.for=2"),
+        (
+            "emergency",
+            "alerts.serviceLevel.queueTargets.emergency=high",
+        ),
+    ] {
+        let stderr = render_failure(&["--set", set])?;
+        ensure!(
+            stderr.contains(needle),
+            "{set}: the schema error does not name {needle}:\n{stderr}"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// (f) Grafana dashboard
+
+#[test]
+fn grafana_dashboard_is_opt_in_and_uses_only_exported_metrics() -> Result<()> {
+    // Absent by default.
+    let docs = documents(&render(&["--namespace", NS])?)?;
+    ensure!(
+        !kinds(&docs).contains("ConfigMap"),
+        "a dashboard ConfigMap rendered by default"
     );
-    ensure!(unit.status.success(), "promtool test rules failed:\n{out}");
+
+    let yaml = render(&[
+        "--namespace",
+        NS,
+        "--set",
+        "dashboards.enabled=true",
+        "--set",
+        "dashboards.annotations.grafana_folder=Telephony",
+    ])?;
+    ensure!(yaml.contains("# Source: switchboard/templates/dashboard.yaml\n"));
+    let docs = documents(&yaml)?;
+    let cm = only(&docs, "ConfigMap")?;
+    ensure!(str_at(cm, "/metadata/name")? == format!("{FULLNAME}-dashboards"));
+    ensure!(str_at(cm, "/metadata/namespace")? == NS);
+    ensure!(
+        str_at(cm, "/metadata/labels/grafana_dashboard")? == "1",
+        "no sidecar label: {}",
+        cm["metadata"]
+    );
+    ensure!(str_at(cm, "/metadata/annotations/grafana_folder")? == "Telephony");
+
+    // Every dashboard file of the chart is in the ConfigMap.
+    let files: BTreeSet<String> = std::fs::read_dir(chart_dir().join("dashboards"))?
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into_iter()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|name| name.ends_with(".json"))
+        .collect();
+    let data = at(cm, "/data")?
+        .as_object()
+        .ok_or_else(|| anyhow!("data is not a map"))?;
+    let keys: BTreeSet<String> = data.keys().cloned().collect();
+    ensure!(
+        keys == files && !files.is_empty(),
+        "ConfigMap holds {keys:?}, the chart has {files:?}"
+    );
+
+    let exported = exported_metric_names()?;
+    let mut used = BTreeSet::new();
+    for (file, text) in data {
+        let dashboard: Value = serde_json::from_str(text.as_str().unwrap_or_default())
+            .with_context(|| format!("{file} is not JSON"))?;
+        ensure!(
+            dashboard["uid"].as_str().is_some_and(|u| !u.is_empty())
+                && dashboard["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{file}: no uid or title"
+        );
+        // Templated on the data source, the namespace and the call center.
+        let variables = dashboard
+            .pointer("/templating/list")
+            .and_then(Value::as_array)
+            .ok_or_else(|| anyhow!("{file}: no template variables"))?;
+        let variable = |name: &str| variables.iter().find(|v| v["name"] == json!(name));
+        ensure!(
+            variable("datasource").is_some_and(
+                |v| v["type"] == json!("datasource") && v["query"] == json!("prometheus")
+            ),
+            "{file}: no Prometheus datasource variable"
+        );
+        for name in ["namespace", "center"] {
+            ensure!(
+                variable(name).is_some_and(|v| v["type"] == json!("query")),
+                "{file}: no {name} variable"
+            );
+        }
+        let panels = dashboard["panels"]
+            .as_array()
+            .ok_or_else(|| anyhow!("{file}: no panels"))?;
+        let mut queries = 0;
+        for panel in panels.iter().filter(|p| p["type"] != json!("row")) {
+            let title = panel["title"].as_str().unwrap_or("?");
+            ensure!(
+                panel.pointer("/datasource/uid") == Some(&json!("${datasource}")),
+                "{file}: panel {title:?} does not use the datasource variable"
+            );
+            let targets = panel["targets"]
+                .as_array()
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| anyhow!("{file}: panel {title:?} has no queries"))?;
+            for target in targets {
+                let expr = target["expr"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("{file}: panel {title:?} has a query without expr"))?;
+                ensure!(
+                    expr.contains("namespace=~\"$namespace\"") && expr.contains("$center"),
+                    "{file}: panel {title:?} ignores the namespace or center variable: {expr}"
+                );
+                let names = promql_metric_names(expr)?;
+                ensure!(
+                    !names.is_empty(),
+                    "{file}: panel {title:?} selects no metric: {expr}"
+                );
+                for name in names {
+                    ensure!(
+                        exported.contains(&name) || HA_METRICS.contains(&name.as_str()),
+                        "{file}: panel {title:?} uses {name}, which no code exports"
+                    );
+                    used.insert(name);
+                }
+                queries += 1;
+            }
+        }
+        ensure!(queries > 0, "{file}: no queries");
+    }
+    // What the on-call staff look for is on it.
+    for name in [
+        "switchboard_queue_service_level_ratio",
+        "switchboard_queue_calls_waiting",
+        "switchboard_agent_state",
+        "switchboard_queue_agents",
+        "switchboard_trunk_channels_busy",
+        "switchboard_trunk_channel_limit",
+        "switchboard_trunk_calls_blocked_total",
+        "switchboard_node_role",
+    ] {
+        ensure!(used.contains(name), "no panel shows {name}");
+    }
+
+    // Another sidecar label, and Grafana's namespace.
+    let docs = documents(&render(&[
+        "--namespace",
+        NS,
+        "--set",
+        "dashboards.enabled=true,dashboards.label=dashboards,dashboards.labelValue=switchboard,dashboards.namespace=monitoring",
+    ])?)?;
+    let cm = only(&docs, "ConfigMap")?;
+    ensure!(str_at(cm, "/metadata/namespace")? == "monitoring");
+    ensure!(str_at(cm, "/metadata/labels/dashboards")? == "switchboard");
+    ensure!(
+        cm.pointer("/metadata/labels/grafana_dashboard").is_none(),
+        "the default sidecar label is still set"
+    );
+    ensure!(cm.pointer("/metadata/annotations").is_none());
+    let stderr = render_failure(&["--set", "dashboards.enabled=true,dashboards.namespace=Mon"])?;
+    ensure!(
+        stderr.contains("dashboards.namespace"),
+        "the schema error does not name dashboards.namespace:\n{stderr}"
+    );
     Ok(())
 }
 
