@@ -5,19 +5,30 @@
 //! clock is read, the config is turned into agents and queues, the seats' registrations are
 //! followed (a seat whose phone is no longer registered is logged out), and agent-state
 //! changes are passed to the statistics and wake the `WatchState` streams.
+//!
+//! Calls in a queue register here with a way to reach their session ([`CallerLine`]); after
+//! every change of the ACD its offers are sent to the callers' sessions at once
+//! ([`CenterCommand`]), and the sessions report back what their offers did.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use prometheus::Registry;
+use switchboard_crds::QueueSpec;
+use switchboard_crds::callcenter::{FeatureCodes, VoicemailSpec};
 use switchboard_crds::seat::AgentState;
 use switchboard_proto::node_config::NodeConfig;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::acd::{Acd, AgentConfig, AgentError, AgentRequest, AgentStatus};
+use crate::acd::{
+    Acd, AgentConfig, AgentError, AgentRequest, AgentStatus, CallKey, CallerInfo, OfferFailure,
+    QueueEvent, Refusal,
+};
+use crate::ivr::{BusinessHours, Ivr, IvrMetrics, IvrStep, PinSet};
 use crate::sip::SipServer;
 use crate::stats::{AgentLive, LiveStats, QueueLive, StatsMetrics, Window, center_time_zone};
 
@@ -57,8 +68,120 @@ pub enum AgentRequestError {
     NotRegistered(String),
 }
 
+/// What the ACD asks of a queued caller's call session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CenterCommand {
+    /// Ring these seats (`(seat, extension)`; several for ring-all) for the caller. Report
+    /// each with [`CallCenterRuntime::offer_answered`] or [`CallCenterRuntime::offer_failed`].
+    Offer {
+        queue: String,
+        seats: Vec<(String, String)>,
+        ring_timeout: Duration,
+    },
+    /// The seat's ring timeout ran out (the ACD already made it NotReady): stop ringing it,
+    /// report nothing.
+    StopRinging { seat: String },
+    /// The caller left the queue for voicemail (an overflow step or the maximum wait).
+    ToVoicemail { queue: String },
+}
+
+/// How the runtime reaches a queued caller's session: `false` when the session is gone.
+pub type CallerLine = Box<dyn Fn(CenterCommand) -> bool + Send + Sync>;
+
+/// The call-center part of the running config that call sessions follow: menus, queues,
+/// seats, voicemail and feature codes. Replaced whole by a new config; a call keeps the plan
+/// it started with.
+#[derive(Debug, Default)]
+pub struct CenterPlan {
+    pub ivr: Ivr,
+    pub queues: BTreeMap<String, QueueSpec>,
+    /// Seat name → extension.
+    pub extensions: BTreeMap<String, String>,
+    /// Extension → seat name.
+    pub seats: BTreeMap<String, String>,
+    /// Seat name → its own wrap-up override.
+    pub seat_wrap_up: BTreeMap<String, u32>,
+    pub voicemail: VoicemailSpec,
+    pub feature_codes: FeatureCodes,
+}
+
+impl CenterPlan {
+    /// The plan of `config`; menus with unusable business hours or PIN lists are logged and
+    /// served without them (the config checks have reported them already).
+    pub fn of(config: &NodeConfig) -> Self {
+        let spec = &config.spec;
+        let hours = spec
+            .business_hours
+            .as_ref()
+            .and_then(|h| match BusinessHours::from_spec(h) {
+                Ok(h) => Some(h),
+                Err(error) => {
+                    warn!(%error, "business hours unusable; menus treat the center as open");
+                    None
+                }
+            });
+        let pins = config
+            .member_pins
+            .iter()
+            .filter_map(|m| match PinSet::from_hashes(&m.salt, &m.hashes) {
+                Ok(set) => Some((m.menu.clone(), set)),
+                Err(error) => {
+                    warn!(menu = m.menu, %error, "member PIN list unusable; every PIN is refused");
+                    None
+                }
+            })
+            .collect();
+        Self {
+            ivr: Ivr::new(&spec.ivr_menus, hours, pins),
+            queues: config
+                .queues
+                .iter()
+                .map(|q| (q.name.clone(), q.spec.clone()))
+                .collect(),
+            extensions: config
+                .seats
+                .iter()
+                .map(|s| (s.name.clone(), s.spec.extension.clone()))
+                .collect(),
+            seats: config
+                .seats
+                .iter()
+                .map(|s| (s.spec.extension.clone(), s.name.clone()))
+                .collect(),
+            seat_wrap_up: config
+                .seats
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), s.spec.wrap_up_seconds?)))
+                .collect(),
+            voicemail: spec.voicemail.clone(),
+            feature_codes: spec.feature_codes.clone(),
+        }
+    }
+
+    /// The after-call work a seat does after a call of `queue`.
+    pub fn wrap_up(&self, seat: &str, queue: &str) -> Duration {
+        let seconds = self
+            .seat_wrap_up
+            .get(seat)
+            .copied()
+            .or_else(|| self.queues.get(queue).map(|q| q.wrap_up_seconds))
+            .unwrap_or(0);
+        Duration::from_secs(seconds.into())
+    }
+}
+
+/// A caller in a queue: how to reach the session and what the statistics need.
+struct QueuedCaller {
+    line: CallerLine,
+    queue: String,
+    since: Instant,
+}
+
 struct State {
     acd: Acd,
+    /// Queued callers (waiting or being offered), by ACD key.
+    callers: HashMap<CallKey, QueuedCaller>,
+    next_key: CallKey,
     stats: LiveStats,
     /// Seat name → extension, for the registration check.
     extensions: BTreeMap<String, String>,
@@ -69,7 +192,9 @@ struct State {
 /// The ACD and statistics of one node.
 pub struct CallCenterRuntime {
     state: Mutex<State>,
+    plan: RwLock<Arc<CenterPlan>>,
     metrics: Option<StatsMetrics>,
+    ivr_metrics: Option<IvrMetrics>,
     /// Counts agent-state changes, so `WatchState` streams report them at once.
     changed: watch::Sender<u64>,
     /// The wall-clock time of `started`, to report `Instant`s as dates.
@@ -84,9 +209,14 @@ impl CallCenterRuntime {
         registry: Option<&Registry>,
     ) -> Result<Self, prometheus::Error> {
         let metrics = registry.map(StatsMetrics::new).transpose()?;
+        let ivr_metrics = registry.map(IvrMetrics::new).transpose()?;
         let now = Instant::now();
         let runtime = Self {
+            plan: RwLock::new(Arc::new(CenterPlan::default())),
+            ivr_metrics,
             state: Mutex::new(State {
+                callers: HashMap::new(),
+                next_key: 1,
                 acd: Acd::new(rand::random()),
                 stats: LiveStats::new(chrono_tz::UTC),
                 extensions: BTreeMap::new(),
@@ -116,14 +246,22 @@ impl CallCenterRuntime {
             .business_hours
             .as_ref()
             .map(|h| h.time_zone.as_str());
+        *self.plan.write() = Arc::new(CenterPlan::of(config));
         let mut state = self.state.lock();
         let orphans = state.acd.configure(&queues, &agents, now);
         if !orphans.is_empty() {
-            // Calls keep running; their sessions learn it when they next ask the ACD.
+            // Their queue is gone: voicemail is the one place left that takes them.
             warn!(
                 callers = orphans.len(),
-                "queues removed with callers waiting"
+                "queues removed with callers waiting; they go to voicemail"
             );
+            for call in orphans {
+                if let Some(caller) = state.callers.remove(&call) {
+                    (caller.line)(CenterCommand::ToVoicemail {
+                        queue: caller.queue,
+                    });
+                }
+            }
         }
         match center_time_zone(tz) {
             Ok(tz) => state.stats.set_time_zone(tz),
@@ -163,7 +301,200 @@ impl CallCenterRuntime {
             .iter()
             .map(|a| (a.seat.clone(), a.extension.clone()))
             .collect();
-        self.settle(&mut state);
+        self.dispatch(&mut state, now);
+    }
+
+    /// The plan new calls follow.
+    pub fn plan(&self) -> Arc<CenterPlan> {
+        Arc::clone(&self.plan.read())
+    }
+
+    /// Counts the IVR steps a caller took (`switchboard_ivr_paths_total`).
+    pub fn count_ivr_steps(&self, steps: &[IvrStep]) {
+        if let Some(m) = &self.ivr_metrics {
+            m.count(steps);
+        }
+    }
+
+    /// Queues a caller; returns their ACD key and 1-based position. The session hears of
+    /// offers through `line` from now on, maybe before this returns.
+    pub fn enqueue(
+        &self,
+        queue: &str,
+        caller: CallerInfo,
+        line: CallerLine,
+    ) -> Result<(CallKey, usize), Refusal> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let key = state.next_key;
+        state.next_key += 1;
+        let position = state.acd.enqueue(key, queue, caller, now)?;
+        state.stats.offered(queue, Utc::now());
+        state.callers.insert(
+            key,
+            QueuedCaller {
+                line,
+                queue: queue.to_string(),
+                since: now,
+            },
+        );
+        info!(key, queue, position, "caller queued");
+        self.dispatch(&mut state, now);
+        Ok((key, position))
+    }
+
+    /// The caller's queue, 1-based position and estimated wait.
+    pub fn queue_position(&self, key: CallKey) -> Option<(String, usize, Duration)> {
+        let state = self.state.lock();
+        let now = Instant::now();
+        let (queue, position) = state.acd.position(key)?;
+        let wait = state.acd.estimated_wait(key, now).unwrap_or_default();
+        Some((queue, position, wait))
+    }
+
+    /// The caller hung up while queued (waiting or ringing agents): counted as abandoned;
+    /// seats ringing for them are Ready again.
+    pub fn abandon(&self, key: CallKey) {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let Some(caller) = state.callers.remove(&key) else {
+            return;
+        };
+        state.acd.abandon(key, now);
+        let waited = now.saturating_duration_since(caller.since);
+        state.stats.abandoned(&caller.queue, waited, Utc::now());
+        info!(
+            key,
+            queue = caller.queue,
+            waited_ms = waited.as_millis() as u64,
+            "caller abandoned"
+        );
+        self.dispatch(&mut state, now);
+    }
+
+    /// `seat` answered the caller: the agent is Busy and the caller leaves the queue.
+    /// Returns the queue and how long the caller waited; `None` when the ACD no longer
+    /// offers this caller to that seat (its ring timeout ran out first, the caller left):
+    /// the session must hang that phone up.
+    pub fn offer_answered(&self, key: CallKey, seat: &str) -> Option<(String, Duration)> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        if !state.acd.is_ringing_for(seat, key) {
+            return None;
+        }
+        let caller = state.callers.remove(&key)?;
+        state.acd.offer_answered(key, seat, now);
+        let waited = now.saturating_duration_since(caller.since);
+        state
+            .stats
+            .answered(&caller.queue, seat, waited, Utc::now());
+        info!(
+            key,
+            seat,
+            queue = caller.queue,
+            waited_ms = waited.as_millis() as u64,
+            "offer answered"
+        );
+        self.dispatch(&mut state, now);
+        Some((caller.queue, waited))
+    }
+
+    /// An offered seat did not take the caller (see [`OfferFailure`]).
+    pub fn offer_failed(&self, key: CallKey, seat: &str, failure: OfferFailure) {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        info!(key, seat, ?failure, "offer failed");
+        state.acd.offer_failed(key, seat, failure, now);
+        self.dispatch(&mut state, now);
+    }
+
+    /// A queue call the seat answered has ended after `talk`: wrap-up, then Ready.
+    pub fn queue_call_ended(&self, seat: &str, queue: &str, talk: Duration) {
+        let now = Instant::now();
+        let wrap_up = self.plan().wrap_up(seat, queue);
+        let mut state = self.state.lock();
+        state.acd.call_ended(seat, talk, now);
+        state
+            .stats
+            .handled(queue, seat, talk, Duration::ZERO, wrap_up, Utc::now());
+        self.dispatch(&mut state, now);
+    }
+
+    /// The seat of an extension, if it is one of this center's.
+    pub fn seat_of(&self, extension: &str) -> Option<String> {
+        self.plan().seats.get(extension).cloned()
+    }
+
+    /// Sends the ACD's offers to their callers' sessions; a caller whose session is gone
+    /// leaves the queue (its seats are Ready again, and may be offered to the next caller).
+    fn dispatch(&self, state: &mut State, now: Instant) {
+        // Each round either delivers every offer or removes a caller, so this ends; the bound
+        // only keeps a lock holder from looping on a broken invariant.
+        for _ in 0..64 {
+            let offers = state.acd.next_offers(now);
+            if offers.is_empty() {
+                break;
+            }
+            let mut gone = Vec::new();
+            for offer in offers {
+                let seats = offer
+                    .agents
+                    .iter()
+                    .map(|seat| {
+                        let extension = state.extensions.get(seat).cloned().unwrap_or_default();
+                        (seat.clone(), extension)
+                    })
+                    .collect();
+                let command = CenterCommand::Offer {
+                    queue: offer.queue.clone(),
+                    seats,
+                    ring_timeout: offer.ring_timeout,
+                };
+                let delivered = state
+                    .callers
+                    .get(&offer.call)
+                    .is_some_and(|c| (c.line)(command));
+                if !delivered {
+                    gone.push(offer.call);
+                }
+            }
+            if gone.is_empty() {
+                break;
+            }
+            for key in gone {
+                warn!(key, "queued caller's call is gone; it leaves the queue");
+                state.callers.remove(&key);
+                state.acd.abandon(key, now);
+            }
+        }
+        self.settle(state);
+    }
+
+    /// Acts on what the ACD's timers did: stops ringing that timed out, sends callers to
+    /// voicemail, follows callers moved to another queue.
+    fn follow_queue_events(&self, state: &mut State, events: Vec<QueueEvent>) {
+        for event in events {
+            info!(?event, "queue event");
+            match event {
+                QueueEvent::RingNoAnswer { call, seat } => {
+                    if let Some(c) = state.callers.get(&call) {
+                        (c.line)(CenterCommand::StopRinging { seat });
+                    }
+                }
+                QueueEvent::ToVoicemail { call, queue }
+                | QueueEvent::MaxWaitReached { call, queue } => {
+                    if let Some(c) = state.callers.remove(&call) {
+                        (c.line)(CenterCommand::ToVoicemail { queue });
+                    }
+                }
+                QueueEvent::Overflowed { call, to, .. } => {
+                    if let Some(c) = state.callers.get_mut(&call) {
+                        c.queue = to;
+                    }
+                }
+                QueueEvent::WrapUpEnded { .. } | QueueEvent::SkillsRelaxed { .. } => {}
+            }
+        }
     }
 
     /// A change of agent state asked for by the control API (or a feature code); `Ready` for
@@ -198,7 +529,7 @@ impl CallCenterRuntime {
             .acd
             .set_agent_state(seat, request.clone(), Instant::now())?;
         info!(seat, ?request, state = ?status.state, "agent state requested");
-        self.settle(&mut state);
+        self.dispatch(&mut state, Instant::now());
         Ok(status)
     }
 
@@ -220,10 +551,9 @@ impl CallCenterRuntime {
             info!(seat, "seat's registration ended: agent logged out");
             state.acd.registration_lost(&seat, now);
         }
-        for event in state.acd.tick(now) {
-            info!(?event, "queue event");
-        }
-        self.settle(&mut state);
+        let events = state.acd.tick(now);
+        self.follow_queue_events(&mut state, events);
+        self.dispatch(&mut state, now);
         self.export(&state);
     }
 

@@ -220,6 +220,7 @@ impl Control {
             calls.reconfigure(
                 config.spec.entry_points.clone(),
                 seat_extensions(config),
+                config.spec.feature_codes.clone(),
                 &config.spec.trunks,
                 &config.trunk_secrets,
             );

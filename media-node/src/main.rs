@@ -54,6 +54,11 @@ struct Cli {
     /// [default: $SWITCHBOARD_RECORDINGS_DIR, else ./recordings].
     #[arg(long, value_name = "DIR")]
     recordings_dir: Option<PathBuf>,
+    /// Where IVR prompts, music on hold and announcements are read from (the paths the
+    /// CallCenter names are relative to it) [default: $SWITCHBOARD_PROMPTS_DIR, else
+    /// ./prompts].
+    #[arg(long, value_name = "DIR", env = "SWITCHBOARD_PROMPTS_DIR")]
+    prompts: Option<PathBuf>,
 }
 
 /// The B2BUA's settings from the config: RTP range, codecs, the address in SDP, recording.
@@ -95,6 +100,14 @@ fn call_settings(
         },
         entry_points: spec.entry_points.clone(),
         seat_extensions: media_node::node::seat_extensions(config),
+        feature_codes: spec.feature_codes.clone(),
+        prompts_dir: Some(
+            cli.prompts
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("prompts")),
+        ),
+        // Messages are kept whatever the recording mode: a caller was told to speak.
+        voicemail_dir: Some(dir.join("voicemail")),
         ..CallSettings::default()
     })
 }
@@ -264,6 +277,12 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
             .with_calls(calls)
             .map_err(|e| format!("cannot start calls: {e}"))?,
     );
+    if let Some(calls) = sip.calls() {
+        calls.attach_center(Arc::clone(&center));
+        if let Some(store) = calls.prompts() {
+            preload_prompts(store, &config);
+        }
+    }
     let sip_config = &config.spec.sip;
     let udp = SocketAddr::new(cli.sip_listen, cli.sip_port.unwrap_or(sip_config.udp_port));
     let tcp = SocketAddr::new(cli.sip_listen, cli.sip_port.unwrap_or(sip_config.tcp_port));
@@ -271,7 +290,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     println!(
-        "media-node: SIP for domain {realm:?} ({seats} seat(s)) on udp {} and tcp {}; serving REGISTER, OPTIONS and seat-to-seat calls",
+        "media-node: SIP for domain {realm:?} ({seats} seat(s)) on udp {} and tcp {}; serving REGISTER, OPTIONS, calls, IVR, queues and voicemail",
         listeners.udp_addr(),
         listeners.tcp_addr()
     );
@@ -327,6 +346,27 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Reads every prompt the config and the node use, so calls do not wait for the disk and a
+/// missing file is reported at start rather than when a caller should hear it.
+fn preload_prompts(
+    store: &media_node::media::prompts::PromptStore,
+    config: &switchboard_proto::node_config::NodeConfig,
+) {
+    let mut missing = 0;
+    for path in node::prompts_used(config) {
+        if let Err(error) = store.get(&path) {
+            missing += 1;
+            warn!(%error, "prompt unavailable; callers hear silence where it should play");
+        }
+    }
+    info!(
+        dir = %store.base().display(),
+        loaded = store.cached(),
+        missing,
+        "prompts loaded"
+    );
 }
 
 /// Waits for SIGINT or SIGTERM; returns which one.

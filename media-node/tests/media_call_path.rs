@@ -213,6 +213,10 @@ fn bridged_call_is_relayed_detected_recorded_and_logged() {
         hangup_side: meta.hangup_side,
         recording: Some(file_name),
         node: "media-0".into(),
+        wait_seconds: Some(4.0),
+        survey_score: None,
+        voicemail: None,
+        ivr_path: Vec::new(),
     })
     .unwrap();
 

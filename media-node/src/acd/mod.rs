@@ -717,6 +717,14 @@ impl Acd {
         seats
     }
 
+    /// Whether `seat` is ringing for `call` now (an answer would be taken).
+    pub fn is_ringing_for(&self, seat: &str, call: CallKey) -> bool {
+        self.agent_index
+            .get(seat)
+            .is_some_and(|&a| self.agents[ix(a)].ringing == Some(call))
+            && self.callers.contains_key(&call)
+    }
+
     /// `seat` answered `call`: the agent is Busy, the caller leaves the queue. Returns the
     /// other seats still ringing for the caller (ring-all), which must be cancelled; they
     /// are Ready again. Ignored (empty) when the seat was not ringing for that caller.

@@ -5,7 +5,9 @@
 //! call then runs as one tokio task ([`session`]) that owns both legs' transactions, timers
 //! and media, so no lock is held across a call's state changes. Seat-to-seat calls, inbound
 //! trunk calls (by entry point or extension) and outbound calls through a trunk are served
-//! ([`routing`], [`trunks`]); IVR and queue routes are not yet.
+//! ([`routing`], [`trunks`]); so are the calls the node answers itself (IVR menus, queues,
+//! voicemail, feature codes) once the call-center runtime is attached
+//! ([`CallEngine::attach_center`]): their callee leg is the agent the ACD offers them to.
 
 pub mod relay;
 pub mod routing;
@@ -20,21 +22,24 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use switchboard_crds::callcenter::{Codec, EntryPoint, TrunkSpec};
+use switchboard_crds::callcenter::{Codec, EntryPoint, FeatureCodes, TrunkSpec};
 use switchboard_proto::node_config::TrunkSecret;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::center::CallCenterRuntime;
 use crate::media::ports::PortAllocator;
+use crate::media::prompts::PromptStore;
 use crate::recording::RecordingError;
 use crate::recording::cdr::{CallDetailRecord, CallDirection, CallOutcome, CdrWriter};
 use crate::recording::sidecar::HangupSide;
 use crate::sip::Transport;
 use crate::sip::message::reason_phrase;
 use crate::sip::message::{SipRequest, SipResponse};
+use crate::sip::registrar::{Binding, Registrar};
 
 pub use relay::{Leg, RelayStats};
-pub use session::{CallSetup, CallTarget, SetupError};
+pub use session::{CallSetup, CallTarget, CenterSetup, SetupError};
 pub use trunks::{TrunkSettings, Trunks};
 
 /// Most calls (both legs) handled at once; beyond it new INVITEs get 503.
@@ -73,6 +78,14 @@ pub struct CallSettings {
     pub entry_points: Vec<EntryPoint>,
     /// Seat name → extension, for entry points that route to a seat.
     pub seat_extensions: BTreeMap<String, String>,
+    /// `spec.featureCodes`: what seats dial to change their agent state.
+    pub feature_codes: FeatureCodes,
+    /// Where IVR prompts, music on hold and announcements are read from. `None`: calls the
+    /// node answers itself hear silence where a prompt would play (logged).
+    pub prompts_dir: Option<PathBuf>,
+    /// Where voicemail messages are written (`<dir>/<mailbox>/`). `None`: no voicemail;
+    /// callers routed there hear the unavailable message.
+    pub voicemail_dir: Option<PathBuf>,
 }
 
 impl Default for CallSettings {
@@ -89,6 +102,9 @@ impl Default for CallSettings {
             trunks: TrunkSettings::default(),
             entry_points: Vec::new(),
             seat_extensions: BTreeMap::new(),
+            feature_codes: FeatureCodes::default(),
+            prompts_dir: None,
+            voicemail_dir: None,
         }
     }
 }
@@ -152,6 +168,11 @@ pub struct CallEngine {
     metrics: Option<crate::sip::SipMetrics>,
     /// Swapped whole by [`CallEngine::reconfigure`]; a call routes on the snapshot it read.
     routing: RwLock<Arc<Routing>>,
+    /// The ACD, IVR and statistics; without it center routes are refused with 480.
+    center: OnceLock<Arc<CallCenterRuntime>>,
+    /// The seats' registrations, to find the phone an offer rings.
+    registrar: OnceLock<Arc<Mutex<Registrar>>>,
+    prompts: Option<PromptStore>,
 }
 
 /// What decides where a call goes, and what a node takes from a new config without
@@ -162,6 +183,7 @@ pub struct Routing {
     /// Seat name → extension, for entry points that route to a seat.
     pub seat_extensions: BTreeMap<String, String>,
     pub trunks: Trunks,
+    pub feature_codes: FeatureCodes,
 }
 
 impl Routing {
@@ -171,6 +193,7 @@ impl Routing {
             entry_points: &self.entry_points,
             seat_extensions: &self.seat_extensions,
             trunks: &self.trunks,
+            feature_codes: &self.feature_codes,
         }
     }
 }
@@ -211,11 +234,19 @@ impl CallEngine {
             .clone()
             .or_else(|| settings.recording_dir.as_ref().map(|d| d.join("cdr.jsonl")));
         let cdr = cdr_path.map(|p| CdrWriter::open(&p)).transpose()?;
+        if let Some(dir) = &settings.voicemail_dir {
+            std::fs::create_dir_all(dir).map_err(|source| CallSetupError::RecordingDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let routing = Routing {
             entry_points: settings.entry_points.clone(),
             seat_extensions: settings.seat_extensions.clone(),
             trunks: Trunks::new(&settings.trunks, metrics.as_ref().map(|m| m.trunks.clone())),
+            feature_codes: settings.feature_codes.clone(),
         };
+        let prompts = settings.prompts_dir.clone().map(PromptStore::new);
         Ok(Some(Arc::new(Self {
             settings,
             ports,
@@ -227,7 +258,51 @@ impl CallEngine {
             counters: CallCounters::default(),
             metrics,
             routing: RwLock::new(Arc::new(routing)),
+            center: OnceLock::new(),
+            registrar: OnceLock::new(),
+            prompts,
         })))
+    }
+
+    /// Connects the call-center runtime: from now on IVR, queue, voicemail and feature-code
+    /// routes are answered (once; later calls are ignored).
+    pub fn attach_center(&self, center: Arc<CallCenterRuntime>) {
+        let _ = self.center.set(center);
+    }
+
+    /// The call-center runtime, when attached.
+    pub fn center(&self) -> Option<&Arc<CallCenterRuntime>> {
+        self.center.get()
+    }
+
+    /// Connects the registrar whose bindings offers ring (set by the SIP server).
+    pub(crate) fn attach_registrar(&self, registrar: Arc<Mutex<Registrar>>) {
+        let _ = self.registrar.set(registrar);
+    }
+
+    /// Where voicemail messages are kept, when voicemail is on.
+    pub fn voicemail_dir(&self) -> Option<&std::path::Path> {
+        self.settings.voicemail_dir.as_deref()
+    }
+
+    /// Where the CDR file is, when CDRs are written.
+    pub fn cdr_path(&self) -> Option<&std::path::Path> {
+        self.cdr.as_ref().map(|c| c.path())
+    }
+
+    /// The prompt store, when prompts are configured.
+    pub fn prompts(&self) -> Option<&PromptStore> {
+        self.prompts.as_ref()
+    }
+
+    /// The phone an offer to `extension` rings: its most recently refreshed live contact.
+    fn seat_contact(&self, extension: &str) -> Option<Binding> {
+        let registrar = self.registrar.get()?;
+        registrar
+            .lock()
+            .bindings(extension, std::time::Instant::now())
+            .into_iter()
+            .max_by_key(|b| b.refreshed_at)
     }
 
     /// Connects the engine to the transport's sender (once; later calls are ignored).
@@ -260,6 +335,7 @@ impl CallEngine {
         &self,
         entry_points: Vec<EntryPoint>,
         seat_extensions: BTreeMap<String, String>,
+        feature_codes: FeatureCodes,
         trunks: &[TrunkSpec],
         trunk_secrets: &[TrunkSecret],
     ) {
@@ -268,6 +344,7 @@ impl CallEngine {
             entry_points,
             seat_extensions,
             trunks: routing.trunks.reconfigured(trunks, trunk_secrets),
+            feature_codes,
         };
         *routing = Arc::new(next);
     }
@@ -346,7 +423,18 @@ impl CallEngine {
         }
     }
 
-    fn unregister(&self, call_ids: [&str; 2]) {
+    /// Adds one more Call-ID to a call (an agent leg offered by the ACD).
+    fn register_leg(&self, call_id: &str, leg: Leg, sender: &mpsc::Sender<session::CallEvent>) {
+        self.calls.lock().insert(
+            call_id.to_string(),
+            CallRef {
+                sender: sender.clone(),
+                leg,
+            },
+        );
+    }
+
+    fn unregister<'a>(&self, call_ids: impl IntoIterator<Item = &'a str>) {
         let mut calls = self.calls.lock();
         for id in call_ids {
             calls.remove(id);
@@ -386,6 +474,10 @@ impl CallEngine {
             hangup_side: Some(HangupSide::Node),
             recording: None,
             node: self.settings.node_name.clone(),
+            wait_seconds: None,
+            survey_score: None,
+            voicemail: None,
+            ivr_path: Vec::new(),
         };
         // A failed append is counted and logged by the CDR writer.
         let _ = cdr.append(&record);

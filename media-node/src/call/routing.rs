@@ -7,16 +7,19 @@
 //! prefix wins). A trunk's call (trusted by source address): the entry points (the dialed
 //! number as delivered, E.164 or short), then the seats' extensions; a trunk never reaches
 //! another trunk (no toll fraud through the node). Entry points routed to a seat ring it; IVR
-//! menus, queues and voicemail are not served by this node yet and are refused with 480 (and
-//! counted), never faked. A call to a seat rings the seat's most recently refreshed contact
+//! menus, queues and voicemail are call-center routes the node answers itself
+//! ([`RouteDecision::Center`]). A seat's own feature codes (login, logout, ready, not ready
+//! with a reason digit) come before everything else. A call to a seat rings the seat's most
+//! recently refreshed contact
 //! (no forking: one phone per agent is the call-center norm, and the newest binding is the
 //! phone the agent last used).
 
 use std::collections::BTreeMap;
 
-use switchboard_crds::callcenter::{EntryPoint, RouteAction};
+use switchboard_crds::callcenter::{EntryPoint, FeatureCodes, RouteAction};
 
 use super::trunks::Trunks;
+use crate::acd::AgentRequest;
 use crate::sip::registrar::Binding;
 
 /// What the routing core needs to know about seats.
@@ -43,6 +46,8 @@ pub struct DialPlan<'a> {
     /// Seat name → extension (entry points name seats).
     pub seat_extensions: &'a BTreeMap<String, String>,
     pub trunks: &'a Trunks,
+    /// The seats' feature codes (`spec.featureCodes`).
+    pub feature_codes: &'a FeatureCodes,
 }
 
 /// Where a call is sent.
@@ -66,12 +71,8 @@ pub enum RouteDecision {
     SelfCall,
     /// Nothing answers to this number: 404 Not Found.
     NotFound,
-    /// An entry point whose route this node does not serve yet (IVR menu, queue, voicemail):
-    /// 480 with a reason phrase that says so.
-    NotServed {
-        number: String,
-        action: RouteAction,
-    },
+    /// A route the node answers itself: an IVR menu, a queue, voicemail, a feature code.
+    Center(CenterRoute),
     /// An entry point routed to `Hangup`: 603 Decline.
     Declined,
 }
@@ -81,7 +82,8 @@ impl RouteDecision {
     pub fn rejection_status(&self) -> Option<u16> {
         match self {
             Self::Ring(_) => None,
-            Self::SeatUnavailable { .. } | Self::NotServed { .. } => Some(480),
+            // A node without the call-center runtime cannot serve these.
+            Self::SeatUnavailable { .. } | Self::Center(_) => Some(480),
             Self::SelfCall => Some(486),
             Self::NotFound => Some(404),
             Self::Declined => Some(603),
@@ -91,13 +93,60 @@ impl RouteDecision {
     /// The reason phrase of [`Self::rejection_status`] where the standard one says too little.
     pub fn rejection_reason(&self) -> Option<String> {
         match self {
-            Self::NotServed { action, .. } => Some(format!(
-                "Temporarily Unavailable ({} routing is not served by this node yet)",
-                action_label(*action)
+            Self::Center(route) => Some(format!(
+                "Temporarily Unavailable ({} routing is not served by this node)",
+                route.label()
             )),
             _ => None,
         }
     }
+}
+
+/// A call the node answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CenterRoute {
+    /// Play this IVR menu.
+    Menu(String),
+    /// Queue the caller.
+    Queue(String),
+    /// Record a message in a seat's mailbox (`None`: the center's general mailbox).
+    Voicemail { mailbox: Option<String> },
+    /// A feature code dialed by a seat: the agent-state change (`None`: a not-ready code with
+    /// a reason digit that is not configured, refused with a prompt).
+    FeatureCode(Option<AgentRequest>),
+}
+
+impl CenterRoute {
+    /// The route as a metric label / log word.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Menu(_) => "menu",
+            Self::Queue(_) => "queue",
+            Self::Voicemail { .. } => "voicemail",
+            Self::FeatureCode(_) => "feature_code",
+        }
+    }
+}
+
+/// The agent request a dialed feature code stands for. `Some(None)`: the not-ready code with
+/// a missing or unknown reason digit.
+pub fn feature_code(codes: &FeatureCodes, dialed: &str) -> Option<Option<AgentRequest>> {
+    let exact = [
+        (&codes.login, AgentRequest::Login),
+        (&codes.logout, AgentRequest::Logout),
+        (&codes.ready, AgentRequest::Ready),
+    ];
+    if let Some((_, request)) = exact.into_iter().find(|(code, _)| code.as_str() == dialed) {
+        return Some(Some(request));
+    }
+    let digit = dialed.strip_prefix(codes.not_ready.as_str())?;
+    Some(
+        codes
+            .not_ready_reasons
+            .iter()
+            .find(|r| r.digit == digit)
+            .map(|r| AgentRequest::NotReady(r.reason.clone())),
+    )
 }
 
 /// The route action as a metric label / log word.
@@ -124,6 +173,9 @@ pub fn route(
     }
     match caller {
         Caller::Seat(seat) => {
+            if let Some(request) = feature_code(plan.feature_codes, dialed) {
+                return RouteDecision::Center(CenterRoute::FeatureCode(request));
+            }
             if seats.seat_exists(dialed) {
                 return ring_seat(Some(seat), dialed, seats);
             }
@@ -186,12 +238,19 @@ fn route_entry(
             }
         }
         RouteAction::Hangup => RouteDecision::Declined,
-        action @ (RouteAction::Menu | RouteAction::Queue | RouteAction::Voicemail) => {
-            RouteDecision::NotServed {
-                number: entry.number.clone(),
-                action,
-            }
+        RouteAction::Menu | RouteAction::Queue => {
+            let Some(target) = entry.route.target.clone() else {
+                return RouteDecision::NotFound;
+            };
+            RouteDecision::Center(if entry.route.action == RouteAction::Menu {
+                CenterRoute::Menu(target)
+            } else {
+                CenterRoute::Queue(target)
+            })
         }
+        RouteAction::Voicemail => RouteDecision::Center(CenterRoute::Voicemail {
+            mailbox: entry.route.target.clone(),
+        }),
     }
 }
 
@@ -252,10 +311,12 @@ mod tests {
     fn route_seat(caller: &str, dialed: &str, seats: &Seats) -> RouteDecision {
         let trunks = no_trunks();
         let names = BTreeMap::new();
+        let codes = FeatureCodes::default();
         let plan = DialPlan {
             entry_points: &[],
             seat_extensions: &names,
             trunks: &trunks,
+            feature_codes: &codes,
         };
         route(Caller::Seat(caller), dialed, &plan, seats)
     }
@@ -348,10 +409,12 @@ mod tests {
     #[test]
     fn trunk_calls_follow_entry_points_then_extensions() {
         let (trunks, entries, names) = center();
+        let codes = FeatureCodes::default();
         let plan = DialPlan {
             entry_points: &entries,
             seat_extensions: &names,
             trunks: &trunks,
+            feature_codes: &codes,
         };
         let from_trunk = |d: &str| route(Caller::Trunk("pstn"), d, &plan, &seats());
         for dialed in ["+4930111", "4930111", "1002"] {
@@ -362,22 +425,16 @@ mod tests {
                 other => panic!("{dialed}: unexpected {other:?}"),
             }
         }
-        for (dialed, action) in [
-            ("+4930222", RouteAction::Queue),
-            ("+4930333", RouteAction::Menu),
-            ("+4930444", RouteAction::Voicemail),
+        for (dialed, route) in [
+            ("+4930222", CenterRoute::Queue("sales".into())),
+            ("4930222", CenterRoute::Queue("sales".into())),
+            ("+4930333", CenterRoute::Menu("main".into())),
+            ("+4930444", CenterRoute::Voicemail { mailbox: None }),
         ] {
-            let decision = from_trunk(dialed);
-            assert_eq!(
-                decision,
-                RouteDecision::NotServed {
-                    number: dialed.into(),
-                    action
-                }
-            );
-            assert_eq!(decision.rejection_status(), Some(480));
-            assert!(decision.rejection_reason().unwrap().contains("not served"));
+            assert_eq!(from_trunk(dialed), RouteDecision::Center(route), "{dialed}");
         }
+        // A trunk cannot use the seats' feature codes.
+        assert_eq!(from_trunk("*21"), RouteDecision::NotFound);
         assert_eq!(from_trunk("+4930555").rejection_status(), Some(603));
         // An inbound number without an entry point, a route to a missing seat, a number the
         // center does not have, and a trunk trying to dial out again: 404.
@@ -395,10 +452,12 @@ mod tests {
     #[test]
     fn seat_calls_reach_entry_points_and_trunks() {
         let (trunks, entries, names) = center();
+        let codes = FeatureCodes::default();
         let plan = DialPlan {
             entry_points: &entries,
             seat_extensions: &names,
             trunks: &trunks,
+            feature_codes: &codes,
         };
         let from_seat = |d: &str| route(Caller::Seat("1001"), d, &plan, &seats());
         assert!(matches!(
@@ -416,5 +475,46 @@ mod tests {
         assert_eq!(from_seat("4711"), RouteDecision::NotFound);
         let self_call = route(Caller::Seat("1002"), "500", &plan, &seats());
         assert_eq!(self_call, RouteDecision::SelfCall);
+        assert_eq!(
+            from_seat("+4930222"),
+            RouteDecision::Center(CenterRoute::Queue("sales".into()))
+        );
+    }
+
+    #[test]
+    fn feature_codes_change_the_agent_state() {
+        let (trunks, entries, names) = center();
+        let codes = FeatureCodes::default();
+        let plan = DialPlan {
+            entry_points: &entries,
+            seat_extensions: &names,
+            trunks: &trunks,
+            feature_codes: &codes,
+        };
+        let from_seat = |d: &str| route(Caller::Seat("1001"), d, &plan, &seats());
+        let code = |r: Option<AgentRequest>| RouteDecision::Center(CenterRoute::FeatureCode(r));
+        assert_eq!(from_seat("*21"), code(Some(AgentRequest::Login)));
+        assert_eq!(from_seat("*22"), code(Some(AgentRequest::Logout)));
+        assert_eq!(from_seat("*23"), code(Some(AgentRequest::Ready)));
+        assert_eq!(
+            from_seat("*242"),
+            code(Some(AgentRequest::NotReady("meal".into())))
+        );
+        assert_eq!(
+            from_seat("*245"),
+            code(Some(AgentRequest::NotReady("coaching".into())))
+        );
+        // The not-ready code needs a configured reason digit.
+        assert_eq!(from_seat("*24"), code(None));
+        assert_eq!(from_seat("*249"), code(None));
+        assert_eq!(from_seat("*2412"), code(None));
+        assert_eq!(from_seat("*25"), RouteDecision::NotFound);
+        // Configured codes replace the defaults.
+        let custom = FeatureCodes {
+            login: "*7".into(),
+            ..FeatureCodes::default()
+        };
+        assert_eq!(feature_code(&custom, "*7"), Some(Some(AgentRequest::Login)));
+        assert_eq!(feature_code(&custom, "*21"), None);
     }
 }

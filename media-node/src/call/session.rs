@@ -41,6 +41,10 @@ use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 
+mod center;
+
+pub use center::CenterSetup;
+
 use super::relay::{Leg, LegPeer, MediaError, MediaLeg, MediaSession, RelayMetrics, RelayStats};
 use super::trunks::{ChannelGuard, Trunk};
 use super::{CALL_QUEUE, CallEngine, Outbound};
@@ -82,6 +86,8 @@ pub(crate) enum CallEvent {
         response: SipResponse,
         leg: Leg,
     },
+    /// The ACD about a queued caller (calls the node answers itself).
+    Center(crate::center::CenterCommand),
 }
 
 /// A call about to be set up: the authenticated (or trunk-trusted) caller's INVITE and the
@@ -205,7 +211,7 @@ struct ClientRequest {
 }
 
 /// One dialog as the node sees it (either leg).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct DialogSide {
     call_id: String,
     /// Our From (or To) header value, with our tag.
@@ -236,6 +242,8 @@ enum CallerState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CalleeState {
+    /// No callee leg yet: a call the node answered itself, before an agent answers.
+    Idle,
     /// INVITE sent, nothing heard.
     Calling,
     /// A provisional response received.
@@ -465,6 +473,8 @@ pub(crate) struct CallSession {
     ending: Option<Ending>,
     linger_until: Option<Instant>,
     recording: Option<PathBuf>,
+    /// A call the node answered itself (IVR, queue, voicemail, feature code).
+    center: Option<Box<center::CenterCall>>,
 }
 
 impl CallEngine {
@@ -679,8 +689,9 @@ impl CallEngine {
             ending: None,
             linger_until: None,
             recording: None,
+            center: None,
         };
-        tokio::spawn(session.run(b_offer.into_bytes()));
+        tokio::spawn(session.run(Some(b_offer.into_bytes())));
         Ok(trying)
     }
 }
@@ -697,10 +708,17 @@ fn branch() -> String {
 }
 
 impl CallSession {
-    async fn run(mut self, b_offer: Vec<u8>) {
+    /// Runs the call: rings the callee with `b_offer`, or (`None`) starts the call the node
+    /// answers itself.
+    async fn run(mut self, b_offer: Option<Vec<u8>>) {
         let now = Instant::now();
-        self.send_invite(b_offer, now);
-        self.ring_deadline = Some(now + self.engine.settings.ring_timeout);
+        match b_offer {
+            Some(offer) => {
+                self.send_invite(offer, now);
+                self.ring_deadline = Some(now + self.engine.settings.ring_timeout);
+            }
+            None => self.center_start(now),
+        }
         loop {
             let wake = self.next_wake();
             tokio::select! {
@@ -709,6 +727,9 @@ impl CallSession {
                     // The engine never drops a live call's sender; be safe anyway.
                     None => break,
                 },
+                event = center::media_event(&mut self.center) => {
+                    self.on_media_event(event, Instant::now());
+                }
                 () = sleep_until(wake.into()) => self.on_timer(Instant::now()),
             }
             if self.finished(Instant::now()) {
@@ -722,7 +743,11 @@ impl CallSession {
             CallOutcome::Failed,
             Instant::now(),
         );
-        self.engine.unregister([&self.a.call_id, &self.b.call_id]);
+        let mut call_ids = vec![self.a.call_id.as_str(), self.b.call_id.as_str()];
+        if let Some(c) = &self.center {
+            call_ids.extend(c.fork_call_ids());
+        }
+        self.engine.unregister(call_ids);
     }
 
     fn next_wake(&self) -> Instant {
@@ -751,6 +776,9 @@ impl CallSession {
         for p in &self.pending {
             consider(Some(p.retransmit.wake()));
         }
+        if let Some(c) = &self.center {
+            consider(c.next_wake());
+        }
         wake
     }
 
@@ -761,6 +789,7 @@ impl CallSession {
             && self.b_invite.is_none()
             // A re-INVITE in progress still needs its final response ACKed.
             && self.reinvite_out.as_ref().is_none_or(|c| c.ack.is_some())
+            && self.center.as_ref().is_none_or(|c| c.forks_done(now))
             && self.linger_until.is_none_or(|t| now >= t)
     }
 
@@ -788,6 +817,18 @@ impl CallSession {
 
     /// Builds a request on a leg.
     fn request(&self, leg: Leg, line: RequestLine<'_>, body: Option<&[u8]>) -> Outbound {
+        self.request_on(self.dialog(leg), leg, line, body)
+    }
+
+    /// Builds a request in dialog `d`, which is `leg` of the call (or an agent's leg being
+    /// offered, as `Leg::Callee`).
+    fn request_on(
+        &self,
+        d: &DialogSide,
+        leg: Leg,
+        line: RequestLine<'_>,
+        body: Option<&[u8]>,
+    ) -> Outbound {
         use std::fmt::Write as _;
         let RequestLine {
             method,
@@ -796,7 +837,6 @@ impl CallSession {
             cseq,
             route,
         } = line;
-        let d = self.dialog(leg);
         let via = self.engine.sip_address(d.transport);
         let mut out = format!(
             "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{} {via};branch={branch};rport\r\nMax-Forwards: 70\r\n",
@@ -1001,6 +1041,7 @@ impl CallSession {
                 leg,
             } => self.on_request(request, source, transport, leg, now),
             CallEvent::Response { response, leg } => self.on_response(response, leg, now),
+            CallEvent::Center(command) => self.on_center_command(command, now),
         }
     }
 
@@ -1183,8 +1224,11 @@ impl CallSession {
             });
             return;
         }
+        // A call the node answered itself has its caller leg up without a callee.
+        let callee_up = self.b_state == CalleeState::Established
+            || (self.center.is_some() && leg == Leg::Caller);
         let call_up = self.ending.is_none()
-            && self.b_state == CalleeState::Established
+            && callee_up
             && matches!(self.a_state, CallerState::Accepted | CallerState::Confirmed);
         let in_progress = self.a_state != CallerState::Confirmed
             || self.reinvite_in.as_ref().is_some_and(|s| !s.done)
@@ -1245,6 +1289,11 @@ impl CallSession {
                 return;
             }
         };
+        if self.b_state != CalleeState::Established {
+            // No other leg to ask (the node's own IVR, queue or voicemail): answer here.
+            self.answer_reinvite_locally(leg, &offer, &prefs, now);
+            return;
+        }
         if let Some(s) = self.reinvite_in.as_mut() {
             s.offer = Some(offer);
         }
@@ -1268,6 +1317,42 @@ impl CallSession {
                 now,
             ),
         }
+    }
+
+    /// Answers a leg's re-INVITE offer with the node's own media (its address and port stay,
+    /// the direction mirrors the offer's): a session refresh or a hold while the caller is in
+    /// the node's IVR or queue.
+    fn answer_reinvite_locally(
+        &mut self,
+        leg: Leg,
+        offer: &SessionDescription,
+        prefs: &[Codec],
+        now: Instant,
+    ) {
+        let answered = self.sdp(leg).versioned(self.sdp(leg).local.clone(), |l| {
+            answer_offer(offer, prefs, l)
+        });
+        let (local, bytes, negotiated) = match answered {
+            Ok(a) => a,
+            Err(error) => {
+                info!(call_id = self.a.call_id, ?leg, %error, "re-INVITE offer not acceptable");
+                self.respond_reinvite(488, reason_phrase(488), None, now);
+                return;
+            }
+        };
+        if let Some(media) = &self.media {
+            media.set_peer(leg, leg_peer(&negotiated));
+        }
+        let sdp = self.sdp_mut(leg);
+        sdp.local = local;
+        sdp.last = bytes.clone();
+        sdp.audio = Some(AgreedAudio::of(&negotiated));
+        debug!(
+            call_id = self.a.call_id,
+            ?leg,
+            "re-INVITE answered by the node"
+        );
+        self.respond_reinvite(200, "OK", Some(bytes), now);
     }
 
     /// Sends a response to the re-INVITE in progress; finals are retransmitted until ACK.
@@ -1620,6 +1705,9 @@ impl CallSession {
                 }
                 info!(call_id = self.a.call_id, "callee hung up");
                 self.b_state = CalleeState::Terminated;
+                if self.center_agent_hung_up(now) {
+                    return;
+                }
                 if matches!(self.a_state, CallerState::Accepted | CallerState::Confirmed) {
                     self.a_final = None;
                     self.send_bye(Leg::Caller, now);
@@ -1638,7 +1726,7 @@ impl CallSession {
                 self.b_state = CalleeState::Terminated;
                 self.send_bye(Leg::Callee, now);
             }
-            CalleeState::Terminated => {}
+            CalleeState::Idle | CalleeState::Terminated => {}
         }
     }
 
@@ -1650,6 +1738,12 @@ impl CallSession {
             return;
         };
         let method = response.cseq().map(|(_, m)| m.to_ascii_uppercase());
+        if leg == Leg::Callee
+            && method.as_deref() == Some("INVITE")
+            && self.on_fork_response(&response, &branch, now)
+        {
+            return;
+        }
         if leg == Leg::Callee
             && response.status >= 300
             && let Some((challenged, ack)) = &self.b_challenged
@@ -2080,6 +2174,7 @@ impl CallSession {
             }
             i += 1;
         }
+        self.center_on_timer(now);
     }
 
     // ---- the end ----------------------------------------------------------------------
@@ -2156,23 +2251,23 @@ impl CallSession {
             // The call ends under a re-INVITE in progress: it is terminated (RFC 5407 §3.2).
             self.respond_reinvite(487, "Request Terminated", None, now);
         }
+        let outcome = match &self.center {
+            Some(c) => c.outcome(outcome),
+            None if self.answered_at.is_some() && !self.media_failed => CallOutcome::Answered,
+            None => outcome,
+        };
         let ending = Ending {
             cause: cause.to_string(),
             side,
-            outcome: if self.answered_at.is_some() && !self.media_failed {
-                CallOutcome::Answered
-            } else {
-                outcome
-            },
+            outcome,
         };
+        self.center_finish(now);
         self.ring_deadline = None;
         let relayed = (
             self.stats.caller_to_callee.load(Ordering::Relaxed),
             self.stats.callee_to_caller.load(Ordering::Relaxed),
         );
-        if let Some(media) = self.media.take() {
-            media.stop();
-        }
+        let recorded = self.media.take().and_then(MediaSession::stop);
         // The trunk channel is free as soon as the call is (not after the linger timers).
         drop(self.channel.take());
         info!(
@@ -2190,7 +2285,9 @@ impl CallSession {
                 .sidecar(Some(&ending))
                 .write_atomic(&sidecar_path(path));
         }
+        let voicemail = self.center_save_voicemail(recorded);
         if let Some(cdr) = &self.engine.cdr {
+            let center = self.center.as_deref();
             let record = CallDetailRecord {
                 call_id: self.a.call_id.clone(),
                 from: self.caller_ext.clone(),
@@ -2198,7 +2295,7 @@ impl CallSession {
                 direction: self.direction,
                 trunk: self.trunk.as_ref().map(|t| t.name().to_string()),
                 seat: self.seat.clone(),
-                queue: None,
+                queue: center.and_then(|c| c.queue_name()),
                 offered_at: self.offered_at,
                 answered_at: self.answered_at,
                 ended_at: Utc::now(),
@@ -2211,6 +2308,10 @@ impl CallSession {
                     .and_then(|p| p.file_name())
                     .map(|n| n.to_string_lossy().into_owned()),
                 node: self.engine.settings.node_name.clone(),
+                wait_seconds: center.and_then(|c| c.waited()).map(|w| w.as_secs_f64()),
+                survey_score: center.and_then(|c| c.survey_score()),
+                voicemail,
+                ivr_path: center.map(|c| c.ivr_path()).unwrap_or_default(),
             };
             // A failed append is counted and logged by the CDR writer.
             let _ = cdr.append(&record);
@@ -2261,6 +2362,7 @@ pub(crate) fn outcome_label(outcome: CallOutcome) -> &'static str {
         CallOutcome::NoAnswer => "no_answer",
         CallOutcome::Failed => "failed",
         CallOutcome::Blocked => "blocked",
+        CallOutcome::Voicemail => "voicemail",
     }
 }
 

@@ -15,11 +15,20 @@
 //! | `offeredAt` | RFC 3339 | INVITE received |
 //! | `answeredAt` | RFC 3339? | 200 OK for the INVITE |
 //! | `endedAt` | RFC 3339 | call ended (BYE, CANCEL, error or timeout) |
-//! | `outcome` | `answered` \| `abandoned` \| `busy` \| `noAnswer` \| `failed` \| `blocked` | how the call ended |
+//! | `outcome` | `answered` \| `abandoned` \| `busy` \| `noAnswer` \| `failed` \| `blocked` \| `voicemail` | how the call ended |
 //! | `hangupCause` | string? | SIP status or reason, e.g. `"BYE"`, `"486 Busy Here"` |
 //! | `hangupSide` | `caller` \| `called` \| `node` ? | which party ended the call |
 //! | `recording` | string? | recording file name when the call was recorded |
 //! | `node` | string | media node that handled the call |
+//! | `waitSeconds` | number? | time the caller waited in the queue(s), when queued |
+//! | `surveyScore` | 1–5? | the caller's post-call survey key, when given |
+//! | `voicemail` | string? | voicemail message file (`<mailbox>/<file>.wav`) when one was left |
+//! | `ivrPath` | [string]? | the IVR menus and keys of the call, e.g. `["main:1", "members:pin-valid"]` |
+//!
+//! For calls the node answers itself (IVR, queue, voicemail, feature codes), `answeredAt` is
+//! when an agent answered (absent when none did); `outcome` is `answered` when an agent (or a
+//! feature code) served the call, `voicemail` when a message was left, `abandoned` when the
+//! caller hung up first, `failed` when the center could not take the call.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -57,10 +66,12 @@ pub enum CallOutcome {
     Failed,
     /// Refused at the trunk's channel limit.
     Blocked,
+    /// The caller left a voicemail message.
+    Voicemail,
 }
 
 /// One call detail record (see the module documentation for the field list).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CallDetailRecord {
     pub call_id: String,
@@ -78,6 +89,14 @@ pub struct CallDetailRecord {
     pub hangup_side: Option<HangupSide>,
     pub recording: Option<String>,
     pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survey_score: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voicemail: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ivr_path: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -172,6 +191,10 @@ mod tests {
             hangup_side: Some(HangupSide::Called),
             recording: answered.map(|_| format!("{call_id}.wav")),
             node: "campus-media-0".into(),
+            wait_seconds: Some(12.5),
+            survey_score: answered.map(|_| 4),
+            voicemail: None,
+            ivr_path: vec!["main:1".into()],
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod cdr;
 pub mod sidecar;
+pub mod voicemail;
 pub mod wav_writer;
 
 use std::path::{Path, PathBuf};

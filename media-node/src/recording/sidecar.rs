@@ -82,47 +82,60 @@ pub fn sidecar_path(recording: &Path) -> PathBuf {
 impl RecordingSidecar {
     /// Writes the sidecar to `path` atomically: temp file, fsync, rename, fsync directory.
     pub fn write_atomic(&self, path: &Path) -> Result<(), RecordingError> {
-        let json = serde_json::to_vec_pretty(self).map_err(|source| {
-            failed(RecordingError::Encode {
-                path: path.to_path_buf(),
-                source,
-            })
-        })?;
-        let mut tmp_name = path.as_os_str().to_owned();
-        tmp_name.push(".tmp");
-        let tmp = PathBuf::from(tmp_name);
-        let write_tmp = || -> std::io::Result<()> {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&json)?;
-            file.write_all(b"\n")?;
-            file.sync_all()
-        };
-        if let Err(e) = write_tmp() {
-            // Best effort: do not leave a half-written temp file behind.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io_failed("write", &tmp, e));
-        }
-        std::fs::rename(&tmp, path).map_err(|e| io_failed("rename into", path, e))?;
-        // The rename is durable only once the directory entry is synced.
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_failed("sync directory", dir, e))
+        write_json_atomic(self, path)
     }
 
     /// Reads a sidecar (for a takeover node continuing a recording, and for tests).
     pub fn read(path: &Path) -> Result<Self, RecordingError> {
-        let bytes = std::fs::read(path).map_err(|e| io_failed("read", path, e))?;
-        serde_json::from_slice(&bytes).map_err(|source| {
-            failed(RecordingError::Encode {
-                path: path.to_path_buf(),
-                source,
-            })
-        })
+        read_json(path)
     }
+}
+
+/// Reads a JSON metadata file.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, RecordingError> {
+    let bytes = std::fs::read(path).map_err(|e| io_failed("read", path, e))?;
+    serde_json::from_slice(&bytes).map_err(|source| {
+        failed(RecordingError::Encode {
+            path: path.to_path_buf(),
+            source,
+        })
+    })
+}
+
+/// Writes a JSON metadata file atomically: temp file, fsync, rename, fsync directory.
+pub(crate) fn write_json_atomic<T: Serialize>(
+    value: &T,
+    path: &Path,
+) -> Result<(), RecordingError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|source| {
+        failed(RecordingError::Encode {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let write_tmp = || -> std::io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&json)?;
+        file.write_all(b"\n")?;
+        file.sync_all()
+    };
+    if let Err(e) = write_tmp() {
+        // Best effort: do not leave a half-written temp file behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_failed("write", &tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| io_failed("rename into", path, e))?;
+    // The rename is durable only once the directory entry is synced.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_failed("sync directory", dir, e))
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ use tracing::{debug, info, warn};
 
 use crate::call::routing::{self, Caller, Destination, RouteDecision, SeatDirectory};
 use crate::call::{
-    CallEngine, CallSettings, CallSetup, CallSetupError, CallTarget, OutboundLink, Refused,
+    CallEngine, CallSettings, CallSetup, CallSetupError, CallTarget, CenterSetup, OutboundLink,
+    Refused,
 };
 use crate::recording::cdr::{CallDirection, CallOutcome};
 
@@ -254,7 +255,7 @@ struct Transactions {
 /// The SIP service.
 pub struct SipServer {
     realm: String,
-    registrar: Mutex<Registrar>,
+    registrar: Arc<Mutex<Registrar>>,
     nonces: NonceIssuer,
     nonce_counts: Mutex<NonceCounts>,
     transactions: Mutex<Transactions>,
@@ -267,11 +268,11 @@ impl SipServer {
     pub fn new(settings: SipSettings, metrics: SipMetrics, epoch: Instant) -> Self {
         Self {
             realm: settings.realm,
-            registrar: Mutex::new(Registrar::new(
+            registrar: Arc::new(Mutex::new(Registrar::new(
                 settings.policy,
                 settings.seats,
                 AuthFailureLimiter::default(),
-            )),
+            ))),
             nonces: NonceIssuer::new(epoch, settings.nonce_lifetime),
             nonce_counts: Mutex::new(NonceCounts::new(MAX_TRACKED_NONCES)),
             transactions: Mutex::new(Transactions {
@@ -286,6 +287,9 @@ impl SipServer {
     /// ports INVITE keeps getting 501.
     pub fn with_calls(mut self, settings: CallSettings) -> Result<Self, CallSetupError> {
         self.calls = CallEngine::new(settings, self.realm.clone(), Some(self.metrics.clone()))?;
+        if let Some(calls) = &self.calls {
+            calls.attach_registrar(Arc::clone(&self.registrar));
+        }
         Ok(self)
     }
 
@@ -793,17 +797,61 @@ impl SipServer {
             CallDirection::Internal
         };
         let inbound_trunk = from_trunk.as_ref().map(|t| t.name().to_string());
+        if let RouteDecision::Center(route) = &decision
+            && let Some(center) = calls.center()
+        {
+            let setup = CenterSetup {
+                invite: request,
+                source,
+                transport,
+                caller: caller.clone(),
+                dialed: dialed.clone(),
+                direction: inbound_direction,
+                route: route.clone(),
+                center: Arc::clone(center),
+            };
+            let channel = match &from_trunk {
+                Some(trunk) => match routing.trunks.acquire(trunk) {
+                    Some(channel) => Some(channel),
+                    None => {
+                        warn!(%source, caller, dialed, trunk = trunk.name(), limit = trunk.limit(), "trunk channels all busy; call blocked");
+                        return refuse(
+                            503,
+                            "Service Unavailable (trunk channel limit reached)",
+                            inbound_direction,
+                            Some(trunk.name()),
+                            CallOutcome::Blocked,
+                        );
+                    }
+                },
+                None => None,
+            };
+            return match calls.start_center_call(setup, channel) {
+                Ok(trying) => (100, trying),
+                Err(error) => {
+                    let status = error.status();
+                    warn!(%source, caller, dialed, %error, status, "call refused");
+                    refuse(
+                        status,
+                        reason_phrase(status),
+                        inbound_direction,
+                        inbound_trunk.as_deref(),
+                        CallOutcome::Failed,
+                    )
+                }
+            };
+        }
         let RouteDecision::Ring(destination) = decision else {
             let status = decision.rejection_status().unwrap_or(500);
             let reason = decision
                 .rejection_reason()
                 .unwrap_or_else(|| reason_phrase(status).to_string());
-            if let RouteDecision::NotServed { number, action } = &decision {
+            if let RouteDecision::Center(route) = &decision {
                 self.metrics
                     .calls_not_served
-                    .with_label_values(&[routing::action_label(*action)])
+                    .with_label_values(&[route.label()])
                     .inc();
-                warn!(%source, caller, number, action = routing::action_label(*action), "entry point route not served yet; call refused with 480");
+                warn!(%source, caller, dialed, route = route.label(), "call-center route without the call-center runtime; call refused with 480");
             } else {
                 info!(%source, caller, dialed, status, trunk = inbound_trunk, "call refused by routing");
             }
