@@ -247,6 +247,9 @@ impl CallEngine {
             feature_codes: settings.feature_codes.clone(),
         };
         let prompts = settings.prompts_dir.clone().map(PromptStore::new);
+        if let Some(m) = &metrics {
+            ports.observe(m.rtp_port_pairs_in_use.clone());
+        }
         Ok(Some(Arc::new(Self {
             settings,
             ports,

@@ -149,17 +149,6 @@ pub fn feature_code(codes: &FeatureCodes, dialed: &str) -> Option<Option<AgentRe
     )
 }
 
-/// The route action as a metric label / log word.
-pub fn action_label(action: RouteAction) -> &'static str {
-    match action {
-        RouteAction::Menu => "menu",
-        RouteAction::Queue => "queue",
-        RouteAction::Seat => "seat",
-        RouteAction::Voicemail => "voicemail",
-        RouteAction::Hangup => "hangup",
-    }
-}
-
 /// Routes a call to the dialed number (the Request-URI user part).
 pub fn route(
     caller: Caller<'_>,

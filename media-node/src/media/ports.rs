@@ -25,6 +25,17 @@ struct Pool {
     /// packets of an ended call do not reach the next call on the same port.
     free: VecDeque<u16>,
     in_use: usize,
+    /// `switchboard_rtp_port_pairs_in_use`, when exported.
+    gauge: Option<prometheus::IntGauge>,
+}
+
+impl Pool {
+    fn set_in_use(&mut self, in_use: usize) {
+        self.in_use = in_use;
+        if let Some(g) = &self.gauge {
+            g.set(i64::try_from(in_use).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 /// Hands out RTP/RTCP port pairs; cheap to clone (all clones share one pool).
@@ -56,7 +67,8 @@ impl Drop for PortLease {
     fn drop(&mut self) {
         let mut pool = self.pool.lock();
         pool.free.push_back(self.rtp);
-        pool.in_use -= 1;
+        let in_use = pool.in_use - 1;
+        pool.set_in_use(in_use);
     }
 }
 
@@ -75,7 +87,11 @@ impl PortAllocator {
             min,
             max,
             total: free.len(),
-            pool: Arc::new(Mutex::new(Pool { free, in_use: 0 })),
+            pool: Arc::new(Mutex::new(Pool {
+                free,
+                in_use: 0,
+                gauge: None,
+            })),
         })
     }
 
@@ -90,7 +106,8 @@ impl PortAllocator {
         let mut pool = self.pool.lock();
         match pool.free.pop_front() {
             Some(rtp) => {
-                pool.in_use += 1;
+                let in_use = pool.in_use + 1;
+                pool.set_in_use(in_use);
                 Ok(PortLease {
                     rtp,
                     pool: Arc::clone(&self.pool),
@@ -102,6 +119,13 @@ impl PortAllocator {
                 total: self.total,
             }),
         }
+    }
+
+    /// Keeps `gauge` at the number of pairs leased (every clone shares it).
+    pub fn observe(&self, gauge: prometheus::IntGauge) {
+        let mut pool = self.pool.lock();
+        gauge.set(i64::try_from(pool.in_use).unwrap_or(i64::MAX));
+        pool.gauge = Some(gauge);
     }
 
     /// Pairs currently leased.

@@ -87,6 +87,8 @@ pub struct SipMetrics {
     pub registered_contacts: IntGauge,
     /// Calls bridged by the B2BUA right now.
     pub calls_active: IntGauge,
+    /// RTP/RTCP port pairs leased to calls right now.
+    pub rtp_port_pairs_in_use: IntGauge,
     /// Finished calls by outcome (answered, abandoned, busy, no_answer, failed, blocked).
     pub calls: IntCounterVec,
     /// RTP packets and bytes relayed, by direction (caller_to_callee, callee_to_caller).
@@ -177,16 +179,21 @@ impl SipMetrics {
                 "switchboard_media_dropped_total",
                 "Media datagrams dropped: malformed, unnegotiated payload type, or no destination.",
             )?,
+            rtp_port_pairs_in_use: IntGauge::new(
+                "switchboard_rtp_port_pairs_in_use",
+                "RTP/RTCP port pairs leased to calls right now.",
+            )?,
             calls_not_served: IntCounterVec::new(
                 Opts::new(
                     "switchboard_calls_not_served_total",
-                    "Calls to an entry point whose route this node does not serve yet (refused with 480), by route action.",
+                    "Calls to a call-center route (menu, queue, voicemail, feature code) on a node without the call-center runtime (refused with 480), by route.",
                 ),
                 &["action"],
             )?,
             trunks: crate::call::trunks::TrunkMetrics::new(registry)?,
         };
         registry.register(Box::new(metrics.calls_not_served.clone()))?;
+        registry.register(Box::new(metrics.rtp_port_pairs_in_use.clone()))?;
         registry.register(Box::new(metrics.rtp_packets.clone()))?;
         registry.register(Box::new(metrics.rtp_bytes.clone()))?;
         registry.register(Box::new(metrics.rtcp_packets.clone()))?;

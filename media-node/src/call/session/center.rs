@@ -121,7 +121,6 @@ enum ForkState {
 #[derive(Debug)]
 struct Fork {
     seat: String,
-    extension: String,
     dialog: DialogSide,
     branch: String,
     uri: String,
@@ -988,7 +987,6 @@ impl CallSession {
         );
         c.forks.push(Fork {
             seat: seat.to_string(),
-            extension: extension.to_string(),
             dialog,
             branch: fork_branch,
             uri: contact.uri,
@@ -1208,7 +1206,6 @@ impl CallSession {
         self.b_invite_branch = fork.branch.clone();
         self.b_ack = fork.ack.clone();
         self.b_state = CalleeState::Established;
-        self.callee_ext = fork.extension.clone();
         let seat = fork.seat.clone();
         self.seat = Some(seat.clone());
         if let Some((_, waited)) = &queue {
