@@ -37,6 +37,13 @@ use crate::common::{
     ),
     printcolumn(name = "Active", type_ = "string", json_path = ".status.activeNode"),
     printcolumn(
+        name = "Channels",
+        type_ = "integer",
+        json_path = ".status.trunkChannels",
+        priority = 1,
+        description = "Channel limit of the first trunk (the scale subresource's replicas)"
+    ),
+    printcolumn(
         name = "Seats-Ready",
         type_ = "integer",
         json_path = ".status.seatsReady"
@@ -50,6 +57,11 @@ use crate::common::{
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    // `kubectl scale callcenter/NAME --replicas=N` sets the first trunk's channel limit.
+    scale(
+        spec_replicas_path = ".spec.trunkChannels",
+        status_replicas_path = ".status.trunkChannels"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -99,6 +111,14 @@ pub struct CallCenterSpec {
     /// How the media-node pods run: image, scheduling, resources and networking mode.
     #[serde(default)]
     pub nodes: NodesSpec,
+    /// Channel limit wanted for the first trunk (`trunks[0]`), the `replicas` of the scale
+    /// subresource: `kubectl scale callcenter/NAME --replicas=40` (or an HPA-style controller)
+    /// sets it. When set it overrides that trunk's `channels.limit` and its autoscaling, and it
+    /// must lie within the trunk's `minChannels`..`maxChannels` (a request outside is refused).
+    /// Remove it to hand the trunk back to its `limit` or autoscaler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub trunk_channels: Option<u32>,
 }
 
 /// SIP signalling settings.
@@ -827,6 +847,10 @@ pub struct CallCenterStatus {
     /// Channels of each trunk.
     #[serde(default)]
     pub trunks: Vec<TrunkStatus>,
+    /// Channel limit in force on the first trunk (`trunks[0].limit`): the `replicas` the
+    /// scale subresource reports. Absent without trunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk_channels: Option<u32>,
     /// Each media node and the node configuration it runs.
     #[serde(default)]
     pub nodes: Vec<NodeStatus>,
@@ -868,15 +892,79 @@ pub enum NodeConfigState {
 pub struct TrunkStatus {
     /// The trunk's name.
     pub name: String,
-    /// Channel limit in force.
+    /// Channel limit in force: the one the operator gives the nodes (`spec.trunkChannels` for
+    /// the first trunk when set, else the autoscaler's with `autoscaling`, else
+    /// `channels.limit`), always within `minChannels`..`maxChannels`.
     pub limit: u32,
-    /// Channels carrying a call now.
+    /// Channels carrying a call now, as the serving node counts them.
     pub busy: u32,
     /// Calls refused because every channel was busy, since the node started.
     pub blocked: u64,
+    /// Offered traffic over the serving node's rolling window, in erlangs; absent until the
+    /// node has measured some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered_erlangs: Option<f64>,
     /// When `limit` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change_time: Option<Time>,
+    /// Why `limit` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change_reason: Option<String>,
+}
+
+/// A channel limit asked for through the scale subresource (`spec.trunkChannels`) that the
+/// trunk's bounds do not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScaleRefused {
+    /// The requested limit lies outside `minChannels..=maxChannels`.
+    #[error(
+        "cannot set the trunk to {requested} channels: the limit must stay within \
+         minChannels {min_channels} and maxChannels {max_channels}"
+    )]
+    OutsideBounds {
+        /// The requested limit.
+        requested: u32,
+        /// `minChannels`.
+        min_channels: u32,
+        /// `maxChannels`.
+        max_channels: u32,
+    },
+    /// The bounds themselves are unusable.
+    #[error(
+        "cannot set the trunk to {requested} channels: its bounds are invalid \
+         (minChannels {min_channels} must be at least 1 and at most maxChannels {max_channels})"
+    )]
+    InvalidBounds {
+        /// The requested limit.
+        requested: u32,
+        /// `minChannels`.
+        min_channels: u32,
+        /// `maxChannels`.
+        max_channels: u32,
+    },
+}
+
+/// Accepts a requested channel limit when it lies within the trunk's bounds. The webhook, the
+/// standalone loader and the operator's trunk scaler share it, so a refusal reads the same
+/// everywhere.
+pub fn check_scale_request(requested: u32, channels: &TrunkChannels) -> Result<u32, ScaleRefused> {
+    let (min_channels, max_channels) = (channels.min_channels, channels.max_channels);
+    if min_channels == 0 || min_channels > max_channels {
+        return Err(ScaleRefused::InvalidBounds {
+            requested,
+            min_channels,
+            max_channels,
+        });
+    }
+    if (min_channels..=max_channels).contains(&requested) {
+        Ok(requested)
+    } else {
+        Err(ScaleRefused::OutsideBounds {
+            requested,
+            min_channels,
+            max_channels,
+        })
+    }
 }
 
 #[cfg(test)]

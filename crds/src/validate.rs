@@ -10,7 +10,9 @@ use std::net::IpAddr;
 
 use chrono::{NaiveDate, NaiveTime};
 
-use crate::callcenter::{BusinessHours, CallCenterSpec, FeatureCodes, HaMode, Route, RouteAction};
+use crate::callcenter::{
+    BusinessHours, CallCenterSpec, FeatureCodes, HaMode, Route, RouteAction, check_scale_request,
+};
 use crate::queue::{OverflowAction, QueueSpec};
 use crate::seat::SeatSpec;
 
@@ -247,6 +249,23 @@ fn check_trunks(spec: &CallCenterSpec, errs: &mut FieldErrors) {
         |i| format!("spec.trunks[{i}].name"),
         errs,
     );
+    // The scale subresource sizes the first trunk, within its bounds.
+    if let Some(requested) = spec.trunk_channels {
+        match spec.trunks.first() {
+            None => errs.push(
+                "spec.trunkChannels",
+                format!("Invalid value: {requested}: sets the channels of spec.trunks[0], and there is no trunk"),
+            ),
+            Some(trunk) => {
+                if let Err(refused) = check_scale_request(requested, &trunk.channels) {
+                    errs.push(
+                        "spec.trunkChannels",
+                        format!("Invalid value: {requested}: {refused} of spec.trunks[0] ({})", trunk.name),
+                    );
+                }
+            }
+        }
+    }
     let mut inbound: BTreeMap<&str, usize> = BTreeMap::new();
     let mut prefixes: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, trunk) in spec.trunks.iter().enumerate() {

@@ -57,6 +57,12 @@ pub struct QueueReport {
     /// Definition 1 (answered within the threshold ÷ answered), last 15 minutes.
     pub service_level_percent: Option<f64>,
     pub abandon_rate_percent: Option<f64>,
+    /// Calls that entered the queue in the last 15 minutes.
+    pub calls_offered: u64,
+    /// Talk + hold + wrap-up of the calls handled in the last 15 minutes.
+    pub average_handle_time: Option<Duration>,
+    /// Wait of the calls answered in the last 15 minutes.
+    pub average_speed_of_answer: Option<Duration>,
 }
 
 /// Why an agent-state request was refused.
@@ -639,6 +645,9 @@ impl CallCenterRuntime {
                     agents_ready: snapshot.agents.ready,
                     service_level_percent: figures.service_level_percent,
                     abandon_rate_percent: figures.abandon_rate_percent,
+                    calls_offered: figures.offered,
+                    average_handle_time: figures.average_handle_time,
+                    average_speed_of_answer: figures.average_speed_of_answer,
                     queue: q.clone(),
                 })
             })

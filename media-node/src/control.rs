@@ -8,7 +8,15 @@
 //!   generation, and for each seat whether the registrar holds a live contact for it.
 //!   With the ACD, each seat's agent state (and since when, calls and talk time today) and
 //!   each queue's live figures.
+//!   Each queue also reports calls offered, average handle time and average speed of
+//!   answer over the last 15 minutes; each trunk its channels and the traffic of its
+//!   rolling window (see [`crate::call::trunks::TrafficMeter`]). The traffic figures move
+//!   with time, so a node with trunks sends a new state at every registration poll.
 //! - `SetAgentState` logs a seat in or out or changes its state (see [`crate::center`]).
+//! - `ListCallRecords` serves the node's CDR lines as written (`docs/cdr.md`), read off the
+//!   async runtime.
+//! - `ListVoicemail` and `FetchVoicemail` serve the voicemail messages (metadata, and the WAV
+//!   in 64 KiB chunks).
 //! - `Drain` is not served yet (hot-standby failover brings it).
 //!
 //! An applied config takes effect at once for what a running node can swap: the seats (the
@@ -23,12 +31,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::DateTime;
 use parking_lot::Mutex;
 use switchboard_proto::node::v1::apply_config_reply::Outcome;
 use switchboard_proto::node::v1::node_control_server::{NodeControl, NodeControlServer};
 use switchboard_proto::node::v1::{
-    AgentState, ApplyConfigReply, ConfigSnapshot, DrainReply, DrainRequest, NodeRole, NodeState,
-    QueueState, SeatState, SetAgentStateReply, SetAgentStateRequest, TrunkState, WatchStateRequest,
+    AgentState, ApplyConfigReply, ConfigSnapshot, DrainReply, DrainRequest, FetchVoicemailRequest,
+    ListCallRecordsReply, ListCallRecordsRequest, ListVoicemailReply, ListVoicemailRequest,
+    NodeRole, NodeState, QueueState, SeatState, SetAgentStateReply, SetAgentStateRequest,
+    TrunkState, VoicemailChunk, VoicemailMessage as WireVoicemail, WatchStateRequest,
 };
 use switchboard_proto::node_config::NodeConfig;
 use tokio::net::TcpListener;
@@ -41,12 +52,21 @@ use crate::acd::{AgentError, AgentRequest};
 use crate::center::{AgentRequestError, CallCenterRuntime};
 use crate::http::NodeMetrics;
 use crate::node::{parse_node_config, seat_extensions, sip_settings};
+use crate::recording::cdr::read_records;
+use crate::recording::voicemail::{MailboxError, Mailboxes, VoicemailMessage};
 use crate::role::Role;
 use crate::sip::SipServer;
 
 /// How often a watcher's state is recomputed when no config change wakes it: registrations
 /// come and go without notice from the registrar, so they are sampled.
 const REGISTRATION_POLL: Duration = Duration::from_secs(2);
+
+/// Call records served when the request names no limit.
+pub const DEFAULT_RECORD_LIMIT: u32 = 1000;
+/// The most call records one `ListCallRecords` serves (the reply stays a few MiB).
+pub const MAX_RECORD_LIMIT: u32 = 10_000;
+/// Bytes of WAV per `FetchVoicemail` chunk (well under gRPC's 4 MiB message limit).
+pub const VOICEMAIL_CHUNK_BYTES: usize = 64 * 1024;
 
 /// What `ApplyConfig` decided, before anything is changed.
 #[derive(Debug, PartialEq)]
@@ -285,6 +305,11 @@ impl Control {
                     agents_ready: q.agents_ready,
                     service_level_percent: q.service_level_percent,
                     abandon_rate_percent: q.abandon_rate_percent,
+                    calls_offered_15m: u32::try_from(q.calls_offered).unwrap_or(u32::MAX),
+                    average_handle_seconds: q.average_handle_time.map(|d| d.as_secs_f64()),
+                    average_speed_of_answer_seconds: q
+                        .average_speed_of_answer
+                        .map(|d| d.as_secs_f64()),
                 })
                 .collect(),
             trunks: self.trunk_states(),
@@ -293,26 +318,98 @@ impl Control {
 }
 
 impl Control {
-    /// Each trunk's channels now. `offered_erlangs` stays 0 until the node measures offered
-    /// traffic (trunk scaling).
+    /// Each trunk's channels now and its traffic over the rolling window.
     fn trunk_states(&self) -> Vec<TrunkState> {
         let Some(calls) = self.inner.sip.calls() else {
             return Vec::new();
         };
+        let now = Instant::now();
         calls
             .routing()
             .trunks
             .all()
             .iter()
-            .map(|t| TrunkState {
-                trunk: t.name().to_string(),
-                channel_limit: t.limit(),
-                channels_busy: t.busy(),
-                calls_blocked: t.blocked(),
-                offered_erlangs: 0.0,
+            .map(|t| {
+                let traffic = t.traffic(now);
+                TrunkState {
+                    trunk: t.name().to_string(),
+                    channel_limit: t.limit(),
+                    channels_busy: t.busy(),
+                    calls_blocked: t.blocked(),
+                    offered_erlangs: traffic.offered_erlangs,
+                    window_calls_offered: traffic.calls_offered,
+                    window_calls_blocked: traffic.calls_blocked,
+                    window_seconds: u32::try_from(traffic.window.as_secs()).unwrap_or(u32::MAX),
+                }
             })
             .collect()
     }
+
+    /// The node's voicemail directory; refused when the node keeps no voicemail.
+    fn mailboxes(&self) -> Result<Mailboxes, Status> {
+        self.inner
+            .sip
+            .calls()
+            .and_then(|calls| calls.voicemail_dir())
+            .map(Mailboxes::new)
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "voicemail is off on this node: it has no voicemail directory",
+                )
+            })
+    }
+}
+
+/// Runs file reading off the async runtime.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| {
+        warn!(%error, what, "file reader task failed");
+        Status::internal(format!("{what}: the reader task failed: {error}"))
+    })
+}
+
+/// A mailbox error as a gRPC status.
+fn mailbox_status(error: MailboxError) -> Status {
+    match error {
+        MailboxError::InvalidName(_) => Status::invalid_argument(error.to_string()),
+        MailboxError::NotFound { .. } => Status::not_found(error.to_string()),
+        MailboxError::Recording(_) | MailboxError::Io { .. } => {
+            warn!(%error, "voicemail unreadable");
+            Status::internal(error.to_string())
+        }
+    }
+}
+
+fn voicemail_to_wire(message: &VoicemailMessage) -> WireVoicemail {
+    WireVoicemail {
+        id: message.id.clone(),
+        mailbox: message.mailbox.clone(),
+        from: message.from.clone(),
+        queue: message.queue.clone().unwrap_or_default(),
+        call_id: message.call_id.clone(),
+        received_unix: message.received_at.timestamp(),
+        duration_seconds: message.duration_seconds,
+    }
+}
+
+/// A message as `FetchVoicemail` chunks: the metadata in the first, the WAV in slices of
+/// [`VOICEMAIL_CHUNK_BYTES`] (one chunk, with no bytes, for an empty file).
+fn voicemail_chunks(message: &VoicemailMessage, wav: &[u8]) -> Vec<VoicemailChunk> {
+    let mut slices: Vec<&[u8]> = wav.chunks(VOICEMAIL_CHUNK_BYTES).collect();
+    if slices.is_empty() {
+        slices.push(&[]);
+    }
+    slices
+        .into_iter()
+        .enumerate()
+        .map(|(i, slice)| VoicemailChunk {
+            message: (i == 0).then(|| voicemail_to_wire(message)),
+            wav: slice.to_vec(),
+        })
+        .collect()
 }
 
 /// The API's agent state as the wire enum.
@@ -418,6 +515,92 @@ impl NodeControl for Control {
             )),
             Err(e) => Err(Status::failed_precondition(e.to_string())),
         }
+    }
+
+    async fn list_call_records(
+        &self,
+        request: Request<ListCallRecordsRequest>,
+    ) -> Result<Response<ListCallRecordsReply>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => DEFAULT_RECORD_LIMIT,
+            n if n > MAX_RECORD_LIMIT => {
+                return Err(Status::invalid_argument(format!(
+                    "limit: {n} is more than the {MAX_RECORD_LIMIT} records one reply serves; \
+                     page with since_unix"
+                )));
+            }
+            n => n,
+        };
+        let since = DateTime::from_timestamp(request.since_unix, 0).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "since_unix: {} is not a representable time",
+                request.since_unix
+            ))
+        })?;
+        let Some(path) = self
+            .inner
+            .sip
+            .calls()
+            .and_then(|calls| calls.cdr_path())
+            .map(std::path::Path::to_path_buf)
+        else {
+            // This node writes no CDRs.
+            return Ok(Response::new(ListCallRecordsReply::default()));
+        };
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let read_from = path.clone();
+        let page = blocking("ListCallRecords", move || {
+            read_records(&read_from, since, limit)
+        })
+        .await?
+        .map_err(|error| {
+            warn!(%error, "cannot read the CDR file");
+            Status::internal(error.to_string())
+        })?;
+        if page.skipped > 0 {
+            warn!(
+                path = %path.display(),
+                skipped = page.skipped,
+                "CDR lines that are not a readable record were skipped"
+            );
+        }
+        Ok(Response::new(ListCallRecordsReply {
+            records_json: page.records,
+            truncated: page.truncated,
+        }))
+    }
+
+    async fn list_voicemail(
+        &self,
+        request: Request<ListVoicemailRequest>,
+    ) -> Result<Response<ListVoicemailReply>, Status> {
+        let mailbox = request.into_inner().mailbox;
+        let boxes = self.mailboxes()?;
+        let messages = blocking("ListVoicemail", move || boxes.list(&mailbox))
+            .await?
+            .map_err(mailbox_status)?;
+        Ok(Response::new(ListVoicemailReply {
+            messages: messages.iter().map(voicemail_to_wire).collect(),
+        }))
+    }
+
+    type FetchVoicemailStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<VoicemailChunk, Status>> + Send>>;
+
+    async fn fetch_voicemail(
+        &self,
+        request: Request<FetchVoicemailRequest>,
+    ) -> Result<Response<Self::FetchVoicemailStream>, Status> {
+        let FetchVoicemailRequest { mailbox, id } = request.into_inner();
+        let boxes = self.mailboxes()?;
+        let (message, wav) = blocking("FetchVoicemail", move || boxes.read(&mailbox, &id))
+            .await?
+            .map_err(mailbox_status)?;
+        let chunks = voicemail_chunks(&message, &wav);
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            chunks.into_iter().map(Ok),
+        ))))
     }
 
     async fn drain(&self, _: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
@@ -628,6 +811,80 @@ mod tests {
     }
 
     #[test]
+    fn a_voicemail_is_fetched_in_chunks_with_the_metadata_first() {
+        let message = VoicemailMessage {
+            id: "20260101t090000000z-0000abcd".into(),
+            mailbox: "general".into(),
+            from: "+4930111".into(),
+            queue: Some("support".into()),
+            call_id: "c1".into(),
+            received_at: DateTime::from_timestamp(1_767_258_000, 0).expect("time"),
+            duration_seconds: 4.5,
+            file: "20260101t090000000z-0000abcd.wav".into(),
+        };
+        let wav: Vec<u8> = (0..2 * VOICEMAIL_CHUNK_BYTES + 10)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let chunks = voicemail_chunks(&message, &wav);
+        let sizes: Vec<_> = chunks.iter().map(|c| c.wav.len()).collect();
+        assert_eq!(sizes, [VOICEMAIL_CHUNK_BYTES, VOICEMAIL_CHUNK_BYTES, 10]);
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.wav.iter().copied()).collect();
+        assert_eq!(joined, wav);
+        let first = chunks[0].message.as_ref().expect("metadata first");
+        assert_eq!(
+            (
+                first.queue.as_str(),
+                first.received_unix,
+                first.duration_seconds
+            ),
+            ("support", 1_767_258_000, 4.5)
+        );
+        assert!(chunks[1..].iter().all(|c| c.message.is_none()));
+        let empty = voicemail_chunks(&message, &[]);
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].message.is_some() && empty[0].wav.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_node_without_calls_has_no_records_and_no_voicemail() {
+        let (control, _) = control(minimal());
+        let records = control
+            .list_call_records(Request::new(ListCallRecordsRequest::default()))
+            .await
+            .expect("no CDR file: no records")
+            .into_inner();
+        assert_eq!(records, ListCallRecordsReply::default());
+        let refused = control
+            .list_call_records(Request::new(ListCallRecordsRequest {
+                since_unix: 0,
+                limit: MAX_RECORD_LIMIT + 1,
+            }))
+            .await
+            .expect_err("limit too large");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        let refused = control
+            .list_voicemail(Request::new(ListVoicemailRequest {
+                mailbox: "general".into(),
+            }))
+            .await
+            .expect_err("voicemail off");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "{refused:?}"
+        );
+        let refused = control
+            .fetch_voicemail(Request::new(FetchVoicemailRequest {
+                mailbox: "general".into(),
+                id: "x".into(),
+            }))
+            .await
+            .err()
+            .expect("voicemail off");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
     fn the_state_names_the_node_and_its_unregistered_seats() {
         let (control, _) = control(minimal());
         let state = control.state();
@@ -653,6 +910,16 @@ mod tests {
             .map(|q| (q.queue.as_str(), q.calls_waiting, q.agents_ready))
             .collect();
         assert_eq!(queues, [("support", 0, 0)]);
+        let support = &state.queues[0];
+        assert_eq!(
+            (
+                support.calls_offered_15m,
+                support.average_handle_seconds,
+                support.average_speed_of_answer_seconds
+            ),
+            (0, None, None),
+            "no calls yet"
+        );
         assert!(state.trunks.is_empty());
     }
 }

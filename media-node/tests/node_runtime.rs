@@ -6,6 +6,11 @@
 //! the node, then a seat's registration once a phone registers with the config's HA1; a seat
 //! added by a later `ApplyConfig` registers at once, without a restart. Every listener is on 127.0.0.1 port 0 (the node prints the addresses); the child
 //! is always killed. Waits are bounded; nothing is timed.
+//!
+//! A second node starts on a recordings directory prepared beforehand (a CDR file, voicemail
+//! messages written with `Mailboxes`) and a trunk: `ListCallRecords`, `ListVoicemail` and
+//! `FetchVoicemail` serve them and refuse what they must, and the trunk's traffic figures
+//! and `switchboard_trunk_offered_erlangs` are reported.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,12 +20,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use media_node::recording::cdr::{CallDetailRecord, CallDirection, CallOutcome, CdrWriter};
+use media_node::recording::voicemail::{Mailboxes, VoicemailMessage};
+use media_node::recording::wav_writer::{CallRecorder, RecorderOptions, Side};
 use switchboard_crds::{CallCenter, Queue, Seat};
 use switchboard_proto::node::v1::apply_config_reply::Outcome;
 use switchboard_proto::node::v1::node_control_client::NodeControlClient;
 use switchboard_proto::node::v1::{
-    AgentState, ConfigSnapshot, NodeRole, NodeState, SeatState, SetAgentStateRequest,
-    WatchStateRequest,
+    AgentState, ConfigSnapshot, FetchVoicemailRequest, ListCallRecordsRequest,
+    ListVoicemailRequest, NodeRole, NodeState, SeatState, SetAgentStateRequest, WatchStateRequest,
 };
 use switchboard_proto::node_config::{NodeConfig, build_node_config};
 
@@ -89,7 +97,13 @@ impl Drop for Node {
 
 impl Node {
     fn start(config: &NodeConfig) -> Node {
+        Self::start_with(config, |_| {})
+    }
+
+    /// Starts the node after `prepare` wrote into its (still empty) recordings directory.
+    fn start_with(config: &NodeConfig, prepare: impl FnOnce(&Path)) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
+        prepare(dir.path());
         let file = dir.path().join("node-config.yaml");
         std::fs::write(&file, config.to_yaml().expect("yaml")).expect("write the config");
         let mut child = Command::new(NODE)
@@ -524,4 +538,291 @@ async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_contro
         "{metrics}"
     );
     assert!(metrics.contains("switchboard_config_applies_total{outcome=\"stale\"} 1"));
+}
+
+/// A CDR line of a call that ended `ended_minutes` after 2026-03-02 09:00 UTC.
+fn cdr(call_id: &str, ended_minutes: i64) -> CallDetailRecord {
+    let offered = chrono::DateTime::from_timestamp(1_772_442_000, 0).expect("time");
+    let ended = offered + chrono::Duration::minutes(ended_minutes);
+    CallDetailRecord {
+        call_id: call_id.into(),
+        from: "+4930123456".into(),
+        to: "1000".into(),
+        direction: CallDirection::Inbound,
+        trunk: Some("carrier".into()),
+        seat: Some("agent-1001".into()),
+        queue: Some("support".into()),
+        offered_at: offered,
+        answered_at: Some(offered + chrono::Duration::seconds(8)),
+        ended_at: ended,
+        outcome: CallOutcome::Answered,
+        hangup_cause: Some("BYE".into()),
+        hangup_side: None,
+        recording: None,
+        node: POD_NAME.into(),
+        wait_seconds: Some(8.0),
+        survey_score: Some(5),
+        voicemail: None,
+        ivr_path: vec!["main:1".into()],
+    }
+}
+
+/// Records a stereo voicemail WAV of `seconds` (a tone on the caller's side) into
+/// `mailbox` and saves its metadata, as the node does. Returns the message and its WAV path.
+fn leave_voicemail(
+    boxes: &Mailboxes,
+    mailbox: &str,
+    from: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    seconds: usize,
+) -> (VoicemailMessage, std::path::PathBuf) {
+    let (id, wav) = boxes.new_message(mailbox, at).expect("new message");
+    let mut recorder = CallRecorder::create(&wav, RecorderOptions::default()).expect("recorder");
+    for frame in 0..seconds * 50 {
+        let tone: Vec<i16> = (0..160)
+            .map(|i| (((frame * 160 + i) % 20) as i16 - 10) * 800)
+            .collect();
+        recorder.push(Side::Caller, &tone).expect("caller audio");
+        recorder.push(Side::Other, &[0; 160]).expect("silence");
+    }
+    let summary = recorder.finish().expect("finish");
+    let message = VoicemailMessage {
+        id: id.clone(),
+        mailbox: mailbox.into(),
+        from: from.into(),
+        queue: Some("support".into()),
+        call_id: format!("vm-{id}"),
+        received_at: at,
+        duration_seconds: summary.duration().as_secs_f64(),
+        file: format!("{id}.wav"),
+    };
+    boxes.save(&message).expect("save");
+    (message, wav)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_records_voicemail_and_trunk_traffic_are_served_over_the_control_api() {
+    let mut config = operator_config(1);
+    config.spec.trunks.push(
+        serde_yaml::from_str(
+            "name: carrier\npeer: {host: 127.0.0.2}\nallowedSources: [127.0.0.2]\n\
+             channels: {limit: 4}",
+        )
+        .expect("trunk"),
+    );
+    let mut lines = Vec::new();
+    let mut messages = Vec::new();
+    let node = tokio::task::block_in_place(|| {
+        Node::start_with(&config, |dir| {
+            let writer = CdrWriter::open(&dir.join("cdr.jsonl")).expect("cdr file");
+            for (i, minutes) in [1, 2, 3, 4, 5].into_iter().enumerate() {
+                let record = cdr(&format!("call-{i}"), minutes);
+                writer.append(&record).expect("append");
+                lines.push(serde_json::to_string(&record).expect("json"));
+            }
+            drop(writer);
+            // A line torn by a failed write: skipped, the others still served.
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("cdr.jsonl"))
+                .expect("reopen");
+            file.write_all(b"{\"callId\":\"torn\n").expect("torn line");
+            let boxes = Mailboxes::new(dir.join("voicemail"));
+            let at = chrono::DateTime::from_timestamp(1_772_445_600, 0).expect("time");
+            messages.push(leave_voicemail(&boxes, "general", "+4930111", at, 3));
+            messages.push(leave_voicemail(
+                &boxes,
+                "general",
+                "+4930222",
+                at + chrono::Duration::seconds(30),
+                1,
+            ));
+        })
+    });
+    let mut client = NodeControlClient::connect(format!("http://{}", node.control))
+        .await
+        .expect("connect to the control API");
+
+    // Call records: all of them oldest first, then since an instant and with a limit.
+    let list = |since_unix: i64, limit: u32| {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_call_records(ListCallRecordsRequest { since_unix, limit })
+                .await
+        }
+    };
+    let all = list(0, 0).await.expect("ListCallRecords").into_inner();
+    assert_eq!(all.records_json, lines, "{}", node.log());
+    assert!(!all.truncated);
+    let since = cdr("x", 3).ended_at.timestamp();
+    let page = list(since, 2).await.expect("a page").into_inner();
+    assert_eq!(
+        (page.records_json.as_slice(), page.truncated),
+        (&lines[2..4], true)
+    );
+    let rest = list(since, 3).await.expect("the rest").into_inner();
+    assert_eq!(
+        (rest.records_json.as_slice(), rest.truncated),
+        (&lines[2..], false)
+    );
+    let parsed: serde_json::Value =
+        serde_json::from_str(&rest.records_json[0]).expect("a JSON record");
+    assert_eq!(parsed["callId"], "call-2");
+    assert_eq!(parsed["endedAt"], "2026-03-02T09:03:00Z");
+    let too_many = list(0, 10_001).await.expect_err("limit above 10000");
+    assert_eq!(
+        too_many.code(),
+        tonic::Code::InvalidArgument,
+        "{too_many:?}"
+    );
+
+    // Voicemail: listed oldest first; fetched byte for byte in 64 KiB chunks.
+    let listed = client
+        .list_voicemail(ListVoicemailRequest {
+            mailbox: "general".into(),
+        })
+        .await
+        .expect("ListVoicemail")
+        .into_inner()
+        .messages;
+    let summary: Vec<_> = listed
+        .iter()
+        .map(|m| {
+            (
+                m.id.as_str(),
+                m.from.as_str(),
+                m.queue.as_str(),
+                m.received_unix,
+            )
+        })
+        .collect();
+    let expected: Vec<_> = messages
+        .iter()
+        .map(|(m, _)| {
+            (
+                m.id.as_str(),
+                m.from.as_str(),
+                "support",
+                m.received_at.timestamp(),
+            )
+        })
+        .collect();
+    assert_eq!(summary, expected);
+    assert!(
+        (listed[0].duration_seconds - 3.0).abs() < 0.05,
+        "{listed:?}"
+    );
+    let empty = client
+        .list_voicemail(ListVoicemailRequest {
+            mailbox: "agent-1002".into(),
+        })
+        .await
+        .expect("a mailbox with no messages")
+        .into_inner();
+    assert!(empty.messages.is_empty());
+
+    let (first, first_wav) = &messages[0];
+    let mut stream = client
+        .fetch_voicemail(FetchVoicemailRequest {
+            mailbox: "general".into(),
+            id: first.id.clone(),
+        })
+        .await
+        .expect("FetchVoicemail")
+        .into_inner();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(STARTUP_LIMIT, stream.message())
+        .await
+        .expect("a chunk within the limit")
+        .expect("a healthy stream")
+    {
+        chunks.push(chunk);
+    }
+    let on_disk = std::fs::read(first_wav).expect("the WAV");
+    assert!(on_disk.len() > 64 * 1024, "3 s of stereo spans chunks");
+    let fetched: Vec<u8> = chunks.iter().flat_map(|c| c.wav.clone()).collect();
+    assert_eq!(fetched, on_disk, "the fetched bytes are the file");
+    assert!(chunks.len() > 1 && chunks.iter().all(|c| c.wav.len() <= 64 * 1024));
+    let meta = chunks[0]
+        .message
+        .as_ref()
+        .expect("metadata in the first chunk");
+    assert_eq!(
+        (meta.id.as_str(), meta.call_id.as_str()),
+        (first.id.as_str(), first.call_id.as_str())
+    );
+    assert!(chunks[1..].iter().all(|c| c.message.is_none()));
+
+    for (mailbox, id, code) in [
+        ("../etc", "x", tonic::Code::InvalidArgument),
+        ("general", "../../cdr", tonic::Code::InvalidArgument),
+        (
+            "general",
+            "20990101t000000000z-00000000",
+            tonic::Code::NotFound,
+        ),
+        ("agent-1001", first.id.as_str(), tonic::Code::NotFound),
+    ] {
+        let refused = client
+            .fetch_voicemail(FetchVoicemailRequest {
+                mailbox: mailbox.into(),
+                id: id.into(),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), code, "{mailbox}/{id}: {refused:?}");
+    }
+    let refused = client
+        .list_voicemail(ListVoicemailRequest {
+            mailbox: "General".into(),
+        })
+        .await
+        .expect_err("not a mailbox name");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    // The trunk's traffic: no call yet, so nothing offered, over the time since the start.
+    let state = next_state(
+        &mut client
+            .watch_state(WatchStateRequest {})
+            .await
+            .expect("WatchState")
+            .into_inner(),
+    )
+    .await;
+    let trunk = state
+        .trunks
+        .iter()
+        .find(|t| t.trunk == "carrier")
+        .expect("the trunk");
+    assert_eq!(
+        (
+            trunk.channel_limit,
+            trunk.channels_busy,
+            trunk.window_calls_offered,
+            trunk.window_calls_blocked,
+            trunk.offered_erlangs
+        ),
+        (4, 0, 0, 0, 0.0),
+        "{trunk:?}"
+    );
+    assert!(trunk.window_seconds <= 15 * 60, "{trunk:?}");
+    let support = state
+        .queues
+        .iter()
+        .find(|q| q.queue == "support")
+        .expect("queue");
+    assert_eq!(
+        (
+            support.calls_offered_15m,
+            support.average_handle_seconds,
+            support.average_speed_of_answer_seconds
+        ),
+        (0, None, None)
+    );
+    let (_, metrics) = tokio::task::block_in_place(|| node.get("/metrics")).expect("metrics");
+    assert!(
+        metrics.contains("switchboard_trunk_offered_erlangs{trunk=\"carrier\"} 0"),
+        "{metrics}"
+    );
 }

@@ -37,6 +37,8 @@ use crate::builders::{
 use crate::metrics::Metrics;
 use crate::node_state::{CenterView, NodeStates};
 use crate::nodes::{self, NodeEndpoint, PushResult};
+use crate::traffic::ScalingPolicy;
+use crate::trunks::{SCALE_REFUSED, ShrinkMemory, TRUNK_SCALED, TrunkPlan};
 use switchboard_proto::node_config::{NodeConfigError, ObjectKind, Problem, build_node_config};
 
 /// How long the controller waits for more events about a center before reconciling it.
@@ -87,6 +89,10 @@ pub struct Context {
     push_failures: Mutex<HashMap<String, u32>>,
     /// What the media nodes report, by center.
     pub node_states: Arc<NodeStates>,
+    /// Since when each autoscaled trunk's traffic has wanted fewer channels.
+    trunk_memory: ShrinkMemory,
+    /// How trunks follow their traffic.
+    pub scaling_policy: ScalingPolicy,
     /// A node report wakes its center's reconcile through this channel.
     wake: mpsc::UnboundedSender<ObjectRef<CallCenter>>,
     woken: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<CallCenter>>>>,
@@ -113,6 +119,8 @@ impl Context {
             watch_namespace,
             push_failures: Mutex::new(HashMap::new()),
             node_states: Arc::new(NodeStates::default()),
+            trunk_memory: ShrinkMemory::default(),
+            scaling_policy: ScalingPolicy::default(),
             wake,
             woken: Mutex::new(Some(woken)),
         }
@@ -277,8 +285,20 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
         .and_then(|s| s.config_generation)
         .unwrap_or(0);
     let recorder = &ctx.recorder;
+    // Trunk limits first: the node config carries them.
+    let key = center_key(center);
+    let live = ctx.node_states.view(&key);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let trunk_plans = crate::trunks::plan_trunks(
+        center,
+        &live,
+        &ctx.trunk_memory.of(&key),
+        &ctx.scaling_policy,
+        now,
+    );
+    let served = crate::trunks::served_center(center, &trunk_plans);
     let (config, problems) =
-        match build_node_config(center, &queues, &seats, &secrets, previous_generation) {
+        match build_node_config(&served, &queues, &seats, &secrets, previous_generation) {
             Ok(built) => built,
             Err(e) => {
                 publish_on(
@@ -345,7 +365,6 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
     let children = build_children(center, &config, &ctx.options)?;
     apply_children(client, &namespace, &children).await?;
     let node_statuses = push_config(ctx, center, &config).await?;
-    let live = ctx.node_states.view(&center_key(center));
 
     for problem in &problems {
         publish_on(
@@ -375,7 +394,8 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
         status.seats_ready = live.seats_ready();
         status.active_node = live.active_node.clone();
         status.standby_node = live.standby_node.clone();
-        status.trunks = trunk_statuses(&status.trunks, &live.trunks, now);
+        status.trunks = trunk_plans.iter().map(|p| p.status.clone()).collect();
+        status.trunk_channels = trunk_plans.first().map(|p| p.status.limit);
         let mut degraded = Vec::new();
         if !problems.is_empty() {
             degraded.push(("ObjectsLeftOut", summarize(&problems)));
@@ -500,13 +520,56 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
         );
     })
     .await?;
+    // After the status holds the new limits (the scaler's memory), so a failed write repeats
+    // the decision rather than losing it.
+    ctx.trunk_memory.keep(&key, &trunk_plans);
+    publish_trunk_events(recorder, center, &trunk_plans).await;
     if !all_current {
         // Nodes that could not take the config are retried sooner than the periodic resync.
         return Ok(Action::requeue(nodes::retry_delay(
             failed_rounds.saturating_sub(1),
         )));
     }
+    if center.spec.trunks.iter().any(|t| t.channels.autoscaling) {
+        // A quiet node sends nothing, yet a pending shrink needs a look once its cooldown ends.
+        return Ok(Action::requeue(AUTOSCALING_RESYNC));
+    }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// How often a center with autoscaled trunks is reconciled without any event.
+const AUTOSCALING_RESYNC: Duration = Duration::from_secs(60);
+
+/// A Normal `TrunkScaled` Event for every changed limit and a Warning `ScaleRefused` for a
+/// `spec.trunkChannels` outside its trunk's bounds.
+async fn publish_trunk_events(recorder: &Recorder, center: &CallCenter, plans: &[TrunkPlan]) {
+    let regarding = center.object_ref(&());
+    for plan in plans {
+        if let Some(change) = &plan.change {
+            tracing::info!(
+                callcenter = %center.name_any(), trunk = %change.trunk, from = change.from,
+                to = change.to, reason = %change.reason, "trunk channel limit changed"
+            );
+            publish(
+                recorder,
+                &regarding,
+                EventType::Normal,
+                TRUNK_SCALED,
+                &change.message(),
+            )
+            .await;
+        }
+        if let Some(refused) = &plan.refused {
+            publish(
+                recorder,
+                &regarding,
+                EventType::Warning,
+                SCALE_REFUSED,
+                refused,
+            )
+            .await;
+        }
+    }
 }
 
 /// `StandbyReady`: whether a standby could take over. A standby that runs the current config
@@ -550,32 +613,6 @@ fn standby_readiness(
              node failed, but live calls and registrations are not replicated to it yet"
         ),
     )
-}
-
-/// The trunks' status lines from the serving node's counts; `lastChangeTime` moves only when a
-/// trunk's limit changes.
-fn trunk_statuses(
-    before: &[switchboard_crds::callcenter::TrunkStatus],
-    live: &[crate::node_state::TrunkView],
-    now: &Time,
-) -> Vec<switchboard_crds::callcenter::TrunkStatus> {
-    live.iter()
-        .map(|t| {
-            let previous = before.iter().find(|b| b.name == t.name);
-            let last_change_time = match previous {
-                Some(p) if p.limit != t.limit => Some(now.clone()),
-                Some(p) => p.last_change_time.clone(),
-                None => None,
-            };
-            switchboard_crds::callcenter::TrunkStatus {
-                name: t.name.clone(),
-                limit: t.limit,
-                busy: t.busy,
-                blocked: t.blocked,
-                last_change_time,
-            }
-        })
-        .collect()
 }
 
 /// The key of a center in the operator's in-memory indexes.
@@ -721,13 +758,21 @@ async fn mark_members(
         after.conditions = conds;
         // Live figures only from a node that runs this queue's ACD; none report them yet
         // when the node has no ACD, and then the status keeps its defaults.
-        if let Some(stats) = live.queues.get(&queue.name_any()) {
+        let stats = live.queues.get(&queue.name_any());
+        if let Some(stats) = stats {
             after.calls_waiting = stats.calls_waiting;
             after.longest_wait_seconds = stats.longest_wait_seconds;
             after.agents.ready = stats.agents_ready;
             after.service_level_percent = stats.service_level_percent;
             after.abandon_rate_percent = stats.abandon_rate_percent;
         }
+        // Advice only from measured traffic: absent without a report or without calls.
+        let target = queue
+            .spec
+            .service_level
+            .as_ref()
+            .unwrap_or(&center.spec.service_level);
+        after.agents_required = stats.and_then(|s| crate::advice::agents_required(s, target));
         if after != before {
             let patch = serde_json::json!({"status": {
                 "conditions": after.conditions,
@@ -736,6 +781,7 @@ async fn mark_members(
                 "agents": after.agents,
                 "serviceLevelPercent": after.service_level_percent,
                 "abandonRatePercent": after.abandon_rate_percent,
+                "agentsRequired": after.agents_required,
             }});
             let event = condition_changed.then_some(&cond);
             patch_member_status(&queues_api, recorder, queue, &patch, event).await?;
@@ -812,8 +858,18 @@ async fn publish_on(
     reason: &str,
     note: &str,
 ) {
+    publish(recorder, regarding, EventType::Warning, reason, note).await;
+}
+
+async fn publish(
+    recorder: &Recorder,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let event = Event {
-        type_: EventType::Warning,
+        type_,
         reason: reason.to_string(),
         note: Some(note.chars().take(1000).collect()),
         action: "Reconcile".to_string(),
@@ -945,10 +1001,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use switchboard_crds::callcenter::TrunkStatus;
-
     use super::*;
-    use crate::node_state::TrunkView;
 
     #[test]
     fn a_standby_is_never_ready_to_take_live_calls_without_replication() {
@@ -992,29 +1045,5 @@ mod tests {
             reason(&hot, &standby, &[line(NodeConfigState::Current)]),
             ("False", "NoReplication")
         );
-    }
-
-    #[test]
-    fn a_trunks_change_time_moves_only_with_its_limit() {
-        let then = Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap());
-        let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_600).unwrap());
-        let live = |limit, busy| TrunkView {
-            name: "pstn".into(),
-            limit,
-            busy,
-            blocked: 0,
-        };
-        let first = trunk_statuses(&[], &[live(30, 2)], &then);
-        assert_eq!(first[0].last_change_time, None, "never changed");
-        let before = [TrunkStatus {
-            last_change_time: Some(then.clone()),
-            ..first[0].clone()
-        }];
-        let busier = trunk_statuses(&before, &[live(30, 9)], &now);
-        assert_eq!(busier[0].busy, 9);
-        assert_eq!(busier[0].last_change_time, Some(then), "same limit");
-        let raised = trunk_statuses(&before, &[live(40, 9)], &now);
-        assert_eq!(raised[0].limit, 40);
-        assert_eq!(raised[0].last_change_time, Some(now));
     }
 }

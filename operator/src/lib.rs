@@ -2,6 +2,7 @@
 //! admission webhook that enforces the API's cross-field rules on clusters whose API server
 //! does not run the CEL rules of the CRDs.
 
+pub mod advice;
 pub mod builders;
 pub mod controller;
 /// Leader election (shared with the media nodes).
@@ -15,4 +16,5 @@ pub mod nodes;
 pub use switchboard_proto::node_config;
 pub mod server;
 pub mod traffic;
+pub mod trunks;
 pub mod webhook;

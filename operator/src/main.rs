@@ -88,7 +88,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let (Some(addr), Some(cert), Some(key)) =
         (args.webhook_listen, args.webhook_cert, args.webhook_key)
     {
-        tasks.spawn(server::serve_webhook(addr, cert, key, metrics.clone()));
+        // The client answers `kubectl scale` reviews (they need the CallCenter's bounds).
+        let client = match kube::Client::try_default().await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::warn!(error = %e, "no Kubernetes API access: the webhook refuses scale requests");
+                None
+            }
+        };
+        tasks.spawn(server::serve_webhook(
+            addr,
+            cert,
+            key,
+            metrics.clone(),
+            client,
+        ));
         tracing::info!(%addr, "serving the admission webhook");
     }
     let controllers = async {

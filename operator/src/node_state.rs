@@ -26,6 +26,8 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 /// Failed attempts in a row after which a watcher stops; the center's next reconcile starts a
 /// new one if the pod is still there (and a deleted center's watchers end this way).
 const MAX_FAILED_ATTEMPTS: u32 = 10;
+/// Interval of the HTTP/2 pings on a state stream, and how long an answer may take.
+const STREAM_KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// What the nodes of one center say about one seat, merged.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -45,15 +47,26 @@ pub struct QueueView {
     pub agents_ready: u32,
     pub service_level_percent: Option<f64>,
     pub abandon_rate_percent: Option<f64>,
+    /// Calls offered over the last 15 minutes and their average handle time (absent without
+    /// calls), for staffing advice.
+    pub calls_offered_15m: u32,
+    pub average_handle_seconds: Option<f64>,
 }
 
-/// One trunk's channels.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One trunk's channels and traffic.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TrunkView {
     pub name: String,
     pub limit: u32,
     pub busy: u32,
     pub blocked: u64,
+    /// Offered traffic over the node's rolling window, in erlangs.
+    pub offered_erlangs: f64,
+    /// Calls offered and blocked in the rolling window.
+    pub window_calls_offered: u64,
+    pub window_calls_blocked: u64,
+    /// Length of the rolling window; 0 while the node has no traffic figures yet.
+    pub window_seconds: u32,
 }
 
 /// What the nodes of one center say, merged.
@@ -67,6 +80,9 @@ pub struct CenterView {
     pub queues: BTreeMap<String, QueueView>,
     /// Each trunk's channels as the serving node counts them, in the node's order.
     pub trunks: Vec<TrunkView>,
+    /// `trunks` come from a node that says it is active: only its traffic sizes trunks (a
+    /// standby carries no calls, so its figures would shrink them).
+    pub trunks_from_active: bool,
     /// The node (pod) that says it serves, and the one that says it stands by.
     pub active_node: Option<String>,
     pub standby_node: Option<String>,
@@ -128,6 +144,7 @@ pub fn merge<'a>(states: impl IntoIterator<Item = &'a NodeState>) -> CenterView 
     // Trunk channels are counted where calls are served: the first node in order (the active
     // one when one reports) that has trunks.
     if let Some(state) = states.iter().find(|s| !s.trunks.is_empty()) {
+        view.trunks_from_active = state.role() == proto::NodeRole::Active;
         view.trunks = state
             .trunks
             .iter()
@@ -136,6 +153,10 @@ pub fn merge<'a>(states: impl IntoIterator<Item = &'a NodeState>) -> CenterView 
                 limit: t.channel_limit,
                 busy: t.channels_busy,
                 blocked: t.calls_blocked,
+                offered_erlangs: t.offered_erlangs,
+                window_calls_offered: t.window_calls_offered,
+                window_calls_blocked: t.window_calls_blocked,
+                window_seconds: t.window_seconds,
             })
             .collect();
     }
@@ -149,6 +170,8 @@ pub fn merge<'a>(states: impl IntoIterator<Item = &'a NodeState>) -> CenterView 
                     agents_ready: queue.agents_ready,
                     service_level_percent: queue.service_level_percent,
                     abandon_rate_percent: queue.abandon_rate_percent,
+                    calls_offered_15m: queue.calls_offered_15m,
+                    average_handle_seconds: queue.average_handle_seconds,
                 });
         }
         for seat in &state.seats {
@@ -329,6 +352,12 @@ async fn stream_states(
     let channel = tonic::transport::Endpoint::from_shared(uri.to_string())
         .map_err(|e| e.to_string())?
         .connect_timeout(crate::nodes::PUSH_TIMEOUT)
+        // The node sends only changes, so a quiet stream means "unchanged"; HTTP/2 pings end
+        // the stream of a node that hangs or vanishes, and its figures are then forgotten
+        // (the trunk scaler then keeps every limit).
+        .http2_keep_alive_interval(STREAM_KEEPALIVE)
+        .keep_alive_timeout(STREAM_KEEPALIVE)
+        .keep_alive_while_idle(true)
         .connect()
         .await
         .map_err(|e| format!("cannot connect to {uri}: {e}"))?;
@@ -408,7 +437,10 @@ mod tests {
             channel_limit: 30,
             channels_busy: 4,
             calls_blocked: 1,
-            offered_erlangs: 0.0,
+            offered_erlangs: 2.5,
+            window_calls_offered: 40,
+            window_calls_blocked: 1,
+            window_seconds: 900,
         });
         standby.trunks.push(proto::TrunkState {
             trunk: "pstn".into(),
@@ -422,6 +454,9 @@ mod tests {
             agents_ready: 2,
             service_level_percent: Some(87.5),
             abandon_rate_percent: None,
+            calls_offered_15m: 30,
+            average_handle_seconds: Some(180.0),
+            ..proto::QueueState::default()
         });
         let view = merge([&standby, &active]);
         assert_eq!(view.nodes_reporting, 2);
@@ -432,10 +467,15 @@ mod tests {
                 name: "pstn".into(),
                 limit: 30,
                 busy: 4,
-                blocked: 1
+                blocked: 1,
+                offered_erlangs: 2.5,
+                window_calls_offered: 40,
+                window_calls_blocked: 1,
+                window_seconds: 900,
             }],
             "the serving node's channels"
         );
+        assert!(view.trunks_from_active);
         assert_eq!(view.standby_node.as_deref(), Some("cc-media-0"));
         assert_eq!(
             view.queues["support"],
@@ -445,6 +485,8 @@ mod tests {
                 agents_ready: 2,
                 service_level_percent: Some(87.5),
                 abandon_rate_percent: None,
+                calls_offered_15m: 30,
+                average_handle_seconds: Some(180.0),
             },
             "the active node's queue statistics"
         );

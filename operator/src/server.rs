@@ -42,15 +42,24 @@ pub fn health_router(metrics: Metrics) -> Router {
         .with_state(metrics)
 }
 
+/// What the webhook's handler needs.
+#[derive(Clone)]
+struct WebhookState {
+    metrics: Metrics,
+    /// Reads a CallCenter for a `callcenters/scale` review; `None`: no API access, and scale
+    /// requests are refused.
+    client: Option<kube::Client>,
+}
+
 /// Routes of the webhook server.
-pub fn webhook_router(metrics: Metrics) -> Router {
+pub fn webhook_router(metrics: Metrics, client: Option<kube::Client>) -> Router {
     Router::new()
         .route(webhook::PATH, post(admit))
-        .with_state(metrics)
+        .with_state(WebhookState { metrics, client })
 }
 
 async fn admit(
-    State(metrics): State<Metrics>,
+    State(WebhookState { metrics, client }): State<WebhookState>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
     let kind = review
@@ -58,7 +67,21 @@ async fn admit(
         .as_ref()
         .map(|r| r.kind.kind.clone())
         .unwrap_or_default();
-    let (answer, verdict) = webhook::review(review);
+    let (answer, verdict) = match webhook::scale_target(&review) {
+        Some((namespace, name)) => {
+            let center = match client {
+                Some(client) => {
+                    kube::Api::<switchboard_crds::CallCenter>::namespaced(client, &namespace)
+                        .get(&name)
+                        .await
+                        .map_err(|e| format!("reading CallCenter {namespace}/{name}: {e}"))
+                }
+                None => Err("the webhook has no access to the Kubernetes API".to_string()),
+            };
+            webhook::review_scale(review, center)
+        }
+        None => webhook::review(review),
+    };
     metrics
         .admission_reviews
         .with_label_values(&[kind.as_str(), verdict.label()])
@@ -91,6 +114,7 @@ pub async fn bind_webhook(
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     metrics: Metrics,
+    client: Option<kube::Client>,
 ) -> Result<(SocketAddr, impl Future<Output = Result<(), ServerError>>), ServerError> {
     install_crypto_provider();
     let config = axum_server::tls_rustls::RustlsConfig::from_pem(cert_pem, key_pem)
@@ -109,7 +133,7 @@ pub async fn bind_webhook(
         .local_addr()
         .map_err(|source| ServerError::Listen { addr, source })?;
     let server = axum_server::from_tcp_rustls(listener, config);
-    let app = webhook_router(metrics);
+    let app = webhook_router(metrics, client);
     Ok((bound, async move {
         server
             .serve(app.into_make_service())
@@ -124,6 +148,7 @@ pub async fn serve_webhook(
     cert: PathBuf,
     key: PathBuf,
     metrics: Metrics,
+    client: Option<kube::Client>,
 ) -> Result<(), ServerError> {
     let tls_err = |source| ServerError::Tls {
         cert: cert.clone(),
@@ -132,7 +157,7 @@ pub async fn serve_webhook(
     };
     let cert_pem = std::fs::read(&cert).map_err(tls_err)?;
     let key_pem = std::fs::read(&key).map_err(tls_err)?;
-    let (_, serve) = bind_webhook(addr, cert_pem, key_pem, metrics).await?;
+    let (_, serve) = bind_webhook(addr, cert_pem, key_pem, metrics, client).await?;
     serve.await
 }
 

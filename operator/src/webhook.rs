@@ -67,6 +67,76 @@ pub fn review(review: AdmissionReview<DynamicObject>) -> (AdmissionReview<Dynami
     }
 }
 
+/// The CallCenter a review asks to scale (`namespace`, `name`), when it is a request on the
+/// `callcenters/scale` subresource: its answer needs the CallCenter's trunk bounds, which the
+/// Scale object does not carry.
+pub fn scale_target(review: &AdmissionReview<DynamicObject>) -> Option<(String, String)> {
+    let request = review.request.as_ref()?;
+    (request.resource.resource == "callcenters"
+        && request.sub_resource.as_deref() == Some("scale")
+        && matches!(request.operation, Operation::Update))
+    .then(|| {
+        (
+            request.namespace.clone().unwrap_or_default(),
+            request.name.clone(),
+        )
+    })
+}
+
+/// Answers a `callcenters/scale` review: the requested `spec.replicas` becomes
+/// `spec.trunkChannels` of `center` (as the API server would store it) and must pass the same
+/// rules, so a request outside the first trunk's bounds is refused naming them. `center` is
+/// the stored CallCenter, or why it could not be read (then the request is refused: the
+/// bounds cannot be checked).
+pub fn review_scale(
+    review: AdmissionReview<DynamicObject>,
+    center: Result<switchboard_crds::CallCenter, String>,
+) -> (AdmissionReview<DynamicObject>, Verdict) {
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                AdmissionResponse::invalid(format!("not an AdmissionReview request: {e}"))
+                    .into_review(),
+                Verdict::Malformed,
+            );
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    let name = request.name.clone();
+    let replicas = request
+        .object
+        .as_ref()
+        .and_then(|o| o.data.get("spec")?.get("replicas")?.as_u64());
+    let verdict = match (replicas, center) {
+        (None, _) => Err("spec.replicas: Required value: the wanted channel limit".to_string()),
+        (Some(n), _) if u32::try_from(n).is_err() => Err(format!(
+            "spec.replicas: Invalid value: {n}: not a channel limit"
+        )),
+        (_, Err(reason)) => Err(format!(
+            "cannot check the request against the trunk's bounds: {reason}"
+        )),
+        (Some(n), Ok(center)) => {
+            let mut spec = center.spec;
+            spec.trunk_channels = u32::try_from(n).ok();
+            validate::call_center(&spec)
+                .into_result()
+                .map_err(|e| e.to_string())
+        }
+    };
+    match verdict {
+        Ok(()) => (response.into_review(), Verdict::Allowed),
+        Err(message) => {
+            let mut denied = response.deny(format!(
+                "CallCenter.switchboard.dev {name:?} cannot be scaled: {message}"
+            ));
+            denied.result.code = 422;
+            denied.result.reason = "Invalid".to_string();
+            (denied.into_review(), Verdict::Denied)
+        }
+    }
+}
+
 /// Validates the object of one kind; `Err` carries the message for the user.
 pub fn check(kind: &str, name: &str, object: &DynamicObject) -> Result<(), String> {
     let spec = object
@@ -171,6 +241,80 @@ mod tests {
         let (out, verdict) = review(admission("Seat", json!({"extension": 7})));
         assert_eq!(verdict, Verdict::Denied);
         assert!(response(&out).result.message.contains("spec:"));
+    }
+
+    fn scale_review(replicas: u32) -> AdmissionReview<DynamicObject> {
+        serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800003",
+                "kind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+                "resource": {"group": "switchboard.dev", "version": "v1alpha1", "resource": "callcenters"},
+                "subResource": "scale",
+                "name": "campus",
+                "namespace": "college",
+                "operation": "UPDATE",
+                "userInfo": {"username": "admin"},
+                "object": {
+                    "apiVersion": "autoscaling/v1",
+                    "kind": "Scale",
+                    "metadata": {"name": "campus", "namespace": "college"},
+                    "spec": {"replicas": replicas}
+                },
+                "oldObject": {
+                    "apiVersion": "autoscaling/v1",
+                    "kind": "Scale",
+                    "metadata": {"name": "campus", "namespace": "college"},
+                    "spec": {"replicas": 0}
+                },
+                "dryRun": false
+            }
+        }))
+        .expect("valid AdmissionReview")
+    }
+
+    fn trunked_center() -> switchboard_crds::CallCenter {
+        serde_json::from_value(json!({
+            "apiVersion": "switchboard.dev/v1alpha1",
+            "kind": "CallCenter",
+            "metadata": {"name": "campus", "namespace": "college"},
+            "spec": {"sip": {"domain": "cc.example.edu"}, "trunks": [{
+                "name": "pstn", "peer": {"host": "192.0.2.10"},
+                "channels": {"limit": 10, "minChannels": 5, "maxChannels": 60, "autoscaling": true}
+            }]}
+        }))
+        .expect("a center")
+    }
+
+    #[test]
+    fn scale_requests_are_checked_against_the_first_trunks_bounds() {
+        let review = scale_review(40);
+        assert_eq!(
+            scale_target(&review),
+            Some(("college".to_string(), "campus".to_string()))
+        );
+        let (_, verdict) = review_scale(review, Ok(trunked_center()));
+        assert_eq!(verdict, Verdict::Allowed);
+        let (out, verdict) = review_scale(scale_review(61), Ok(trunked_center()));
+        assert_eq!(verdict, Verdict::Denied);
+        assert_eq!(
+            response(&out).result.message,
+            "CallCenter.switchboard.dev \"campus\" cannot be scaled: spec.trunkChannels: \
+             Invalid value: 61: cannot set the trunk to 61 channels: the limit must stay within \
+             minChannels 5 and maxChannels 60 of spec.trunks[0] (pstn)"
+        );
+        let (_, verdict) = review_scale(scale_review(4), Ok(trunked_center()));
+        assert_eq!(verdict, Verdict::Denied);
+        // Without the bounds, no scale goes through.
+        let (out, verdict) = review_scale(scale_review(40), Err("not found".into()));
+        assert_eq!(verdict, Verdict::Denied);
+        assert!(response(&out).result.message.contains("not found"));
+        // An ordinary CallCenter review is not a scale request.
+        assert_eq!(
+            scale_target(&admission("CallCenter", json!({"sip": {"domain": "x"}}))),
+            None
+        );
     }
 
     #[test]

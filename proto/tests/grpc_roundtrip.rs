@@ -75,6 +75,31 @@ impl NodeControl for GenerationKeeper {
     async fn drain(&self, _: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
         Ok(Response::new(DrainReply { calls_remaining: 0 }))
     }
+
+    // Records and voicemail are not part of what this round trip exercises.
+    async fn list_call_records(
+        &self,
+        _: Request<ListCallRecordsRequest>,
+    ) -> Result<Response<ListCallRecordsReply>, Status> {
+        Err(Status::unimplemented("not in this test node"))
+    }
+
+    async fn list_voicemail(
+        &self,
+        _: Request<ListVoicemailRequest>,
+    ) -> Result<Response<ListVoicemailReply>, Status> {
+        Err(Status::unimplemented("not in this test node"))
+    }
+
+    type FetchVoicemailStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<VoicemailChunk, Status>> + Send>>;
+
+    async fn fetch_voicemail(
+        &self,
+        _: Request<FetchVoicemailRequest>,
+    ) -> Result<Response<Self::FetchVoicemailStream>, Status> {
+        Err(Status::unimplemented("not in this test node"))
+    }
 }
 
 #[tokio::test]

@@ -22,8 +22,8 @@ pub struct NamespaceWebhook {
 
 impl NamespaceWebhook {
     /// Serves the webhook on a free loopback port with a fresh self-signed certificate, and
-    /// registers a ValidatingWebhookConfiguration that sends the namespace's CallCenters,
-    /// Queues and Seats to it (`failurePolicy: Fail`: an unreachable webhook rejects).
+    /// registers a ValidatingWebhookConfiguration that sends the namespace's CallCenters (and
+    /// their scale requests), Queues and Seats to it (`failurePolicy: Fail`: an unreachable webhook rejects).
     pub async fn start(client: &Client, namespace: &str) -> Result<Self> {
         let cert = rcgen::generate_simple_self_signed(vec![
             "127.0.0.1".to_string(),
@@ -38,6 +38,7 @@ impl NamespaceWebhook {
             cert_pem.clone().into_bytes(),
             key_pem.into_bytes(),
             metrics,
+            Some(client.clone()),
         )
         .await?;
         let task = tokio::spawn(async move {
@@ -67,7 +68,7 @@ impl NamespaceWebhook {
                     "apiGroups": ["switchboard.dev"],
                     "apiVersions": ["v1alpha1"],
                     "operations": ["CREATE", "UPDATE"],
-                    "resources": ["callcenters", "queues", "seats"],
+                    "resources": ["callcenters", "callcenters/scale", "queues", "seats"],
                     "scope": "Namespaced",
                 }],
             }],

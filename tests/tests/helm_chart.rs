@@ -751,7 +751,7 @@ fn opt_ins_render_when_enabled() -> Result<()> {
                 "apiGroups": ["switchboard.dev"],
                 "apiVersions": ["v1alpha1"],
                 "operations": ["CREATE", "UPDATE"],
-                "resources": ["callcenters", "queues", "seats"],
+                "resources": ["callcenters", "callcenters/scale", "queues", "seats"],
                 "scope": "Namespaced"
             }]),
         "rules {}",

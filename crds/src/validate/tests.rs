@@ -51,6 +51,35 @@ fn the_base_spec_is_valid_and_defaults_are_filled_in() {
     assert_eq!(spec.sip.udp_port, 5060);
 }
 
+#[test]
+fn a_scale_request_must_lie_within_the_first_trunks_bounds() {
+    let scaled = |n: u32, min: u32, max: u32| {
+        let mut spec = center(BASE);
+        spec.trunks[0].channels.min_channels = min;
+        spec.trunks[0].channels.max_channels = max;
+        spec.trunks[0].channels.limit = min;
+        spec.trunk_channels = Some(n);
+        call_center(&spec)
+    };
+    assert!(scaled(5, 5, 60).is_empty());
+    assert!(scaled(60, 5, 60).is_empty());
+    let errs = scaled(61, 5, 60);
+    assert_eq!(fields(&errs), ["spec.trunkChannels"]);
+    assert_eq!(
+        errs.0[0].message,
+        "Invalid value: 61: cannot set the trunk to 61 channels: the limit must stay within \
+         minChannels 5 and maxChannels 60 of spec.trunks[0] (pstn)"
+    );
+    assert_eq!(fields(&scaled(4, 5, 60)), ["spec.trunkChannels"]);
+    // Without a trunk there is nothing to size.
+    let mut spec = center(BASE);
+    spec.trunks.clear();
+    spec.entry_points.clear();
+    spec.trunk_channels = Some(10);
+    let errs = call_center(&spec);
+    assert!(fields(&errs).contains(&"spec.trunkChannels"), "{errs}");
+}
+
 type Edit = Box<dyn FnOnce(&mut CallCenterSpec)>;
 
 #[test]
@@ -345,6 +374,18 @@ proptest! {
         spec.trunks[0].channels.max_channels = max;
         let errs = call_center(&spec);
         prop_assert_eq!(errs.is_empty(), min <= limit && limit <= max, "{}", errs);
+    }
+
+    #[test]
+    fn scale_requests_are_valid_exactly_within_bounds(min in 1u32..100, extra in 0u32..100, wanted in 1u32..300) {
+        let mut spec = center(BASE);
+        let max = min + extra;
+        spec.trunks[0].channels.min_channels = min;
+        spec.trunks[0].channels.limit = min;
+        spec.trunks[0].channels.max_channels = max;
+        spec.trunk_channels = Some(wanted);
+        let errs = call_center(&spec);
+        prop_assert_eq!(errs.is_empty(), (min..=max).contains(&wanted), "{}", errs);
     }
 
     #[test]

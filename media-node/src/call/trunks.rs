@@ -932,7 +932,7 @@ mod tests {
             assert!(close(f.carried_erlangs, 3.0), "{at}: {f:?}");
             assert!(close(f.offered_erlangs, 3.0), "nothing blocked: {f:?}");
             assert!(
-                f.window > minutes(14.0) && f.window <= TRAFFIC_WINDOW,
+                f.window >= minutes(14.0) && f.window <= TRAFFIC_WINDOW,
                 "{f:?}"
             );
             assert_eq!(f.calls_offered, 0, "the takes left the window");

@@ -29,9 +29,12 @@
 //! when an agent answered (absent when none did); `outcome` is `answered` when an agent (or a
 //! feature code) served the call, `voicemail` when a message was left, `abandoned` when the
 //! caller hung up first, `failed` when the center could not take the call.
+//!
+//! [`read_records`] reads the lines back (the control API's `ListCallRecords`); `docs/cdr.md`
+//! documents the file for its users and must list the same fields as the table above.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -166,6 +169,75 @@ impl CdrWriter {
     }
 }
 
+/// CDR lines read back from the file.
+#[derive(Debug, Default, PartialEq)]
+pub struct CdrPage {
+    /// The matching lines exactly as written, in file order (the order calls ended).
+    pub records: Vec<String>,
+    /// More lines matched than the limit allowed.
+    pub truncated: bool,
+    /// Lines that are not a readable record (a line torn by a failed write, damage), skipped.
+    pub skipped: u64,
+}
+
+/// The one field the reader needs; other fields are passed through untouched, so lines of
+/// older or newer nodes are served as they are.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EndedAt {
+    ended_at: DateTime<Utc>,
+}
+
+/// Reads the records of calls that ended at or after `since`, at most `limit` of them, oldest
+/// first. A missing file holds no records. Blocking: call it off the async runtime. A read
+/// failure is returned, not counted as a recording failure (nothing was lost).
+pub fn read_records(
+    path: &Path,
+    since: DateTime<Utc>,
+    limit: usize,
+) -> Result<CdrPage, RecordingError> {
+    let io = |source| RecordingError::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CdrPage::default()),
+        Err(e) => return Err(io(e)),
+    };
+    let mut reader = BufReader::new(file);
+    let mut page = CdrPage::default();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+            break;
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            page.skipped += 1;
+            continue;
+        };
+        let text = text.trim_end_matches(['\n', '\r']);
+        if text.trim().is_empty() {
+            // The line break written after a failed write leaves an empty line.
+            continue;
+        }
+        match serde_json::from_str::<EndedAt>(text) {
+            Ok(record) if record.ended_at >= since => {
+                if page.records.len() == limit {
+                    page.truncated = true;
+                    break;
+                }
+                page.records.push(text.to_string());
+            }
+            Ok(_) => {}
+            Err(_) => page.skipped += 1,
+        }
+    }
+    Ok(page)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +295,39 @@ mod tests {
         let again = CdrWriter::open(&path).unwrap();
         again.append(&record("c3", CallOutcome::Blocked)).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+    }
+
+    #[test]
+    fn records_are_read_back_since_an_instant_with_a_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.jsonl");
+        assert_eq!(
+            read_records(&path, DateTime::UNIX_EPOCH, 10).unwrap(),
+            CdrPage::default(),
+            "no file, no records"
+        );
+        let cdr = CdrWriter::open(&path).unwrap();
+        let mut written = Vec::new();
+        for i in 0..5 {
+            let mut r = record(&format!("c{i}"), CallOutcome::Answered);
+            r.ended_at += chrono::Duration::minutes(i);
+            cdr.append(&r).unwrap();
+            written.push(serde_json::to_string(&r).unwrap());
+        }
+        // A torn line, an empty line and bytes that are not UTF-8 are skipped.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"callId\":\"torn\n\n\xff\xfe\n").unwrap();
+        let all = read_records(&path, DateTime::UNIX_EPOCH, 10).unwrap();
+        assert_eq!(
+            (all.records.clone(), all.truncated, all.skipped),
+            (written.clone(), false, 2)
+        );
+        let since = record("x", CallOutcome::Answered).ended_at + chrono::Duration::minutes(2);
+        let page = read_records(&path, since, 2).unwrap();
+        assert_eq!(page.records, written[2..4]);
+        assert!(page.truncated, "c4 matched too");
+        let page = read_records(&path, since, 3).unwrap();
+        assert_eq!((page.records.len(), page.truncated), (3, false));
     }
 
     #[test]

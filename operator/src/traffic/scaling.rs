@@ -29,7 +29,10 @@ use std::fmt;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
+// The scale-request check lives with the API types so the webhook and the standalone loader
+// refuse with the same message.
 use switchboard_crds::callcenter::TrunkChannels;
+pub use switchboard_crds::callcenter::{ScaleRefused, check_scale_request};
 
 use super::erlang::channels_for_blocking;
 
@@ -216,58 +219,6 @@ pub struct ScalingOutcome {
     pub decision: ScaleDecision,
     /// Keep this for the next decision.
     pub history: ScalingHistory,
-}
-
-/// A `kubectl scale` request the trunk's bounds do not allow.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ScaleRefused {
-    /// The requested limit lies outside `minChannels..=maxChannels`.
-    #[error(
-        "cannot set the trunk to {requested} channels: the limit must stay within \
-         minChannels {min_channels} and maxChannels {max_channels}"
-    )]
-    OutsideBounds {
-        /// The requested limit.
-        requested: u32,
-        /// `minChannels`.
-        min_channels: u32,
-        /// `maxChannels`.
-        max_channels: u32,
-    },
-    /// The bounds themselves are unusable.
-    #[error(
-        "cannot set the trunk to {requested} channels: its bounds are invalid \
-         (minChannels {min_channels} must be at least 1 and at most maxChannels {max_channels})"
-    )]
-    InvalidBounds {
-        /// The requested limit.
-        requested: u32,
-        /// `minChannels`.
-        min_channels: u32,
-        /// `maxChannels`.
-        max_channels: u32,
-    },
-}
-
-/// Accepts a requested channel limit when it lies within the trunk's bounds.
-pub fn check_scale_request(requested: u32, channels: &TrunkChannels) -> Result<u32, ScaleRefused> {
-    let (min_channels, max_channels) = (channels.min_channels, channels.max_channels);
-    if min_channels == 0 || min_channels > max_channels {
-        return Err(ScaleRefused::InvalidBounds {
-            requested,
-            min_channels,
-            max_channels,
-        });
-    }
-    if (min_channels..=max_channels).contains(&requested) {
-        Ok(requested)
-    } else {
-        Err(ScaleRefused::OutsideBounds {
-            requested,
-            min_channels,
-            max_channels,
-        })
-    }
 }
 
 fn bounds_valid(channels: &TrunkChannels) -> bool {
