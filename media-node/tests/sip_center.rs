@@ -327,6 +327,18 @@ impl CenterNode {
         .assert_ok(&format!("seat {ext} dials {code}"));
     }
 
+    /// Registers the seat's phone on a free port, logs the agent in with `*21` and waits
+    /// until it is Ready; returns the phone's port.
+    fn log_in(&self, ext: &str) -> u16 {
+        let port = free_port();
+        self.register(ext, port);
+        self.feature_code(ext, "*21");
+        self.wait_for(&format!("{ext} ready"), || {
+            self.agent_in(&format!("agent-{ext}"), "ready")
+        });
+        port
+    }
+
     /// A seat's phone waiting on `port` for one offered call, answering it.
     fn agent_answers(&self, ext: &str, port: u16, scenario: &str) -> Sipp {
         Sipp::spawn(
@@ -468,15 +480,10 @@ fn keys_at(start_ms: u32, keys: &str) -> Vec<(u32, char)> {
 #[test]
 fn a_caller_chooses_the_queue_in_the_ivr_and_the_longest_idle_agent_answers() {
     let node = CenterNode::start(&manifests(free_rtp_range(60), None, ""));
-    let (port_1001, port_1002) = (free_port(), free_port());
-    node.register("1001", port_1001);
-    node.register("1002", port_1002);
     // 1001 logs in first: it has been Ready longest when the caller arrives.
-    node.feature_code("1001", "*21");
-    node.wait_for("1001 ready", || node.agent_in("agent-1001", "ready"));
+    let port_1001 = node.log_in("1001");
     std::thread::sleep(Duration::from_millis(300));
-    node.feature_code("1002", "*21");
-    node.wait_for("1002 ready", || node.agent_in("agent-1002", "ready"));
+    let port_1002 = node.log_in("1002");
     let agent = node.agent_answers("1001", port_1001, "seat-uas-answer.xml");
     let other = node.agent_answers("1002", port_1002, "seat-uas-answer.xml");
 
@@ -550,14 +557,9 @@ fn a_caller_who_hangs_up_while_queued_is_counted_as_abandoned() {
 #[test]
 fn an_agent_who_does_not_answer_goes_not_ready_and_the_next_agent_gets_the_call() {
     let node = CenterNode::start(&manifests(free_rtp_range(40), None, ""));
-    let (port_1001, port_1002) = (free_port(), free_port());
-    node.register("1001", port_1001);
-    node.register("1002", port_1002);
-    node.feature_code("1001", "*21");
-    node.wait_for("1001 ready", || node.agent_in("agent-1001", "ready"));
+    let port_1001 = node.log_in("1001");
     std::thread::sleep(Duration::from_millis(300));
-    node.feature_code("1002", "*21");
-    node.wait_for("1002 ready", || node.agent_in("agent-1002", "ready"));
+    let port_1002 = node.log_in("1002");
     // 1001, offered first, only rings; after the 5 s ring timeout the call goes to 1002.
     let ringing = node.agent_answers("1001", port_1001, "call-uas-ring.xml");
     let answering = node.agent_answers("1002", port_1002, "seat-uas-answer.xml");
@@ -593,10 +595,7 @@ fn an_agent_who_does_not_answer_goes_not_ready_and_the_next_agent_gets_the_call(
 #[test]
 fn wrap_up_delays_the_next_offer_to_the_agent() {
     let node = CenterNode::start(&manifests(free_rtp_range(40), None, "  wrapUpSeconds: 4"));
-    let port = free_port();
-    node.register("1001", port);
-    node.feature_code("1001", "*21");
-    node.wait_for("1001 ready", || node.agent_in("agent-1001", "ready"));
+    let port = node.log_in("1001");
     let keys = "#";
     let agent = node.agent_answers("1001", port, "seat-uas-answer.xml");
     node.caller(
@@ -721,10 +720,7 @@ fn a_member_pin_puts_the_caller_ahead_of_a_waiting_non_member() {
 fn the_caller_rates_the_call_after_the_agent_hangs_up() {
     let queue = "  survey: {prompt: survey/rate.wav, thankYouPrompt: survey/thanks.wav, timeoutSeconds: 10}";
     let node = CenterNode::start(&manifests(free_rtp_range(40), None, queue));
-    let port = free_port();
-    node.register("1002", port);
-    node.feature_code("1002", "*21");
-    node.wait_for("1002 ready", || node.agent_in("agent-1002", "ready"));
+    let port = node.log_in("1002");
     // The agent hangs up 3 s after answering; the caller keys 4 during the survey prompt.
     let agent = node.agent_answers("1002", port, "call-uas-hangup.xml");
     node.caller("center-caller-wait.xml", "300", "+4930555009", "4", 5500, 0)

@@ -228,6 +228,45 @@ struct DialogSide {
     local_cseq: u32,
 }
 
+impl DialogSide {
+    /// The caller's leg of a new INVITE, where the node is the UAS: our tag added to To,
+    /// the Contact (else From) as remote target, the Record-Route set. Returns it with our
+    /// tag and where responses go (Via received/rport over UDP, RFC 3581).
+    fn of_caller(
+        invite: &SipRequest,
+        source: SocketAddr,
+        transport: Transport,
+    ) -> (Self, String, SocketAddr) {
+        let response_to = match (transport, invite.top_via()) {
+            (Transport::Udp, Some(via)) => via.response_destination(source),
+            _ => source,
+        };
+        let tag = random_tag();
+        let header = |name| invite.header(name).unwrap_or_default().to_string();
+        let remote_target = invite
+            .header("Contact")
+            .and_then(NameAddr::parse)
+            .or_else(|| invite.header("From").and_then(NameAddr::parse))
+            .map(|c| c.uri)
+            .unwrap_or_default();
+        let dialog = Self {
+            call_id: header("Call-ID"),
+            local: format!("{};tag={tag}", header("To")),
+            remote: header("From"),
+            remote_target,
+            route: invite
+                .header_values("Record-Route")
+                .flat_map(split_list)
+                .map(str::to_string)
+                .collect(),
+            destination: source,
+            transport,
+            local_cseq: 0,
+        };
+        (dialog, tag, response_to)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallerState {
     /// INVITE received, no final response yet.
@@ -551,33 +590,8 @@ impl CallEngine {
         };
 
         let invite = setup.invite;
-        let via = invite.top_via();
-        let a_response_to = match (setup.transport, via) {
-            (Transport::Udp, Some(via)) => via.response_destination(setup.source),
-            _ => setup.source,
-        };
-        let a_tag = random_tag();
-        let header = |name| invite.header(name).unwrap_or_default().to_string();
-        let a_remote_target = invite
-            .header("Contact")
-            .and_then(NameAddr::parse)
-            .or_else(|| invite.header("From").and_then(NameAddr::parse))
-            .map(|c| c.uri)
-            .unwrap_or_default();
-        let a = DialogSide {
-            call_id: header("Call-ID"),
-            local: format!("{};tag={a_tag}", header("To")),
-            remote: header("From"),
-            remote_target: a_remote_target,
-            route: invite
-                .header_values("Record-Route")
-                .flat_map(split_list)
-                .map(str::to_string)
-                .collect(),
-            destination: setup.source,
-            transport: setup.transport,
-            local_cseq: 0,
-        };
+        let (a, a_tag, a_response_to) =
+            DialogSide::of_caller(invite, setup.source, setup.transport);
         let realm = &self.realm;
         let b_call_id = format!("{}@switchboard", random_tag());
         let (remote, remote_target, destination, b_transport, trunk, seat) = match &setup.target {

@@ -378,31 +378,8 @@ impl CallEngine {
             audio: None,
             last: Vec::new(),
         };
-        let a_response_to = match (setup.transport, invite.top_via()) {
-            (Transport::Udp, Some(via)) => via.response_destination(setup.source),
-            _ => setup.source,
-        };
-        let a_tag = random_tag();
-        let header = |name| invite.header(name).unwrap_or_default().to_string();
-        let a = DialogSide {
-            call_id: header("Call-ID"),
-            local: format!("{};tag={a_tag}", header("To")),
-            remote: header("From"),
-            remote_target: invite
-                .header("Contact")
-                .and_then(NameAddr::parse)
-                .or_else(|| invite.header("From").and_then(NameAddr::parse))
-                .map(|c| c.uri)
-                .unwrap_or_default(),
-            route: invite
-                .header_values("Record-Route")
-                .flat_map(split_list)
-                .map(str::to_string)
-                .collect(),
-            destination: setup.source,
-            transport: setup.transport,
-            local_cseq: 0,
-        };
+        let (a, a_tag, a_response_to) =
+            DialogSide::of_caller(invite, setup.source, setup.transport);
         // The callee leg is the agent's once one answers (see `promote_fork`).
         let b = DialogSide {
             call_id: String::new(),
@@ -1014,20 +991,10 @@ impl CallSession {
             ForkState::Proceeding => {
                 fork.state = ForkState::Cancelling;
                 fork.deadline = now + TRANSACTION_TIMEOUT;
-                let (dialog, uri, branch, cseq) = (
-                    fork.dialog.clone(),
-                    fork.uri.clone(),
-                    fork.branch.clone(),
-                    fork.cseq,
-                );
-                let line = RequestLine {
-                    method: "CANCEL",
-                    uri: &uri,
-                    branch: &branch,
-                    cseq,
-                    route: false,
+                let branch = fork.branch.clone();
+                let Some(out) = self.fork_transaction_request(i, "CANCEL") else {
+                    return;
                 };
-                let out = self.request_on(&dialog, Leg::Callee, line, None);
                 self.engine.send(out.clone());
                 self.pending.push(ClientRequest {
                     leg: Leg::Callee,
@@ -1038,6 +1005,21 @@ impl CallSession {
             }
             ForkState::Cancelling | ForkState::Answered | ForkState::Failed => {}
         }
+    }
+
+    /// A request in fork `i`'s INVITE transaction — CANCEL, or the ACK of a non-2xx final:
+    /// the INVITE's Request-URI, branch and CSeq number, no route set (RFC 3261 §9.1,
+    /// §17.1.1.3).
+    fn fork_transaction_request(&self, i: usize, method: &str) -> Option<super::Outbound> {
+        let fork = self.center.as_deref()?.forks.get(i)?;
+        let line = RequestLine {
+            method,
+            uri: &fork.uri,
+            branch: &fork.branch,
+            cseq: fork.cseq,
+            route: false,
+        };
+        Some(self.request_on(&fork.dialog, Leg::Callee, line, None))
     }
 
     /// Cancels every live fork but `keep`.
@@ -1257,25 +1239,11 @@ impl CallSession {
             {
                 fork.dialog.remote = format!("{};tag={tag}", fork.dialog.remote);
             }
-            // ACK in the INVITE transaction: same branch and Request-URI (§17.1.1.3).
-            let (dialog, uri, fork_branch, cseq) = (
-                fork.dialog.clone(),
-                fork.uri.clone(),
-                fork.branch.clone(),
-                fork.cseq,
-            );
-            let line = RequestLine {
-                method: "ACK",
-                uri: &uri,
-                branch: &fork_branch,
-                cseq,
-                route: false,
-            };
-            let ack = self.request_on(&dialog, Leg::Callee, line, None);
+            let ack = self.fork_transaction_request(i, "ACK");
             let Some(c) = self.center.as_deref_mut() else {
                 return;
             };
-            c.forks[i].ack = Some(ack);
+            c.forks[i].ack = ack;
         }
         let Some(c) = self.center.as_deref_mut() else {
             return;
