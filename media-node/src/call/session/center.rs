@@ -528,8 +528,8 @@ impl CallSession {
         match route {
             CenterRoute::Menu(menu) => self.start_menu(&menu, now),
             CenterRoute::Queue(queue) => self.enter_queue(&queue, now),
-            CenterRoute::Voicemail { mailbox } => self.start_voicemail(mailbox, None, now),
-            CenterRoute::FeatureCode(request) => self.feature_code(request, now),
+            CenterRoute::Voicemail { mailbox } => self.start_voicemail(mailbox, None),
+            CenterRoute::FeatureCode(request) => self.feature_code(request),
         }
     }
 
@@ -729,7 +729,7 @@ impl CallSession {
             (RouteAction::Menu, Some(menu)) => self.start_menu(&menu, now),
             (RouteAction::Queue, Some(queue)) => self.enter_queue(&queue, now),
             (RouteAction::Seat, Some(seat)) => self.ring_seat(&seat, now),
-            (RouteAction::Voicemail, mailbox) => self.start_voicemail(mailbox, None, now),
+            (RouteAction::Voicemail, mailbox) => self.start_voicemail(mailbox, None),
             (RouteAction::Hangup, _) => {
                 if let Some(c) = self.center_mut() {
                     c.outcome = Some(CallOutcome::Abandoned);
@@ -784,7 +784,7 @@ impl CallSession {
                     call_id = self.a.call_id,
                     queue, "no agent logged in: voicemail"
                 );
-                self.start_voicemail(None, Some(queue.to_string()), now);
+                self.start_voicemail(None, Some(queue.to_string()));
             }
             Err(refusal) => {
                 info!(call_id = self.a.call_id, queue, %refusal, "queue refused the caller");
@@ -889,7 +889,7 @@ impl CallSession {
                 }
                 self.cancel_forks(None, now);
                 self.stop_prompts();
-                self.start_voicemail(None, Some(queue), now);
+                self.start_voicemail(None, Some(queue));
             }
         }
     }
@@ -1310,7 +1310,7 @@ impl CallSession {
         };
         self.cancel_forks(None, now);
         self.stop_prompts();
-        self.start_voicemail(Some(seat), None, now);
+        self.start_voicemail(Some(seat), None);
     }
 
     // ---- after the agent ------------------------------------------------------------------
@@ -1353,7 +1353,7 @@ impl CallSession {
 
     // ---- voicemail ------------------------------------------------------------------------
 
-    fn start_voicemail(&mut self, mailbox: Option<String>, queue: Option<String>, now: Instant) {
+    fn start_voicemail(&mut self, mailbox: Option<String>, queue: Option<String>) {
         if self.engine.settings.voicemail_dir.is_none() {
             warn!(
                 call_id = self.a.call_id,
@@ -1377,7 +1377,6 @@ impl CallSession {
         });
         let greeting = c.plan.voicemail.greeting.clone();
         debug!(call_id = self.a.call_id, "voicemail greeting");
-        let _ = now;
         self.play_script(
             &[greeting],
             Some(Playback::tone(record_tone())),
@@ -1461,7 +1460,7 @@ impl CallSession {
 
     // ---- feature codes --------------------------------------------------------------------
 
-    fn feature_code(&mut self, request: Option<AgentRequest>, _now: Instant) {
+    fn feature_code(&mut self, request: Option<AgentRequest>) {
         let Some(runtime) = self.runtime() else {
             return;
         };
