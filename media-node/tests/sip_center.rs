@@ -5,34 +5,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{
-    Sipp, free_media_port, free_port, free_port_on, free_rtp_range, repo_root, require_sipp,
-};
-
-const NODE: &str = env!("CARGO_BIN_EXE_media-node");
-const CARRIER: &str = "127.0.0.2";
-const LIMIT: Duration = Duration::from_secs(30);
-
-/// The node under test, killed when dropped.
-struct CenterNode {
-    child: Child,
-    dir: tempfile::TempDir,
-    sip_port: u16,
-    metrics_port: u16,
-}
-
-impl Drop for CenterNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::center::CenterNode;
+use support::{free_port, free_rtp_range};
 
 /// The test center: a carrier trunk from 127.0.0.2, entry `200` to the main menu (1: the
 /// support queue, 2: the members' PIN menu, 9: voicemail), entry `300` straight to the queue,
@@ -121,360 +97,6 @@ spec:
         min = rtp.0,
         max = rtp.1,
     )
-}
-
-impl CenterNode {
-    fn start(manifests: &str) -> CenterNode {
-        require_sipp();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("college.yaml");
-        std::fs::write(&config, manifests).expect("write the manifests");
-        let sip_port = free_port_on(CARRIER);
-        let metrics_port = free_port();
-        let control_port = free_port();
-        let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
-        let child = Command::new(NODE)
-            .arg("--config")
-            .arg(&config)
-            .args([
-                "--sip-listen",
-                "0.0.0.0",
-                "--sip-port",
-                &sip_port.to_string(),
-            ])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--control-listen", &format!("127.0.0.1:{control_port}")])
-            .arg("--recordings-dir")
-            .arg(dir.path().join("recordings"))
-            .arg("--prompts")
-            .arg(repo_root().join("prompts"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start media-node");
-        let node = CenterNode {
-            child,
-            dir,
-            sip_port,
-            metrics_port,
-        };
-        node.wait_for("the node to be ready", || {
-            node.http("/readyz").is_some_and(|(code, _)| code == 200)
-        });
-        node
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
-    }
-
-    fn recordings(&self) -> PathBuf {
-        self.dir.path().join("recordings")
-    }
-
-    fn http(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((code, body))
-    }
-
-    /// One sample of `/metrics` (`name{labels}`).
-    fn sample(&self, series: &str) -> Option<f64> {
-        let (_, text) = self.http("/metrics")?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
-    fn agent_in(&self, seat: &str, state: &str) -> bool {
-        self.sample(&format!(
-            "switchboard_agent_state{{seat=\"{seat}\",state=\"{state}\"}}"
-        )) == Some(1.0)
-    }
-
-    fn wait_for(&self, what: &str, ok: impl Fn() -> bool) {
-        let deadline = Instant::now() + LIMIT;
-        while Instant::now() < deadline {
-            if ok() {
-                return;
-            }
-            if self.log().contains("media-node: ") && !self.log().contains("INFO") {
-                // The node refused its config and exited: no point waiting.
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("timed out waiting for {what}; node log:\n{}", self.log());
-    }
-
-    /// The CDR lines written so far.
-    fn cdrs(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.recordings().join("cdr.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a CDR line is JSON"))
-            .collect()
-    }
-
-    /// Waits for `n` CDR lines and returns them.
-    fn wait_cdrs(&self, n: usize) -> Vec<serde_json::Value> {
-        self.wait_for(&format!("{n} CDR line(s)"), || self.cdrs().len() >= n);
-        self.cdrs()
-    }
-
-    /// SIPp from the carrier's address, calling number `number`, dialing `dialed`.
-    fn caller(
-        &self,
-        scenario: &str,
-        dialed: &str,
-        number: &str,
-        keys: &str,
-        key_pause_ms: u32,
-        hold_ms: u32,
-    ) -> Sipp {
-        self.caller_sending(
-            scenario,
-            dialed,
-            number,
-            &keys_at(key_pause_ms, keys),
-            None,
-            hold_ms,
-        )
-    }
-
-    /// As [`Self::caller`], pressing `keys` at their offsets and speaking over `speech`.
-    fn caller_sending(
-        &self,
-        scenario: &str,
-        dialed: &str,
-        number: &str,
-        keys: &[(u32, char)],
-        speech: Option<(u32, u32)>,
-        hold_ms: u32,
-    ) -> Sipp {
-        let pcap = caller_pcap(self.dir.path(), number, keys, speech);
-        let port = free_port_on(CARRIER);
-        let media = free_media_port(CARRIER);
-        Sipp::spawn(
-            self.sip_port,
-            CARRIER,
-            scenario,
-            port,
-            Some(media),
-            &[
-                "-s",
-                dialed,
-                "-key",
-                "caller",
-                number,
-                "-key",
-                "keys",
-                pcap.to_str().expect("a UTF-8 path"),
-                "-d",
-                &hold_ms.to_string(),
-            ],
-        )
-    }
-
-    /// Registers a seat's phone on `port` (its calls come there).
-    fn register(&self, ext: &str, port: u16) {
-        Sipp::spawn(
-            self.sip_port,
-            "127.0.0.1",
-            "seat-register.xml",
-            port,
-            None,
-            &[
-                "-key",
-                "ext",
-                ext,
-                "-au",
-                ext,
-                "-ap",
-                &format!("practice-{ext}"),
-            ],
-        )
-        .assert_ok(&format!("seat {ext} registers"));
-    }
-
-    /// The seat dials a feature code from another port of the phone and hears the node's
-    /// confirmation.
-    fn feature_code(&self, ext: &str, code: &str) {
-        Sipp::spawn(
-            self.sip_port,
-            "127.0.0.1",
-            "agent-feature-code.xml",
-            free_port(),
-            Some(free_media_port("127.0.0.1")),
-            &[
-                "-s",
-                code,
-                "-key",
-                "ext",
-                ext,
-                "-au",
-                ext,
-                "-ap",
-                &format!("practice-{ext}"),
-            ],
-        )
-        .assert_ok(&format!("seat {ext} dials {code}"));
-    }
-
-    /// Registers the seat's phone on a free port, logs the agent in with `*21` and waits
-    /// until it is Ready; returns the phone's port.
-    fn log_in(&self, ext: &str) -> u16 {
-        let port = free_port();
-        self.register(ext, port);
-        self.feature_code(ext, "*21");
-        self.wait_for(&format!("{ext} ready"), || {
-            self.agent_in(&format!("agent-{ext}"), "ready")
-        });
-        port
-    }
-
-    /// A seat's phone waiting on `port` for one offered call, answering it.
-    fn agent_answers(&self, ext: &str, port: u16, scenario: &str) -> Sipp {
-        Sipp::spawn(
-            self.sip_port,
-            "127.0.0.1",
-            scenario,
-            port,
-            Some(free_media_port("127.0.0.1")),
-            &["-key", "ext", ext, "-rtp_echo"],
-        )
-    }
-}
-
-/// What a caller sends, as a pcap SIPp replays with its timing: a silent µ-law packet at
-/// once (so the replay starts at the answer), RFC 4733 key presses (payload type 101, from
-/// the per-key captures Debian's sip-tester ships) at the given offsets, and optionally a
-/// 400 Hz µ-law tone (the caller speaking) over a span.
-fn caller_pcap(
-    dir: &Path,
-    name: &str,
-    keys: &[(u32, char)],
-    speech: Option<(u32, u32)>,
-) -> PathBuf {
-    let read = |key: char| {
-        let name = match key {
-            '*' => "star".to_string(),
-            '#' => "pound".to_string(),
-            d => d.to_string(),
-        };
-        let file = format!("/usr/share/sip-tester/dtmf_2833_{name}.pcap");
-        std::fs::read(&file).unwrap_or_else(|e| panic!("{file}: {e} (install sip-tester)"))
-    };
-    let template = read('1');
-    let word = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
-    let first_len = word(&template, 24 + 8) as usize;
-    let first = template[40..40 + first_len].to_vec();
-    const RTP: usize = 42;
-    let ssrc: [u8; 4] = first[RTP + 8..RTP + 12].try_into().expect("4 bytes");
-    // (time in µs, packet)
-    let mut packets: Vec<(u64, Vec<u8>)> = Vec::new();
-    let mut seq: u16 = 1;
-    let audio = |at_ms: u32, seq: u16, samples: &[u8]| {
-        let mut p = first[..RTP].to_vec();
-        p.extend_from_slice(&[0x80, 0x00]);
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&(at_ms * 8).to_be_bytes());
-        p.extend_from_slice(&ssrc);
-        p.extend_from_slice(samples);
-        (u64::from(at_ms) * 1000, p)
-    };
-    // A continuous stream (silence, or speech over its span) up to the last key: SIPp paces
-    // the replay by the packets, so key presses keep their offsets.
-    let end = keys
-        .iter()
-        .map(|(at, _)| at + 200)
-        .chain(speech.map(|(_, to)| to))
-        .max()
-        .unwrap_or(0);
-    let mut t = 0;
-    while t <= end {
-        let speaking = speech.is_some_and(|(from, to)| (from..to).contains(&t));
-        let samples: Vec<u8> = (0..160)
-            .map(|i| {
-                if !speaking {
-                    return 0xFF;
-                }
-                let x = f64::from(t * 8 + i) * 2.0 * std::f64::consts::PI * 400.0 / 8000.0;
-                linear_to_ulaw((x.sin() * 8000.0) as i16)
-            })
-            .collect();
-        packets.push(audio(t, seq, &samples));
-        seq = seq.wrapping_add(1);
-        t += 20;
-    }
-    for &(at_ms, key) in keys {
-        let bytes = read(key);
-        let mut at = 24;
-        let mut base: Option<u64> = None;
-        while at + 16 <= bytes.len() {
-            let (sec, usec, incl) = (
-                word(&bytes, at),
-                word(&bytes, at + 4),
-                word(&bytes, at + 8) as usize,
-            );
-            let mut p = bytes[at + 16..at + 16 + incl].to_vec();
-            let t = u64::from(sec) * 1_000_000 + u64::from(usec);
-            let t0 = *base.get_or_insert(t);
-            seq = seq.wrapping_add(1);
-            p[RTP + 2..RTP + 4].copy_from_slice(&seq.to_be_bytes());
-            p[RTP + 4..RTP + 8].copy_from_slice(&(at_ms * 8).to_be_bytes());
-            p[RTP + 8..RTP + 12].copy_from_slice(&ssrc);
-            packets.push((u64::from(at_ms) * 1000 + (t - t0), p));
-            at += 16 + incl;
-        }
-    }
-    packets.sort_by_key(|(t, _)| *t);
-    let mut out = template[..24].to_vec();
-    for (t, mut p) in packets {
-        // IPv4 total length, UDP length; no UDP checksum (the payload changed).
-        let ip_len = (p.len() - 14) as u16;
-        p[16..18].copy_from_slice(&ip_len.to_be_bytes());
-        let udp_len = (p.len() - 34) as u16;
-        p[38..40].copy_from_slice(&udp_len.to_be_bytes());
-        p[40] = 0;
-        p[41] = 0;
-        out.extend_from_slice(&((t / 1_000_000) as u32).to_le_bytes());
-        out.extend_from_slice(&((t % 1_000_000) as u32).to_le_bytes());
-        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        out.extend_from_slice(&p);
-    }
-    let path = dir.join(format!("{name}.pcap"));
-    std::fs::write(&path, out).expect("write the caller pcap");
-    path
-}
-
-/// G.711 µ-law encoding of one sample.
-fn linear_to_ulaw(sample: i16) -> u8 {
-    const BIAS: i32 = 0x84;
-    let mut s = i32::from(sample);
-    let sign = if s < 0 { 0x80 } else { 0 };
-    if s < 0 {
-        s = -s;
-    }
-    s = (s + BIAS).min(0x7FFF);
-    let exponent = (7 - (s.leading_zeros() as i32 - 17)).clamp(0, 7);
-    let mantissa = (s >> (exponent + 3)) & 0x0F;
-    !(sign | (exponent << 4) as u8 | mantissa as u8)
-}
-
-/// Keys pressed from `start_ms`, 400 ms apart.
-fn keys_at(start_ms: u32, keys: &str) -> Vec<(u32, char)> {
-    keys.chars()
-        .enumerate()
-        .map(|(i, k)| (start_ms + 400 * i as u32, k))
-        .collect()
 }
 
 #[test]
@@ -765,4 +387,166 @@ fn a_voicemail_message_is_recorded_with_its_metadata_and_cdr() {
     assert_eq!(meta["from"], "+4930555010", "{meta:#}");
     assert_eq!(meta["mailbox"], "general", "{meta:#}");
     assert!(meta["durationSeconds"].as_f64().is_some(), "{meta:#}");
+}
+
+/// What one agent's phone does with the next call offered to it in a round.
+#[derive(Debug, Clone, Copy)]
+enum AgentPhone {
+    /// Answers and talks until the node hangs up.
+    Answers,
+    /// Rings until the node cancels (ring timeout, or the caller gone).
+    Rings,
+    /// Answers and hangs up first after 3 s (the caller goes to the survey).
+    HangsUp,
+    /// Not there: the node's INVITE goes unanswered.
+    Away,
+}
+
+/// What one caller does: the number dialed, the keys pressed from 1 s after the answer, and
+/// when it hangs up.
+#[derive(Debug, Clone)]
+struct CallerPlan {
+    number: String,
+    dialed: &'static str,
+    keys: &'static str,
+    hang_up_ms: u32,
+}
+
+#[test]
+fn random_hang_ups_leave_no_agent_stuck_and_no_port_allocated() {
+    use rand::{Rng, SeedableRng};
+
+    let seed = std::env::var("SWITCHBOARD_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| u64::from(support::rand_u16()) << 16 | u64::from(std::process::id()));
+    eprintln!("seed {seed} (rerun with SWITCHBOARD_TEST_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let queue = "  wrapUpSeconds: 1\n  survey: {prompt: survey/rate.wav, thankYouPrompt: survey/thanks.wav, timeoutSeconds: 6}";
+    let node = CenterNode::start(&manifests(free_rtp_range(80), None, queue));
+    let phones = [("1001", node.log_in("1001")), ("1002", node.log_in("1002"))];
+    // Most callers reach the queue (keying 1, or dialing it); the others give the menu no
+    // key (timeouts until it gives up), voicemail, an invalid key or the members' PIN.
+    let routes: [(&str, &str); 9] = [
+        ("300", ""),
+        ("300", ""),
+        ("200", "1"),
+        ("200", "1"),
+        ("200", ""),
+        ("200", "9"),
+        ("200", "5"),
+        ("200", "21234"),
+        ("300", ""),
+    ];
+    let mut callers = Vec::new();
+    for round in 0..6 {
+        for (ext, _) in &phones {
+            let seat = format!("agent-{ext}");
+            node.wait_for(&format!("{seat} out of wrap-up"), || {
+                !node.agent_in(&seat, "wrap_up")
+            });
+            if node.agent_in(&seat, "not_ready") {
+                node.feature_code(ext, "*23");
+            }
+            node.wait_for(&format!("{seat} ready"), || node.agent_in(&seat, "ready"));
+        }
+        let behaviours = [
+            AgentPhone::Answers,
+            AgentPhone::Answers,
+            AgentPhone::Rings,
+            AgentPhone::HangsUp,
+            AgentPhone::HangsUp,
+            AgentPhone::Away,
+        ];
+        let agents: Vec<_> = phones
+            .iter()
+            .filter_map(|(ext, port)| {
+                let phone = behaviours[rng.random_range(0..behaviours.len())];
+                eprintln!("round {round}: {ext} {phone:?}");
+                let scenario = match phone {
+                    AgentPhone::Answers => "seat-uas-answer.xml",
+                    AgentPhone::Rings => "call-uas-ring.xml",
+                    AgentPhone::HangsUp => "call-uas-hangup.xml",
+                    AgentPhone::Away => return None,
+                };
+                Some(node.agent_answers(ext, *port, scenario))
+            })
+            .collect();
+        let round_callers: Vec<_> = (0..3)
+            .map(|i| {
+                let (dialed, keys) = routes[rng.random_range(0..routes.len())];
+                let plan = CallerPlan {
+                    number: format!("+49305559{round}{i}"),
+                    dialed,
+                    keys,
+                    hang_up_ms: rng.random_range(300..14_000),
+                };
+                eprintln!("round {round}: {plan:?}");
+                std::thread::sleep(Duration::from_millis(rng.random_range(0..800)));
+                let sipp = node.caller(
+                    "center-caller-bye.xml",
+                    plan.dialed,
+                    &plan.number,
+                    plan.keys,
+                    1000,
+                    plan.hang_up_ms,
+                );
+                (plan, sipp)
+            })
+            .collect();
+        for (plan, mut sipp) in round_callers {
+            // The node may end the call first (menu given up, survey over): the caller's
+            // scenario then fails, which is fine; what matters is the node's state after.
+            let (status, _) = sipp.wait();
+            eprintln!("round {round}: {} ended, sipp {status}", plan.number);
+            callers.push(plan);
+        }
+        node.wait_for(&format!("round {round}: no agent ringing or busy"), || {
+            phones.iter().all(|(ext, _)| {
+                let seat = format!("agent-{ext}");
+                !node.agent_in(&seat, "ringing") && !node.agent_in(&seat, "busy")
+            })
+        });
+        node.wait_for(&format!("round {round}: nobody queued"), || {
+            node.sample("switchboard_queue_calls_waiting{queue=\"support\"}") == Some(0.0)
+        });
+        node.wait_for(&format!("round {round}: every port returned"), || {
+            node.sample("switchboard_rtp_port_pairs_in_use") == Some(0.0)
+        });
+        drop(agents);
+    }
+    // Every caller's call ended with exactly one CDR line.
+    node.wait_for("a CDR of every caller", || {
+        let cdrs = node.cdrs();
+        callers.iter().all(|c| {
+            cdrs.iter()
+                .filter(|r| r["from"] == c.number.as_str())
+                .count()
+                == 1
+        })
+    });
+    for (ext, _) in &phones {
+        let seat = format!("agent-{ext}");
+        assert!(
+            !node.agent_in(&seat, "ringing") && !node.agent_in(&seat, "busy"),
+            "{seat} stuck; node log:\n{}",
+            node.log()
+        );
+    }
+    assert_eq!(node.sample("switchboard_rtp_port_pairs_in_use"), Some(0.0));
+    // Where the callers were when they left, for whoever reads the run.
+    let log = node.log();
+    for (what, line) in [
+        ("queued", "caller queued"),
+        ("abandoned in the queue", "caller abandoned"),
+        ("seats rung", "ringing seat"),
+        ("rung without answer", "seat did not take the call"),
+        ("bridged to an agent", "agent answered; caller connected"),
+        ("survey after the agent hung up", "caller rates the call"),
+    ] {
+        eprintln!("{what}: {}", log.matches(line).count());
+    }
+    for c in node.cdrs() {
+        eprintln!("{} {} {}", c["from"], c["outcome"], c["hangupCause"]);
+    }
 }

@@ -17,6 +17,9 @@ use media_node::sip::{
     RegistrarPolicy, SeatAccount, SipListeners, SipMetrics, SipServer, SipSettings,
 };
 
+pub mod caller_audio;
+pub mod center;
+
 pub const REALM: &str = "localhost";
 pub const PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
 /// Hard limit for one SIPp run (its own `-timeout` is shorter).

@@ -1696,6 +1696,9 @@ impl CallSession {
         if let Some(vm) = c.voicemail.as_mut() {
             vm.deadline = None;
         }
+        // The ports of an agent leg that never got bridged go back now, not when the
+        // lingering dialog state is dropped.
+        c.b_media = None;
         self.cancel_forks(None, now);
     }
 }
