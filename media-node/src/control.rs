@@ -244,6 +244,7 @@ impl Control {
                 &config.spec.trunks,
                 &config.trunk_secrets,
             );
+            calls.check_prompts(crate::node::prompts_used(config));
         }
         if waiting.is_empty() {
             return String::new();

@@ -279,9 +279,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     );
     if let Some(calls) = sip.calls() {
         calls.attach_center(Arc::clone(&center));
-        if let Some(store) = calls.prompts() {
-            preload_prompts(store, &config);
-        }
+        calls.check_prompts(node::prompts_used(&config));
     }
     let sip_config = &config.spec.sip;
     let udp = SocketAddr::new(cli.sip_listen, cli.sip_port.unwrap_or(sip_config.udp_port));
@@ -346,27 +344,6 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
             Ok(())
         }
     }
-}
-
-/// Reads every prompt the config and the node use, so calls do not wait for the disk and a
-/// missing file is reported at start rather than when a caller should hear it.
-fn preload_prompts(
-    store: &media_node::media::prompts::PromptStore,
-    config: &switchboard_proto::node_config::NodeConfig,
-) {
-    let mut missing = 0;
-    for path in node::prompts_used(config) {
-        if let Err(error) = store.get(&path) {
-            missing += 1;
-            warn!(%error, "prompt unavailable; callers hear silence where it should play");
-        }
-    }
-    info!(
-        dir = %store.base().display(),
-        loaded = store.cached(),
-        missing,
-        "prompts loaded"
-    );
 }
 
 /// Waits for SIGINT or SIGTERM; returns which one.

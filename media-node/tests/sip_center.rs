@@ -136,6 +136,7 @@ fn a_caller_chooses_the_queue_in_the_ivr_and_the_longest_idle_agent_answers() {
     });
     assert!(node.agent_in("agent-1002", "ready"));
     assert_eq!(node.sample("switchboard_rtp_port_pairs_in_use"), Some(0.0));
+    assert_eq!(node.sample("switchboard_prompts_missing"), Some(0.0));
 }
 
 /// Waits until the queue's 15-minute figure `name` reaches `value`.
@@ -549,4 +550,19 @@ fn random_hang_ups_leave_no_agent_stuck_and_no_port_allocated() {
     for c in node.cdrs() {
         eprintln!("{} {} {}", c["from"], c["outcome"], c["hangupCause"]);
     }
+}
+
+#[test]
+fn a_prompt_the_config_names_but_the_node_cannot_read_is_counted() {
+    let node = CenterNode::start(&manifests(
+        free_rtp_range(20),
+        None,
+        "  musicOnHold: campus/no-such-music.wav",
+    ));
+    assert_eq!(node.sample("switchboard_prompts_missing"), Some(1.0));
+    assert!(
+        node.log().contains("campus/no-such-music.wav"),
+        "the missing prompt is named in the log:\n{}",
+        node.log()
+    );
 }

@@ -25,7 +25,7 @@ use parking_lot::{Mutex, RwLock};
 use switchboard_crds::callcenter::{Codec, EntryPoint, FeatureCodes, TrunkSpec};
 use switchboard_proto::node_config::TrunkSecret;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::center::CallCenterRuntime;
 use crate::media::ports::PortAllocator;
@@ -296,6 +296,32 @@ impl CallEngine {
     /// The prompt store, when prompts are configured.
     pub fn prompts(&self) -> Option<&PromptStore> {
         self.prompts.as_ref()
+    }
+
+    /// Loads every prompt in `used` ahead of the first call that plays it, and exports how
+    /// many cannot be read (`switchboard_prompts_missing`); returns that count.
+    pub fn check_prompts(&self, used: impl IntoIterator<Item = String>) -> usize {
+        let Some(store) = &self.prompts else {
+            return 0;
+        };
+        let mut missing = 0;
+        for path in used {
+            if let Err(error) = store.get(&path) {
+                missing += 1;
+                warn!(%error, "prompt unavailable; callers hear silence where it should play");
+            }
+        }
+        if let Some(m) = &self.metrics {
+            m.prompts_missing
+                .set(i64::try_from(missing).unwrap_or(i64::MAX));
+        }
+        info!(
+            dir = %store.base().display(),
+            loaded = store.cached(),
+            missing,
+            "prompts checked"
+        );
+        missing
     }
 
     /// The phone an offer to `extension` rings: its most recently refreshed live contact.

@@ -89,6 +89,8 @@ pub struct SipMetrics {
     pub calls_active: IntGauge,
     /// RTP/RTCP port pairs leased to calls right now.
     pub rtp_port_pairs_in_use: IntGauge,
+    /// Prompts the running config uses that cannot be read.
+    pub prompts_missing: IntGauge,
     /// Finished calls by outcome (answered, abandoned, busy, no_answer, failed, blocked).
     pub calls: IntCounterVec,
     /// RTP packets and bytes relayed, by direction (caller_to_callee, callee_to_caller).
@@ -183,6 +185,10 @@ impl SipMetrics {
                 "switchboard_rtp_port_pairs_in_use",
                 "RTP/RTCP port pairs leased to calls right now.",
             )?,
+            prompts_missing: IntGauge::new(
+                "switchboard_prompts_missing",
+                "Prompts the running config uses (menus, announcements, music on hold, voicemail greeting, survey) that cannot be read: callers hear silence where they should play.",
+            )?,
             calls_not_served: IntCounterVec::new(
                 Opts::new(
                     "switchboard_calls_not_served_total",
@@ -194,6 +200,7 @@ impl SipMetrics {
         };
         registry.register(Box::new(metrics.calls_not_served.clone()))?;
         registry.register(Box::new(metrics.rtp_port_pairs_in_use.clone()))?;
+        registry.register(Box::new(metrics.prompts_missing.clone()))?;
         registry.register(Box::new(metrics.rtp_packets.clone()))?;
         registry.register(Box::new(metrics.rtp_bytes.clone()))?;
         registry.register(Box::new(metrics.rtcp_packets.clone()))?;
