@@ -426,6 +426,23 @@ impl CallCenterRuntime {
         self.dispatch(&mut state, now);
     }
 
+    /// The seat's phone took a call no queue offered (seat to seat, outbound, rung
+    /// directly): the agent is kept from queue calls until [`Self::direct_call_ended`].
+    pub fn direct_call_started(&self, seat: &str) {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        state.acd.direct_call_started(seat, now);
+        self.dispatch(&mut state, now);
+    }
+
+    /// A call of [`Self::direct_call_started`] ended.
+    pub fn direct_call_ended(&self, seat: &str) {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        state.acd.direct_call_ended(seat, now);
+        self.dispatch(&mut state, now);
+    }
+
     /// The seat of an extension, if it is one of this center's.
     pub fn seat_of(&self, extension: &str) -> Option<String> {
         self.plan().seats.get(extension).cloned()

@@ -566,3 +566,52 @@ fn a_prompt_the_config_names_but_the_node_cannot_read_is_counted() {
         node.log()
     );
 }
+
+#[test]
+fn an_agent_on_a_call_from_a_colleague_is_not_offered_a_queue_call() {
+    let node = CenterNode::start(&manifests(free_rtp_range(40), None, ""));
+    // 1001 has been Ready longest, so it would get the next queue caller...
+    let port_1001 = node.log_in("1001");
+    std::thread::sleep(Duration::from_millis(300));
+    let port_1002 = node.log_in("1002");
+    // ...but seat 1003 calls it first (3 s of audio, then 1003 hangs up).
+    let colleague_answers = node.agent_answers("1001", port_1001, "seat-uas-answer.xml");
+    let colleague = support::Sipp::spawn(
+        node.sip_port,
+        "127.0.0.1",
+        "seat-uac-bye.xml",
+        free_port(),
+        Some(support::free_media_port("127.0.0.1")),
+        &[
+            "-s",
+            "1001",
+            "-key",
+            "ext",
+            "1003",
+            "-au",
+            "1003",
+            "-ap",
+            "practice-1003",
+        ],
+    );
+    node.wait_for("1001 busy on the colleague's call", || {
+        node.agent_in("agent-1001", "busy")
+    });
+    let agent = node.agent_answers("1002", port_1002, "seat-uas-answer.xml");
+    node.caller("center-caller-bye.xml", "300", "+4930555011", "", 500, 2000)
+        .assert_ok("the queue caller is served");
+    agent.assert_ok("1002 answered the queue caller");
+    colleague.assert_ok("the colleague's call");
+    colleague_answers.assert_ok("1001 took the colleague's call");
+    // Two log-ins, the colleague's call and the queue call.
+    let cdrs = node.wait_cdrs(4);
+    let queued = cdrs
+        .iter()
+        .find(|c| c["from"] == "+4930555011")
+        .expect("the queue call's CDR");
+    assert_eq!(queued["seat"], "agent-1002", "{queued:#}");
+    // A direct call has no wrap-up: 1001 is Ready as soon as it ends.
+    node.wait_for("1001 ready after the colleague's call", || {
+        node.agent_in("agent-1001", "ready")
+    });
+}

@@ -129,6 +129,10 @@ struct Agent {
     wrap_up_until: Option<Instant>,
     /// Order of becoming Ready (longest-idle: lower is idle longer).
     ready_seq: u64,
+    /// Calls the seat's phone is on that no queue offered (seat to seat, outbound, direct
+    /// calls): while there are any the agent is Busy instead of Ready, so no queue call is
+    /// offered to a phone in use.
+    direct_calls: u32,
     /// Listed in [`Acd::changed`] since the last [`Acd::take_changed_agents`].
     changed: bool,
 }
@@ -370,6 +374,7 @@ impl Acd {
                     current: o.current.clone(),
                     wrap_up_until: o.wrap_up_until,
                     ready_seq: o.ready_seq,
+                    direct_calls: o.direct_calls,
                     changed: false,
                 },
                 None => Agent {
@@ -387,6 +392,7 @@ impl Acd {
                     current: None,
                     wrap_up_until: None,
                     ready_seq: 0,
+                    direct_calls: 0,
                     changed: false,
                 },
             };
@@ -798,7 +804,8 @@ impl Acd {
             return;
         };
         let agent = &mut self.agents[ix(a)];
-        if agent.status.state != AgentState::Busy {
+        if agent.status.state != AgentState::Busy || agent.current.is_none() {
+            // Not on a queue call (a direct call's end is `direct_call_ended`).
             return;
         }
         let current = agent.current.take();
@@ -844,6 +851,38 @@ impl Acd {
             let until = now + secs(wrap);
             self.agents[ix(a)].wrap_up_until = Some(until);
             self.timers.insert((until, Timer::WrapUp(a)));
+        }
+    }
+
+    /// The seat's phone began a call no queue offered (seat to seat, outbound, a direct
+    /// call): a Ready agent becomes Busy until [`Acd::direct_call_ended`]; in any other state
+    /// the call only keeps the agent from becoming Ready until it ends. Unknown seats are
+    /// ignored.
+    pub fn direct_call_started(&mut self, seat: &str, now: Instant) {
+        let Some(&a) = self.agent_index.get(seat) else {
+            return;
+        };
+        let agent = &mut self.agents[ix(a)];
+        agent.direct_calls = agent.direct_calls.saturating_add(1);
+        if agent.status.state == AgentState::Ready {
+            self.set_state(a, AgentState::Busy, None, now);
+        }
+    }
+
+    /// A call of [`Acd::direct_call_started`] ended: after the last one an agent that is Busy
+    /// only because of them is Ready again (or takes its remembered request) without
+    /// wrap-up, which is for queue calls.
+    pub fn direct_call_ended(&mut self, seat: &str, now: Instant) {
+        let Some(&a) = self.agent_index.get(seat) else {
+            return;
+        };
+        let agent = &mut self.agents[ix(a)];
+        agent.direct_calls = agent.direct_calls.saturating_sub(1);
+        if agent.direct_calls == 0
+            && agent.status.state == AgentState::Busy
+            && agent.current.is_none()
+        {
+            self.settle(a, now);
         }
     }
 
@@ -990,6 +1029,12 @@ impl Acd {
             ..
         } = self;
         let agent = &mut agents[ix(a)];
+        // A phone on a direct call is not free for queue calls.
+        let state = if state == AgentState::Ready && agent.direct_calls > 0 {
+            AgentState::Busy
+        } else {
+            state
+        };
         if !agent.changed {
             agent.changed = true;
             changed.push(a);

@@ -39,6 +39,8 @@ enum Op {
     End(usize, u16),
     Advance(u16),
     Reconfigure,
+    DirectStart(usize),
+    DirectEnd(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -55,6 +57,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..8usize, 0..300u16).prop_map(|(i, t)| Op::End(i, t)),
         2 => (1..120u16).prop_map(Op::Advance),
         1 => Just(Op::Reconfigure),
+        1 => (0..8usize).prop_map(Op::DirectStart),
+        1 => (0..8usize).prop_map(Op::DirectEnd),
     ]
 }
 
@@ -148,6 +152,14 @@ fn fits(acd: &Acd, a: AgentIdx, call: CallKey) -> bool {
 }
 
 fn check(acd: &Acd, before: &HashMap<String, AgentState>, offers: &[Offer]) {
+    // A phone on a direct call is never Ready (so never offered a queue call).
+    for a in &acd.agents {
+        assert!(
+            a.direct_calls == 0 || a.status.state != AgentState::Ready,
+            "{} Ready while on a direct call",
+            a.config.seat
+        );
+    }
     // Offers: only agents that were Ready, each in one offer, each fitting the caller.
     let mut offered = BTreeSet::new();
     for o in offers {
@@ -324,6 +336,8 @@ proptest! {
                     let removed = acd.configure(&queues, &agents, now);
                     prop_assert!(removed.is_empty());
                 }
+                Op::DirectStart(i) => acd.direct_call_started(&seat(i), now),
+                Op::DirectEnd(i) => acd.direct_call_ended(&seat(i), now),
             }
             let before: HashMap<String, AgentState> =
                 acd.agents().map(|(s, st)| (s.to_string(), st.state)).collect();

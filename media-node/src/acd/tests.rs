@@ -921,3 +921,60 @@ fn changed_agents_are_reported_once() {
     assert_eq!(acd.take_changed_agents().len(), 3);
     assert_eq!(state(&acd, "s1"), AgentState::Busy);
 }
+
+#[test]
+fn a_phone_on_a_direct_call_gets_no_queue_call() {
+    let (mut acd, now) = setup(json!({ "wrapUpSeconds": 30 }), &seats(2, "q"));
+    // s1 (idle longest) takes a call from a colleague: Busy, so the caller goes to s2.
+    acd.direct_call_started("s1", now);
+    assert_eq!(state(&acd, "s1"), AgentState::Busy);
+    assert_eq!(route_one(&mut acd, 1, now), vec!["s2"]);
+    // A second direct call (a consultation) and the end of the first keep s1 Busy.
+    acd.direct_call_started("s1", now);
+    acd.direct_call_ended("s1", now + s(5));
+    assert_eq!(state(&acd, "s1"), AgentState::Busy);
+    // The end of a queue call is not the end of a direct one, and vice versa.
+    acd.call_ended("s1", s(5), now + s(5));
+    assert_eq!(state(&acd, "s1"), AgentState::Busy);
+    // The last direct call ends: Ready at once (no wrap-up) and offered the next caller.
+    acd.direct_call_ended("s1", now + s(10));
+    assert_eq!(state(&acd, "s1"), AgentState::Ready);
+    assert_eq!(route_one(&mut acd, 2, now + s(10)), vec!["s1"]);
+
+    // A queue call's agent who also makes a direct call stays Busy after the queue call's
+    // wrap-up until the direct call ends.
+    assert!(acd.offer_answered(2, "s1", now + s(11)).is_empty());
+    acd.direct_call_started("s1", now + s(12));
+    acd.direct_call_ended("s1", now + s(13));
+    assert_eq!(
+        state(&acd, "s1"),
+        AgentState::Busy,
+        "the queue call goes on"
+    );
+    acd.direct_call_started("s1", now + s(14));
+    acd.call_ended("s1", s(5), now + s(15));
+    assert_eq!(state(&acd, "s1"), AgentState::WrapUp);
+    acd.tick(now + s(45));
+    assert_eq!(
+        state(&acd, "s1"),
+        AgentState::Busy,
+        "wrap-up over, still on the phone"
+    );
+    acd.direct_call_ended("s1", now + s(50));
+    assert_eq!(state(&acd, "s1"), AgentState::Ready);
+
+    // A NotReady agent's direct call changes nothing, but Ready during it means Busy.
+    acd.set_agent_state("s2", AgentRequest::NotReady("break".into()), now + s(60))
+        .unwrap();
+    acd.direct_call_started("s2", now + s(61));
+    assert_eq!(state(&acd, "s2"), AgentState::NotReady);
+    acd.set_agent_state("s2", AgentRequest::Ready, now + s(62))
+        .unwrap();
+    assert_eq!(state(&acd, "s2"), AgentState::Busy);
+    acd.direct_call_ended("s2", now + s(63));
+    assert_eq!(state(&acd, "s2"), AgentState::Ready);
+    // Unknown seats and unmatched ends are ignored.
+    acd.direct_call_started("nobody", now);
+    acd.direct_call_ended("s2", now + s(64));
+    assert_eq!(state(&acd, "s2"), AgentState::Ready);
+}

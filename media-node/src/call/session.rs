@@ -453,6 +453,8 @@ pub(crate) struct CallSession {
     direction: CallDirection,
     /// The seat of the call (the callee, or the caller of an outbound call).
     seat: Option<String>,
+    /// Seats (names) whose phones this call keeps from queue calls in the ACD until it ends.
+    direct_seats: Vec<String>,
     /// The trunk of an inbound or outbound trunk call.
     trunk: Option<Arc<Trunk>>,
     /// Outbound through a trunk: the challenge has been answered once already.
@@ -655,13 +657,14 @@ impl CallEngine {
             direction = ?setup.direction,
             "call: ringing"
         );
-        let session = CallSession {
+        let mut session = CallSession {
             engine: Arc::clone(self),
             rx,
             caller_ext: setup.caller,
             callee_ext: setup.callee,
             direction: setup.direction,
             seat,
+            direct_seats: Vec::new(),
             trunk,
             trunk_auth_sent: false,
             channel: setup.channel,
@@ -705,6 +708,11 @@ impl CallEngine {
             recording: None,
             center: None,
         };
+        if session.direction != CallDirection::Inbound {
+            // The calling seat's phone is busy from the moment it dials.
+            let caller = session.caller_ext.clone();
+            session.direct_call_started(&caller);
+        }
         tokio::spawn(session.run(Some(b_offer.into_bytes())));
         Ok(trying)
     }
@@ -2075,8 +2083,24 @@ impl CallSession {
         }
         self.answered_at = Some(Utc::now());
         self.ring_deadline = None;
+        if self.direction != CallDirection::Outbound {
+            let callee = self.callee_ext.clone();
+            self.direct_call_started(&callee);
+        }
         self.respond_caller(200, "OK", true, now);
         self.start_recording();
+    }
+
+    /// The seat of `extension` (if it is one) is on this call: no queue call for it until
+    /// the call ends.
+    fn direct_call_started(&mut self, extension: &str) {
+        let Some(center) = self.engine.center() else {
+            return;
+        };
+        if let Some(seat) = center.seat_of(extension) {
+            center.direct_call_started(&seat);
+            self.direct_seats.push(seat);
+        }
     }
 
     fn on_timer(&mut self, now: Instant) {
@@ -2276,6 +2300,11 @@ impl CallSession {
             outcome,
         };
         self.center_finish(now);
+        if let Some(center) = self.engine.center() {
+            for seat in self.direct_seats.drain(..) {
+                center.direct_call_ended(&seat);
+            }
+        }
         self.ring_deadline = None;
         let relayed = (
             self.stats.caller_to_callee.load(Ordering::Relaxed),

@@ -221,6 +221,21 @@ pub(super) async fn media_event(center: &mut Option<Box<CenterCall>>) -> MediaEv
 }
 
 impl CenterCall {
+    /// The connected agent's call is over: a queue call goes to wrap-up, a direct one frees
+    /// the phone.
+    fn agent_call_over(&mut self, now: Instant) {
+        let Some(agent) = self.agent.take() else {
+            return;
+        };
+        match &agent.queue {
+            Some(queue) => {
+                let talk = now.saturating_duration_since(agent.since);
+                self.runtime.queue_call_ended(&agent.seat, queue, talk);
+            }
+            None => self.runtime.direct_call_ended(&agent.seat),
+        }
+    }
+
     pub(super) fn fork_call_ids(&self) -> impl Iterator<Item = &str> {
         self.forks.iter().map(|f| f.dialog.call_id.as_str())
     }
@@ -444,6 +459,7 @@ impl CallEngine {
             callee_ext: setup.dialed,
             direction: setup.direction,
             seat: None,
+            direct_seats: Vec::new(),
             trunk,
             trunk_auth_sent: false,
             channel,
@@ -1197,6 +1213,11 @@ impl CallSession {
         c.direct_seat = None;
         c.phase = Phase::Bridged;
         c.agent_answered = true;
+        if queue.is_none() {
+            // Rung directly (a menu's seat route, the seat on duty): no queue made the agent
+            // Busy.
+            c.runtime.direct_call_started(&seat);
+        }
         c.agent = Some(ConnectedAgent {
             seat: seat.clone(),
             queue: queue.map(|(q, _)| q),
@@ -1326,12 +1347,7 @@ impl CallSession {
         let Some(c) = self.center.as_deref_mut() else {
             return false;
         };
-        if let Some(agent) = c.agent.take()
-            && let Some(queue) = &agent.queue
-        {
-            let talk = now.saturating_duration_since(agent.since);
-            c.runtime.queue_call_ended(&agent.seat, queue, talk);
-        }
+        c.agent_call_over(now);
         let Some(survey) = self.survey_spec() else {
             return false;
         };
@@ -1681,15 +1697,7 @@ impl CallSession {
                 f.report = false;
             }
         }
-        if let Some(agent) = c.agent.take()
-            && let Some(queue) = &agent.queue
-        {
-            c.runtime.queue_call_ended(
-                &agent.seat,
-                queue,
-                now.saturating_duration_since(agent.since),
-            );
-        }
+        c.agent_call_over(now);
         c.phase = Phase::Done;
         c.input_deadline = None;
         c.direct_seat = None;
