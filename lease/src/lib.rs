@@ -72,38 +72,61 @@ pub fn claim(
     }
 }
 
-/// Tries once to take or renew the Lease; `Ok(true)` when `me` holds it afterwards.
+/// The Lease as `me` holds it after taking or renewing it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holding {
+    /// The Lease's `leaseTransitions`: grows with every change of holder, so state stamped
+    /// with an older count comes from an earlier holder's term.
+    pub transitions: i32,
+    /// Who held the Lease before `me` took it over (a failover), if it had a holder.
+    pub taken_from: Option<String>,
+}
+
+/// What holding `spec` means for `me`, who wrote it over `before`.
+fn holding(before: Option<&LeaseSpec>, spec: &LeaseSpec, me: &str) -> Holding {
+    Holding {
+        transitions: spec.lease_transitions.unwrap_or(0),
+        taken_from: before
+            .and_then(|b| b.holder_identity.clone())
+            .filter(|h| !h.is_empty() && h != me),
+    }
+}
+
+/// Tries once to take or renew the Lease; `Ok(Some(_))` when `me` holds it afterwards.
 pub async fn try_acquire(
     api: &Api<Lease>,
     name: &str,
     me: &str,
     timing: &LeaseTiming,
-) -> Result<bool, kube::Error> {
+) -> Result<Option<Holding>, kube::Error> {
     let now = Timestamp::now();
     match api.get_opt(name).await? {
         None => {
+            let spec = claim(None, me, now, timing);
+            let held = spec.as_ref().map(|s| holding(None, s, me));
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(name.to_string()),
                     ..ObjectMeta::default()
                 },
-                spec: claim(None, me, now, timing),
+                spec,
             };
             match api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Ok(_) => Ok(held),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
                 Err(e) => Err(e),
             }
         }
         Some(mut lease) => match claim(lease.spec.as_ref(), me, now, timing) {
-            None => Ok(false),
+            None => Ok(None),
             Some(spec) => {
+                let held = holding(lease.spec.as_ref(), &spec, me);
                 lease.spec = Some(spec);
                 // The resourceVersion in `lease` makes this a compare-and-swap: a replica that
                 // raced us gets 409 and stays a follower.
                 match api.replace(name, &PostParams::default(), &lease).await {
-                    Ok(_) => Ok(true),
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                    Ok(_) => Ok(Some(held)),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
                     Err(e) => Err(e),
                 }
             }
@@ -112,11 +135,11 @@ pub async fn try_acquire(
 }
 
 /// Waits until this replica leads.
-pub async fn acquire(api: &Api<Lease>, name: &str, me: &str, timing: &LeaseTiming) {
+pub async fn acquire(api: &Api<Lease>, name: &str, me: &str, timing: &LeaseTiming) -> Holding {
     loop {
         match try_acquire(api, name, me, timing).await {
-            Ok(true) => return,
-            Ok(false) => tracing::debug!(lease = name, "another replica leads; waiting"),
+            Ok(Some(held)) => return held,
+            Ok(None) => tracing::debug!(lease = name, "another replica leads; waiting"),
             Err(e) => tracing::warn!(lease = name, error = %e, "cannot read the leader Lease"),
         }
         tokio::time::sleep(timing.renew_every).await;
@@ -130,8 +153,8 @@ pub async fn keep(api: &Api<Lease>, name: &str, me: &str, timing: &LeaseTiming) 
     loop {
         tokio::time::sleep(timing.renew_every).await;
         match try_acquire(api, name, me, timing).await {
-            Ok(true) => last_renewal = tokio::time::Instant::now(),
-            Ok(false) => return format!("Lease {name} was taken by another replica"),
+            Ok(Some(_)) => last_renewal = tokio::time::Instant::now(),
+            Ok(None) => return format!("Lease {name} was taken by another replica"),
             Err(e) => tracing::warn!(lease = name, error = %e, "cannot renew the leader Lease"),
         }
         // Give up before the Lease can expire, so a new leader never overlaps with us.
@@ -163,6 +186,39 @@ mod tests {
             lease_transitions: Some(3),
             ..LeaseSpec::default()
         }
+    }
+
+    #[test]
+    fn taking_over_names_the_previous_holder_and_the_new_term() {
+        let before = held_by("a", 0);
+        let timing = LeaseTiming::default();
+        let taken = claim(Some(&before), "b", at(20), &timing).expect("expired");
+        assert_eq!(
+            holding(Some(&before), &taken, "b"),
+            Holding {
+                transitions: 4,
+                taken_from: Some("a".into())
+            }
+        );
+        let renewed = claim(Some(&taken), "b", at(25), &timing).expect("renewed");
+        assert_eq!(holding(Some(&taken), &renewed, "b").taken_from, None);
+        let released = LeaseSpec {
+            holder_identity: None,
+            ..before.clone()
+        };
+        let after_release = claim(Some(&released), "b", at(1), &timing).expect("free");
+        assert_eq!(
+            holding(Some(&released), &after_release, "b").taken_from,
+            None
+        );
+        let first = claim(None, "a", at(0), &timing).expect("new");
+        assert_eq!(
+            holding(None, &first, "a"),
+            Holding {
+                transitions: 0,
+                taken_from: None
+            }
+        );
     }
 
     #[test]

@@ -238,6 +238,8 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot create recording metrics: {e}"))?;
     let node_metrics =
         NodeMetrics::new(&registry).map_err(|e| format!("cannot create node metrics: {e}"))?;
+    let role_metrics = role::RoleMetrics::new(&registry)
+        .map_err(|e| format!("cannot create role metrics: {e}"))?;
     let center = Arc::new(
         CallCenterRuntime::new(&config, Some(&registry))
             .map_err(|e| format!("cannot create queue and agent metrics: {e}"))?,
@@ -311,9 +313,10 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     );
     // With HotStandby in a pod the node serves only while it holds the Lease.
     let (role_tx, role_rx) = tokio::sync::watch::channel(Role::Active);
+    tokio::spawn(role::export(role_rx.clone(), role_metrics.clone()));
     if let Some(election) = role::election(&env, &config.spec.high_availability) {
         role_tx.send_replace(Role::Standby);
-        tokio::spawn(role::run(election, role_tx));
+        tokio::spawn(role::run(election, role_tx, role_metrics));
     }
     tokio::spawn(center::run(Arc::clone(&center), Arc::clone(&sip)));
     let control = tokio::spawn(control.serve(Control::new(

@@ -13,6 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use switchboard_crds::callcenter::{HaMode, HighAvailabilitySpec};
 use switchboard_lease::{LeaseTiming, acquire, keep, lease_api};
 use switchboard_proto::{ROLE_ACTIVE, ROLE_LABEL};
@@ -56,8 +57,66 @@ pub fn election(env: &PodEnv, ha: &HighAvailabilitySpec) -> Option<Election> {
     })
 }
 
+/// The node's role as metrics: what the on-call alerts on "no active node", "standby not
+/// ready" and "a failover happened" read.
+#[derive(Clone)]
+pub struct RoleMetrics {
+    /// `switchboard_node_role{role}`: 1 for the role the node has, 0 for the other.
+    pub role: IntGaugeVec,
+    /// `switchboard_standby_ready`: 1 when this standby could take over live calls. A
+    /// standby is ready only with live state replicated from the active; until that
+    /// replication runs it stays 0, as the CallCenter's `StandbyReady=False` says.
+    pub standby_ready: IntGauge,
+    /// `switchboard_failovers_total`: times this node took the Lease over from another
+    /// holder (not counting the first election or a Lease handed over on drain).
+    pub failovers: IntCounter,
+}
+
+impl RoleMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            role: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_node_role",
+                    "The node's role: 1 for the role it has (active serves calls, standby waits for the Lease), 0 for the other.",
+                ),
+                &["role"],
+            )?,
+            standby_ready: IntGauge::new(
+                "switchboard_standby_ready",
+                "1 when this standby node could take over live calls (state replicated from the active), else 0.",
+            )?,
+            failovers: IntCounter::new(
+                "switchboard_failovers_total",
+                "Times this node took the active Lease over from another node.",
+            )?,
+        };
+        registry.register(Box::new(metrics.role.clone()))?;
+        registry.register(Box::new(metrics.standby_ready.clone()))?;
+        registry.register(Box::new(metrics.failovers.clone()))?;
+        Ok(metrics)
+    }
+
+    fn show(&self, role: Role) {
+        let active = i64::from(role == Role::Active);
+        self.role.with_label_values(&["active"]).set(active);
+        self.role.with_label_values(&["standby"]).set(1 - active);
+    }
+}
+
+/// Keeps the role metrics equal to the published role, for the life of the node.
+pub async fn export(mut role: watch::Receiver<Role>, metrics: RoleMetrics) {
+    loop {
+        let now = *role.borrow_and_update();
+        metrics.show(now);
+        if role.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs the election for the life of the node, publishing the role on `role`.
-pub async fn run(election: Election, role: watch::Sender<Role>) {
+pub async fn run(election: Election, role: watch::Sender<Role>, metrics: RoleMetrics) {
     let client = match Client::try_default().await {
         Ok(c) => c,
         Err(error) => {
@@ -75,8 +134,12 @@ pub async fn run(election: Election, role: watch::Sender<Role>) {
     role.send_replace(Role::Standby);
     loop {
         info!(lease = %election.lease, "standby: waiting for the Lease");
-        acquire(&leases, &election.lease, &election.pod, &election.timing).await;
-        info!(lease = %election.lease, "active: holding the Lease");
+        let held = acquire(&leases, &election.lease, &election.pod, &election.timing).await;
+        if let Some(previous) = &held.taken_from {
+            metrics.failovers.inc();
+            warn!(lease = %election.lease, %previous, transitions = held.transitions, "failover: took the Lease over");
+        }
+        info!(lease = %election.lease, transitions = held.transitions, "active: holding the Lease");
         mark(&pods, &election.pod, true).await;
         role.send_replace(Role::Active);
         let lost = keep(&leases, &election.lease, &election.pod, &election.timing).await;
@@ -112,6 +175,34 @@ async fn mark(pods: &Api<Pod>, pod: &str, active: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_role_metrics_follow_the_role() {
+        let registry = Registry::new();
+        let metrics = RoleMetrics::new(&registry).expect("metrics");
+        let (tx, rx) = watch::channel(Role::Standby);
+        let task = tokio::spawn(export(rx, metrics.clone()));
+        let seen = |role: &str| metrics.role.with_label_values(&[role]).get();
+        for _ in 0..100 {
+            if seen("standby") == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!((seen("active"), seen("standby")), (0, 1));
+        tx.send_replace(Role::Active);
+        for _ in 0..100 {
+            if seen("active") == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!((seen("active"), seen("standby")), (1, 0));
+        assert_eq!(metrics.standby_ready.get(), 0);
+        assert_eq!(metrics.failovers.get(), 0);
+        drop(tx);
+        task.await.expect("the exporter ends with the role channel");
+    }
 
     fn env() -> PodEnv {
         PodEnv {

@@ -137,6 +137,16 @@ fn a_caller_chooses_the_queue_in_the_ivr_and_the_longest_idle_agent_answers() {
     assert!(node.agent_in("agent-1002", "ready"));
     assert_eq!(node.sample("switchboard_rtp_port_pairs_in_use"), Some(0.0));
     assert_eq!(node.sample("switchboard_prompts_missing"), Some(0.0));
+    // A node alone (no HotStandby) is the active one.
+    assert_eq!(
+        node.sample("switchboard_node_role{role=\"active\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        node.sample("switchboard_node_role{role=\"standby\"}"),
+        Some(0.0)
+    );
+    assert_eq!(node.sample("switchboard_failovers_total"), Some(0.0));
 }
 
 /// Waits until the queue's 15-minute figure `name` reaches `value`.

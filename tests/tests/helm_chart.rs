@@ -916,13 +916,9 @@ fn values_files_merge_deeply_over_the_defaults() -> Result<()> {
 // (e) promtool
 
 /// The high-availability metrics the media node is to export under exactly these names (the
-/// alerts and the dashboard use them before the code does).
-const HA_METRICS: &[&str] = &[
-    "switchboard_node_role",
-    "switchboard_standby_ready",
-    "switchboard_replication_lag_seconds",
-    "switchboard_failovers_total",
-];
+/// alerts and the dashboard use them before the code does): the replication lag comes with
+/// the replication stream (the role, standby readiness and failovers are exported already).
+const HA_METRICS: &[&str] = &["switchboard_replication_lag_seconds"];
 
 /// Every `"switchboard_…"` metric name in the sources of the media node and the operator.
 fn exported_metric_names() -> Result<BTreeSet<String>> {
