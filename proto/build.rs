@@ -2,7 +2,10 @@
 //! builds without a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/switchboard/node/v1/node.proto"];
+    let protos = [
+        "proto/switchboard/node/v1/node.proto",
+        "proto/switchboard/replication/v1/replication.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -12,6 +12,7 @@ pub mod ivr;
 pub mod media;
 pub mod node;
 pub mod recording;
+pub mod replication;
 pub mod role;
 pub mod sdp;
 pub mod sip;

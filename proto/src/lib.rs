@@ -1,8 +1,10 @@
 //! The gRPC contract between the Switchboard operator and its media nodes.
 //!
-//! One package, `switchboard.node.v1` (`proto/switchboard/node/v1/node.proto`), compiled at
-//! build time without a system `protoc`. Both the operator (client) and the media node
-//! (server) depend on this crate, so they cannot drift apart.
+//! Two packages, compiled at build time without a system `protoc`: `switchboard.node.v1`
+//! (`proto/switchboard/node/v1/node.proto`), the operator's control API of a node, and
+//! `switchboard.replication.v1` (`proto/switchboard/replication/v1/replication.proto`), the
+//! hot-standby stream from the active node to the standby. The operator and the media node
+//! depend on this crate, so they cannot drift apart.
 //!
 //! [`node_config`] is the payload: the YAML inside [`node::v1::ConfigSnapshot::config_yaml`]
 //! (and the call center's ConfigMap) is exactly a serialised [`node_config::NodeConfig`], built
@@ -20,6 +22,17 @@ pub const CONTROL_PORT: u16 = 9091;
 pub const ROLE_LABEL: &str = "switchboard.dev/role";
 /// Value of [`ROLE_LABEL`] on the active node's pod.
 pub const ROLE_ACTIVE: &str = "active";
+
+/// Hot-standby replication from the active media node to the standby
+/// (`proto/switchboard/replication/v1/replication.proto`).
+pub mod replication {
+    // Generated: a snapshot and a whole call record are far larger than a heartbeat or a
+    // removal key, and boxing them would only move the allocation.
+    #[allow(clippy::large_enum_variant)]
+    pub mod v1 {
+        tonic::include_proto!("switchboard.replication.v1");
+    }
+}
 
 pub mod node {
     pub mod v1 {
