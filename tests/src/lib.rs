@@ -17,6 +17,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use kube::{Api, Client, Config, Discovery, ResourceExt};
 
+pub mod cluster;
 pub mod names;
 pub mod node_process;
 pub mod webhook;

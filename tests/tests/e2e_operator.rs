@@ -22,212 +22,37 @@
 //! status names the active and the standby node, and `kubectl get queues` shows its columns.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, PersistentVolume, PersistentVolumeClaim, Pod, Service,
-    ServiceAccount,
+    ConfigMap, Endpoints, PersistentVolumeClaim, Pod, Service, ServiceAccount,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
-use serde_json::{Value, json};
+use serde_json::json;
 use switchboard_crds::CallCenter;
 use switchboard_operator::builders::ChildNames;
-use switchboard_tests::{
-    TEST_FIELD_MANAGER, TestNamespace, apply_yaml, install_crds, names, repo_root, wait_for,
-    yaml_documents,
+use switchboard_tests::cluster::{
+    Cleanup, Sipp, SippRun, apply_all, binary_dir, bridge_address, clean_up, cluster_state,
+    container_started, create_recordings_volume, diagnose, free_udp_port, import_images,
+    install_operator, pod_ready,
 };
+use switchboard_tests::{TestNamespace, install_crds, names, repo_root, wait_for, yaml_documents};
 
 /// The CallCenter of `examples/minimal.yaml`.
 const CENTER: &str = "minimal";
 /// Its SIP port (the CRD's default; minimal.yaml does not set one).
 const SIP_PORT: u16 = 5060;
-/// Image tag `tests/images/build` gives both images.
+/// Image tag `tests/images/build` gives both images (the other e2e tests use their own).
 const TAG: &str = "e2e";
-const OPERATOR_READY_LIMIT: Duration = Duration::from_secs(180);
 const NODE_LIMIT: Duration = Duration::from_secs(240);
 const GC_LIMIT: Duration = Duration::from_secs(120);
 const SIPP_LIMIT: Duration = Duration::from_secs(60);
-
-/// Where cargo put the workspace binaries: the profile directory this test binary runs from
-/// (`<target>/<profile>/deps/e2e_operator-<hash>`).
-fn binary_dir() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the test binary")?;
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .ok_or_else(|| anyhow!("{} has no grandparent directory", exe.display()))
-}
-
-/// Images the already built binaries into the cluster's containerd; returns
-/// (operator, media node) image references.
-async fn import_images(state_dir: &Path, bin_dir: &Path) -> Result<(String, String)> {
-    let script = repo_root().join("tests/images/build");
-    let output = tokio::process::Command::new(&script)
-        .args(["--no-build", "--tag", TAG, "--bin-dir"])
-        .arg(bin_dir)
-        .env("SWITCHBOARD_CLUSTER_DIR", state_dir)
-        .output()
-        .await
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    ensure!(
-        output.status.success(),
-        "{} failed ({}):\n{}",
-        script.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let refs: Vec<&str> = stdout
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    match refs.as_slice() {
-        [operator, node] => Ok((operator.to_string(), node.to_string())),
-        _ => bail!(
-            "{} printed {refs:?}, want two image references",
-            script.display()
-        ),
-    }
-}
-
-fn render_chart(release: &str, namespace: &str, watch: &str) -> Result<String> {
-    let renderer = repo_root().join("tests/helm/render");
-    let sets = [
-        format!("image.repository=switchboard-operator,image.tag={TAG},image.pullPolicy=Never"),
-        format!("mediaNode.image.repository=switchboard-media-node,mediaNode.image.tag={TAG}"),
-        format!("watchNamespace={watch}"),
-        "logLevel=info,switchboard_operator=debug".replace(',', "\\,"),
-    ];
-    let mut cmd = std::process::Command::new(&renderer);
-    cmd.arg("--chart")
-        .arg(repo_root().join("charts/switchboard"))
-        .args(["--release", release, "--namespace", namespace]);
-    for s in &sets {
-        cmd.args(["--set", s]);
-    }
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {}", renderer.display()))?;
-    ensure!(
-        out.status.success(),
-        "rendering the chart failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).context("rendered chart is not UTF-8")
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status.as_ref().is_some_and(|s| {
-        s.phase.as_deref() == Some("Running")
-            && s.conditions
-                .as_ref()
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    })
-}
-
-/// Has the container's process been started from the image at least once (running now, or
-/// exited after it started)? A pod stuck on its image, its volumes or its security context
-/// never gets this far.
-fn container_started(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .is_some_and(|cs| {
-            cs.iter().any(|c| {
-                let now = c.state.as_ref();
-                let last = c.last_state.as_ref();
-                now.is_some_and(|s| s.running.is_some() || s.terminated.is_some())
-                    || last.is_some_and(|s| s.terminated.is_some())
-            })
-        })
-}
-
-/// Everything that helps to tell why a wait failed.
-async fn diagnose(client: &Client, namespaces: &[&str]) -> String {
-    let mut out = String::new();
-    for ns in namespaces {
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        for pod in pods
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-        {
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            let status = pod.status.as_ref().map(|s| {
-                json!({
-                    "phase": s.phase,
-                    "conditions": s.conditions,
-                    "containerStatuses": s.container_statuses,
-                })
-            });
-            let _ = writeln!(
-                out,
-                "--- pod {ns}/{name}: {}",
-                serde_json::to_string(&status).unwrap_or_default()
-            );
-            for previous in [false, true] {
-                let lp = LogParams {
-                    tail_lines: Some(40),
-                    previous,
-                    ..LogParams::default()
-                };
-                if let Ok(log) = pods.logs(&name, &lp).await
-                    && !log.is_empty()
-                {
-                    let which = if previous { "previous" } else { "current" };
-                    let _ = writeln!(out, "--- log of {ns}/{name} ({which}):\n{log}");
-                }
-            }
-        }
-        let events: Api<Event> = Api::namespaced(client.clone(), ns);
-        for e in events
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-        {
-            let _ = writeln!(
-                out,
-                "--- event {ns}: {} {} {}: {}",
-                e.type_.unwrap_or_default(),
-                e.involved_object.name.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.message.unwrap_or_default()
-            );
-        }
-    }
-    out
-}
-
-/// A static hostPath PersistentVolume reserved for the recording claim of node 0, since the
-/// cluster has no provisioner.
-fn recordings_volume(name: &str, class: &str, path: &Path, namespace: &str, claim: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": name, "labels": {"switchboard.dev/test": namespace}},
-        "spec": {
-            // Large enough for any example's claim (hostPath does not enforce it).
-            "capacity": {"storage": "1Ti"},
-            "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": class,
-            "hostPath": {"path": path.to_string_lossy(), "type": "Directory"},
-            // Only this test's claim can bind it.
-            "claimRef": {"namespace": namespace, "name": claim},
-        },
-    })
-}
 
 /// `examples/minimal.yaml` with the recordings on `class`.
 fn minimal_example(class: &str) -> Result<String> {
@@ -257,25 +82,6 @@ fn example(file: &str, center: &str, class: &str) -> Result<String> {
     Ok(out)
 }
 
-async fn apply_all(client: &Client, yaml: &str, namespace: &str) -> Result<()> {
-    let applied = apply_yaml(client, yaml, namespace).await?;
-    let rejected: Vec<String> = applied
-        .iter()
-        .filter_map(|a| {
-            a.result
-                .as_ref()
-                .err()
-                .map(|e| format!("{} {}: {e}", a.kind, a.name))
-        })
-        .collect();
-    ensure!(
-        rejected.is_empty(),
-        "the API server rejected:\n{}",
-        rejected.join("\n")
-    );
-    Ok(())
-}
-
 /// SIPp REGISTER of seat 1001 (digest auth, then un-register) against `target` over UDP.
 async fn sipp_register(target: IpAddr) -> Result<()> {
     sipp::<&str>(target, "localhost", "register.xml", &[])
@@ -284,95 +90,19 @@ async fn sipp_register(target: IpAddr) -> Result<()> {
         .await
 }
 
-/// A SIPp process playing `scenario` against `target` over UDP.
-struct SippRun {
-    child: tokio::process::Child,
-    work: tempfile::TempDir,
-    what: String,
-}
-
+/// A SIPp call of `scenario` against the SIP port of `target`, as one of `domain`'s phones.
 async fn sipp<S: AsRef<str>>(
     target: IpAddr,
     domain: &str,
     scenario: &str,
     extra: &[S],
 ) -> Result<SippRun> {
-    let extra: Vec<&str> = extra.iter().map(AsRef::as_ref).collect();
-    let work = tempfile::tempdir()?;
-    let child = tokio::process::Command::new("sipp")
-        .arg(format!("{target}:{SIP_PORT}"))
-        .arg("-sf")
-        .arg(repo_root().join("tests/sip").join(scenario))
-        .args(["-t", "u1", "-key", "domain", domain])
-        .args(["-key", "pcap", "/usr/share/sip-tester/g711a.pcap"])
-        .args(["-m", "1", "-timeout", "30s", "-timeout_error"])
-        .args(["-nostdin", "-trace_err"])
-        .args(&extra)
-        .current_dir(work.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
+    Sipp::new(SocketAddr::new(target, SIP_PORT), scenario)
+        .key("domain", domain)
+        .key("pcap", "/usr/share/sip-tester/g711a.pcap")
+        .args(extra)
         .spawn()
-        .context("cannot start sipp (Debian package sip-tester)")?;
-    Ok(SippRun {
-        child,
-        work,
-        what: format!(
-            "sipp {scenario} {} against {target}:{SIP_PORT}/udp",
-            extra.join(" ")
-        ),
-    })
-}
-
-impl SippRun {
-    /// Waits (bounded) for SIPp; an error carries everything it logged.
-    async fn finish(mut self) -> Result<()> {
-        let status = match tokio::time::timeout(SIPP_LIMIT, self.child.wait()).await {
-            Ok(status) => status?,
-            Err(_) => {
-                self.child.kill().await.ok();
-                bail!("{} did not finish within {SIPP_LIMIT:?}", self.what);
-            }
-        };
-        if status.success() {
-            return Ok(());
-        }
-        let mut output = String::new();
-        if let Some(mut err) = self.child.stderr.take() {
-            use tokio::io::AsyncReadExt as _;
-            let _ = err.read_to_string(&mut output).await;
-        }
-        for entry in std::fs::read_dir(self.work.path())?.flatten() {
-            if let Ok(text) = std::fs::read_to_string(entry.path()) {
-                let _ = write!(output, "\n--- {}\n{text}", entry.path().display());
-            }
-        }
-        bail!("{} failed with {status}:\n{output}", self.what)
-    }
-}
-
-/// The host's address on the cluster's pod bridge: where pods reach this machine directly,
-/// so the media node can send SIP and RTP to SIPp seats running here.
-fn bridge_address(state_dir: &Path) -> Result<IpAddr> {
-    let bridge = std::fs::read_to_string(state_dir.join("host/bridge"))
-        .context("the cluster's bridge name (host/bridge in its state directory)")?;
-    let bridge = bridge.trim();
-    let output = std::process::Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "dev", bridge])
-        .output()
-        .context("running ip addr")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|cidr| cidr.split('/').next())
-        .and_then(|ip| ip.parse().ok())
-        .with_context(|| format!("no IPv4 address on bridge {bridge}: {text}"))
-}
-
-/// A free UDP port on `ip`.
-fn free_udp_port(ip: IpAddr) -> Result<u16> {
-    Ok(std::net::UdpSocket::bind((ip, 0))?.local_addr()?.port())
+        .await
 }
 
 /// A seat: extension and password.
@@ -518,50 +248,6 @@ async fn children_present(
     Ok(present)
 }
 
-struct Cleanup {
-    cluster_scoped: Vec<(String, String)>,
-    volumes: Vec<String>,
-}
-
-async fn clean_up(client: &Client, what: &Cleanup) -> Result<()> {
-    let dp = DeleteParams::default();
-    let mut errors = Vec::new();
-    let mut deletions = Vec::new();
-    for (kind, name) in &what.cluster_scoped {
-        let r = match kind.as_str() {
-            "ClusterRole" => Api::<ClusterRole>::all(client.clone())
-                .delete(name, &dp)
-                .await
-                .map(|_| ()),
-            "ClusterRoleBinding" => Api::<ClusterRoleBinding>::all(client.clone())
-                .delete(name, &dp)
-                .await
-                .map(|_| ()),
-            other => {
-                errors.push(format!("no clean-up for cluster-scoped {other} {name}"));
-                continue;
-            }
-        };
-        deletions.push((format!("{kind} {name}"), r));
-    }
-    for name in &what.volumes {
-        let r = Api::<PersistentVolume>::all(client.clone())
-            .delete(name, &dp)
-            .await
-            .map(|_| ());
-        deletions.push((format!("PersistentVolume {name}"), r));
-    }
-    for (what, r) in deletions {
-        match r {
-            Ok(()) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => errors.push(format!("deleting {what}: {e}")),
-        }
-    }
-    ensure!(errors.is_empty(), "clean-up failed:\n{}", errors.join("\n"));
-    Ok(())
-}
-
 async fn run(
     client: &Client,
     op_ns: &str,
@@ -574,47 +260,8 @@ async fn run(
 
     // The operator, from the rendered chart.
     let release = names::unique("sbe2e");
-    let rendered = render_chart(&release, op_ns, cc_ns)?;
-    let docs = yaml_documents(&rendered)?;
-    cleanup.cluster_scoped = docs
-        .iter()
-        .filter(|d| d.pointer("/metadata/namespace").is_none())
-        .map(|d| {
-            (
-                d["kind"].as_str().unwrap_or_default().to_string(),
-                d["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        })
-        .collect();
-    let kinds: BTreeSet<&str> = cleanup
-        .cluster_scoped
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .collect();
-    ensure!(
-        kinds
-            .iter()
-            .all(|k| ["ClusterRole", "ClusterRoleBinding"].contains(k)),
-        "unexpected cluster-scoped objects in the chart: {kinds:?}"
-    );
     let started = Instant::now();
-    apply_all(client, &rendered, op_ns)
-        .await
-        .context("applying the chart")?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), op_ns);
-    let selector = ListParams::default().labels("app.kubernetes.io/component=operator");
-    let operator = wait_for(
-        OPERATOR_READY_LIMIT,
-        "the operator pod to be Ready",
-        || async {
-            let list = pods.list(&selector).await.ok()?;
-            list.items.into_iter().find(pod_ready)
-        },
-    )
-    .await?;
+    let operator = install_operator(client, &release, op_ns, cc_ns, TAG, cleanup).await?;
     eprintln!(
         "operator pod {} Ready {:.1}s after the chart was applied",
         operator.metadata.name.as_deref().unwrap_or("?"),
@@ -636,16 +283,7 @@ async fn run(
     let class = names::unique("sb-e2e-recordings");
     let claim = format!("recordings-{}-0", names.stateful_set);
     let pv_name = names::unique("sb-e2e-rec");
-    let pv = recordings_volume(&pv_name, &class, volume_dir, cc_ns, &claim);
-    cleanup.volumes.push(pv_name.clone());
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    pvs.patch(
-        &pv_name,
-        &PatchParams::apply(TEST_FIELD_MANAGER).force(),
-        &Patch::Apply(&pv),
-    )
-    .await
-    .with_context(|| format!("creating PersistentVolume {pv_name}"))?;
+    create_recordings_volume(client, cleanup, &pv_name, &class, volume_dir, cc_ns, &claim).await?;
 
     // The call center.
     let started = Instant::now();
@@ -834,7 +472,6 @@ async fn campus(
     // Two static volumes, one per node, on a class of this test.
     let class = names::unique("sb-e2e-campus");
     let mut dirs = Vec::new();
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
     for ordinal in 0..2 {
         let dir = tempfile::Builder::new()
             .prefix("switchboard-e2e-campus.")
@@ -842,15 +479,8 @@ async fn campus(
         std::os::unix::fs::chown(dir.path(), Some(65532), Some(65532))?;
         let claim = format!("recordings-{}-{ordinal}", names.stateful_set);
         let pv_name = names::unique("sb-e2e-campus");
-        let pv = recordings_volume(&pv_name, &class, dir.path(), cc_ns, &claim);
-        cleanup.volumes.push(pv_name.clone());
-        pvs.patch(
-            &pv_name,
-            &PatchParams::apply(TEST_FIELD_MANAGER).force(),
-            &Patch::Apply(&pv),
-        )
-        .await
-        .with_context(|| format!("creating PersistentVolume {pv_name}"))?;
+        create_recordings_volume(client, cleanup, &pv_name, &class, dir.path(), cc_ns, &claim)
+            .await?;
         dirs.push(dir);
     }
     let yaml = example("campus.yaml", CAMPUS, &class)?;
@@ -1044,14 +674,10 @@ async fn campus(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_installs_the_operator_which_runs_a_call_center() -> Result<()> {
     let bin_dir = binary_dir()?;
-    // Starting the cluster takes a while: keep it off the async workers.
-    let kubeconfig: PathBuf =
-        tokio::task::spawn_blocking(switchboard_tests::cluster_kubeconfig).await??;
-    let state_dir = kubeconfig
-        .parent()
-        .ok_or_else(|| anyhow!("kubeconfig {} has no directory", kubeconfig.display()))?;
+    let (_, state_dir) = cluster_state().await?;
+    let state_dir = state_dir.as_path();
     let started = Instant::now();
-    let (operator_image, node_image) = import_images(state_dir, &bin_dir).await?;
+    let (operator_image, node_image) = import_images(state_dir, &bin_dir, TAG).await?;
     eprintln!(
         "imported {operator_image} and {node_image} in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -1067,10 +693,7 @@ async fn chart_installs_the_operator_which_runs_a_call_center() -> Result<()> {
         .tempdir()?;
     std::os::unix::fs::chown(volume_dir.path(), Some(65532), Some(65532))?;
 
-    let mut cleanup = Cleanup {
-        cluster_scoped: Vec::new(),
-        volumes: Vec::new(),
-    };
+    let mut cleanup = Cleanup::default();
     let result = run(
         &client,
         &op_ns.name,
