@@ -205,6 +205,8 @@ pub struct CallCenterRuntime {
     changed: watch::Sender<u64>,
     /// The wall-clock time of `started`, to report `Instant`s as dates.
     started: (Instant, DateTime<Utc>),
+    /// Where agent-state changes are replicated to the standby (HotStandby).
+    replication: std::sync::OnceLock<Arc<crate::replication::ReplicationHub>>,
 }
 
 impl CallCenterRuntime {
@@ -231,6 +233,7 @@ impl CallCenterRuntime {
             metrics,
             changed: watch::channel(0).0,
             started: (now, Utc::now()),
+            replication: std::sync::OnceLock::new(),
         };
         runtime.configure(config);
         Ok(runtime)
@@ -426,6 +429,16 @@ impl CallCenterRuntime {
         self.dispatch(&mut state, now);
     }
 
+    /// Replicates agent-state changes to `hub` from now on, starting with every agent's
+    /// state now.
+    pub fn attach_replication(&self, hub: Arc<crate::replication::ReplicationHub>) {
+        let state = self.state.lock();
+        for (seat, status) in state.acd.agents() {
+            hub.agent_now(seat, status, state.acd.wrap_up_until(seat));
+        }
+        let _ = self.replication.set(hub);
+    }
+
     /// The seat's phone took a call no queue offered (seat to seat, outbound, rung
     /// directly): the agent is kept from queue calls until [`Self::direct_call_ended`].
     pub fn direct_call_started(&self, seat: &str) {
@@ -587,9 +600,13 @@ impl CallCenterRuntime {
             return;
         }
         let at = Utc::now();
+        let hub = self.replication.get();
         for seat in &changed {
-            if let Some(status) = state.acd.agent(seat).map(|s| s.state) {
-                state.stats.agent_state(seat, status, at);
+            if let Some(status) = state.acd.agent(seat) {
+                state.stats.agent_state(seat, status.state, at);
+                if let Some(hub) = hub {
+                    hub.agent_now(seat, status, state.acd.wrap_up_until(seat));
+                }
             }
         }
         self.changed.send_modify(|n| *n += 1);

@@ -654,9 +654,16 @@ impl ControlListener {
     }
 
     /// Serves until the future is dropped.
-    pub async fn serve(self, control: Control) -> ControlError {
+    /// Serves the control API and, for a standby following this node, replication.
+    pub async fn serve(
+        self,
+        control: Control,
+        replication: crate::replication::stream::ReplicationService,
+    ) -> ControlError {
+        use switchboard_proto::replication::v1::replication_server::ReplicationServer;
         let result = tonic::transport::Server::builder()
             .add_service(NodeControlServer::new(control))
+            .add_service(ReplicationServer::new(replication))
             .serve_with_incoming(TcpListenerStream::new(self.listener))
             .await;
         match result {

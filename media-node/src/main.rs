@@ -19,6 +19,8 @@ use media_node::control::{Control, ControlListener};
 use media_node::http::{HttpListener, NodeMetrics, Readiness};
 use media_node::media::ports::PortAllocator;
 use media_node::node::{self, ConfigSource, LoadedConfig, PodEnv};
+use media_node::replication::stream::{ReplicationMetrics, ReplicationService};
+use media_node::replication::{self, Follower, ReplicationHub};
 use media_node::role::{self, Role};
 use media_node::sip::{SipListeners, SipMetrics, SipServer};
 use switchboard_crds::callcenter::RecordingMode;
@@ -59,6 +61,12 @@ struct Cli {
     /// ./prompts].
     #[arg(long, value_name = "DIR", env = "SWITCHBOARD_PROMPTS_DIR")]
     prompts: Option<PathBuf>,
+    /// Run as a standby that follows the live state of the active node whose control API is
+    /// at URL (`http://host:9091`), without an election: it serves no calls and never takes
+    /// over. For a standby pair outside Kubernetes and for tests; in a HotStandby pod the
+    /// Lease decides who is active.
+    #[arg(long, value_name = "URL", env = "SWITCHBOARD_FOLLOW")]
+    follow: Option<String>,
 }
 
 /// The B2BUA's settings from the config: RTP range, codecs, the address in SDP, recording.
@@ -240,6 +248,8 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
         NodeMetrics::new(&registry).map_err(|e| format!("cannot create node metrics: {e}"))?;
     let role_metrics = role::RoleMetrics::new(&registry)
         .map_err(|e| format!("cannot create role metrics: {e}"))?;
+    let replication_metrics = ReplicationMetrics::new(&registry)
+        .map_err(|e| format!("cannot create replication metrics: {e}"))?;
     let center = Arc::new(
         CallCenterRuntime::new(&config, Some(&registry))
             .map_err(|e| format!("cannot create queue and agent metrics: {e}"))?,
@@ -314,19 +324,44 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     // With HotStandby in a pod the node serves only while it holds the Lease.
     let (role_tx, role_rx) = tokio::sync::watch::channel(Role::Active);
     tokio::spawn(role::export(role_rx.clone(), role_metrics.clone()));
-    if let Some(election) = role::election(&env, &config.spec.high_availability) {
+    // Live state for a standby: registrations and agent states as they change.
+    let replication = Arc::new(ReplicationHub::new());
+    replication.set_config_generation(config.generation);
+    sip.attach_replication(Arc::clone(&replication));
+    center.attach_replication(Arc::clone(&replication));
+    if let Some(active) = &cli.follow {
         role_tx.send_replace(Role::Standby);
-        tokio::spawn(role::run(election, role_tx, role_metrics));
+        info!(active, "standby: following the active node (no election)");
+        tokio::spawn(replication::stream::follow(
+            active.clone(),
+            node_name.clone(),
+            Arc::new(parking_lot::Mutex::new(Follower::new())),
+            replication_metrics.clone(),
+            role_metrics.standby_ready.clone(),
+        ));
+    } else if let Some(election) = role::election(&env, &config.spec.high_availability) {
+        role_tx.send_replace(Role::Standby);
+        tokio::spawn(role::run(
+            election,
+            role_tx,
+            role_metrics,
+            Arc::clone(&replication),
+        ));
     }
     tokio::spawn(center::run(Arc::clone(&center), Arc::clone(&sip)));
-    let control = tokio::spawn(control.serve(Control::new(
-        node_name,
-        config,
-        Arc::clone(&sip),
-        node_metrics,
-        role_rx,
-        center,
-    )));
+    let replication_service =
+        ReplicationService::new(replication, role_rx.clone(), replication_metrics);
+    let control = tokio::spawn(control.serve(
+        Control::new(
+            node_name,
+            config,
+            Arc::clone(&sip),
+            node_metrics,
+            role_rx,
+            center,
+        ),
+        replication_service,
+    ));
     readiness.sip_bound();
     info!("ready");
 

@@ -116,7 +116,12 @@ pub async fn export(mut role: watch::Receiver<Role>, metrics: RoleMetrics) {
 }
 
 /// Runs the election for the life of the node, publishing the role on `role`.
-pub async fn run(election: Election, role: watch::Sender<Role>, metrics: RoleMetrics) {
+pub async fn run(
+    election: Election,
+    role: watch::Sender<Role>,
+    metrics: RoleMetrics,
+    replication: std::sync::Arc<crate::replication::ReplicationHub>,
+) {
     let client = match Client::try_default().await {
         Ok(c) => c,
         Err(error) => {
@@ -140,6 +145,8 @@ pub async fn run(election: Election, role: watch::Sender<Role>, metrics: RoleMet
             warn!(lease = %election.lease, %previous, transitions = held.transitions, "failover: took the Lease over");
         }
         info!(lease = %election.lease, transitions = held.transitions, "active: holding the Lease");
+        // What this node replicates from now on belongs to its term.
+        replication.set_term(i64::from(held.transitions));
         mark(&pods, &election.pod, true).await;
         role.send_replace(Role::Active);
         let lost = keep(&leases, &election.lease, &election.pod, &election.timing).await;

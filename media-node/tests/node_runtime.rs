@@ -31,6 +31,11 @@ use switchboard_proto::node::v1::{
     ListVoicemailRequest, NodeRole, NodeState, SeatState, SetAgentStateRequest, WatchStateRequest,
 };
 use switchboard_proto::node_config::{NodeConfig, build_node_config};
+use switchboard_proto::replication::v1::replication_client::ReplicationClient;
+use switchboard_proto::replication::v1::{
+    AgentState as ReplicatedAgentState, Delta, FollowRequest, ReplicationMessage, delta,
+    replication_message,
+};
 
 const NODE: &str = env!("CARGO_BIN_EXE_media-node");
 /// Upper bound for the node to print its addresses and for `/readyz` to turn 200.
@@ -102,6 +107,11 @@ impl Node {
 
     /// Starts the node after `prepare` wrote into its (still empty) recordings directory.
     fn start_with(config: &NodeConfig, prepare: impl FnOnce(&Path)) -> Node {
+        Self::start_args(config, prepare, &[])
+    }
+
+    /// As [`Node::start_with`], with more command-line arguments.
+    fn start_args(config: &NodeConfig, prepare: impl FnOnce(&Path), extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         prepare(dir.path());
         let file = dir.path().join("node-config.yaml");
@@ -120,6 +130,7 @@ impl Node {
             .env("SWITCHBOARD_LEASE_NAME", "minimal-media")
             .env("SWITCHBOARD_RECORDINGS_DIR", dir.path())
             .env("RUST_LOG", "info")
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -825,4 +836,159 @@ async fn call_records_voicemail_and_trunk_traffic_are_served_over_the_control_ap
         metrics.contains("switchboard_trunk_offered_erlangs{trunk=\"carrier\"} 0"),
         "{metrics}"
     );
+}
+
+/// One sample of `/metrics` (`name{labels}`).
+fn sample(node: &Node, series: &str) -> Option<f64> {
+    let (_, text) = node.get("/metrics")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits (bounded) until `ok` holds for `node`'s metrics.
+async fn metrics_reach(node: &Node, what: &str, ok: impl Fn(&Node) -> bool) {
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    while Instant::now() < deadline {
+        if tokio::task::block_in_place(|| ok(node)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}:\n{}", node.log());
+}
+
+/// The next replication message that is not a heartbeat.
+async fn next_change(
+    stream: &mut tonic::Streaming<ReplicationMessage>,
+) -> (u64, replication_message::Body) {
+    loop {
+        let message = tokio::time::timeout(STARTUP_LIMIT, stream.message())
+            .await
+            .expect("a message within the limit")
+            .expect("a healthy stream")
+            .expect("a message");
+        match message.body.expect("a body") {
+            replication_message::Body::Heartbeat(_) => {}
+            body => return (message.sequence, body),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_follows_the_actives_registrations_and_agent_states() {
+    let config = operator_config(1);
+    let active = tokio::task::block_in_place(|| Node::start(&config));
+    let ha1 = config.seats[0].ha1.clone();
+    let extension = config.seats[0].spec.extension.clone();
+    let seat = config.seats[0].name.clone();
+    let status = tokio::task::block_in_place(|| register(active.sip_udp, &extension, &ha1));
+    assert!(status.starts_with("SIP/2.0 200"), "{status}");
+    let mut control = NodeControlClient::connect(format!("http://{}", active.control))
+        .await
+        .expect("connect to the control API");
+    control
+        .set_agent_state(SetAgentStateRequest {
+            seat: seat.clone(),
+            state: AgentState::Ready as i32,
+            not_ready_reason: String::new(),
+        })
+        .await
+        .expect("log in");
+
+    // The stream as a standby reads it: a snapshot with the phone and the Ready agent, then
+    // the pause as the next change, heartbeats in between.
+    let mut replication = ReplicationClient::connect(format!("http://{}", active.control))
+        .await
+        .expect("connect to replication");
+    let mut stream = replication
+        .follow(FollowRequest {
+            standby: "test".into(),
+        })
+        .await
+        .expect("the active serves replication")
+        .into_inner();
+    let (sequence, first) = next_change(&mut stream).await;
+    assert_eq!(sequence, 1);
+    let replication_message::Body::Snapshot(snapshot) = first else {
+        panic!("the stream opens with a snapshot: {first:?}");
+    };
+    assert_eq!(snapshot.config_generation, 1);
+    assert!(
+        snapshot
+            .registrations
+            .iter()
+            .any(|r| r.extension == extension && r.source.starts_with("127.0.0.1:")),
+        "{:?}",
+        snapshot.registrations
+    );
+    let agent = snapshot
+        .agents
+        .iter()
+        .find(|a| a.seat == seat)
+        .expect("the seat's agent");
+    assert_eq!(agent.state(), ReplicatedAgentState::Ready);
+    control
+        .set_agent_state(SetAgentStateRequest {
+            seat: seat.clone(),
+            state: AgentState::NotReady as i32,
+            not_ready_reason: "break".into(),
+        })
+        .await
+        .expect("pause");
+    let (sequence, change) = next_change(&mut stream).await;
+    assert!(sequence > 1);
+    let replication_message::Body::Delta(Delta {
+        change: Some(delta::Change::Agent(paused)),
+    }) = change
+    else {
+        panic!("the pause is the next change: {change:?}");
+    };
+    assert_eq!(
+        (paused.seat.as_str(), paused.state(), paused.reason.as_str()),
+        (seat.as_str(), ReplicatedAgentState::NotReady, "break")
+    );
+
+    // A standby node follows the active and is ready; it serves no stream itself.
+    let url = format!("http://{}", active.control);
+    let standby =
+        tokio::task::block_in_place(|| Node::start_args(&config, |_| {}, &["--follow", &url]));
+    metrics_reach(&standby, "the standby ready with the active's state", |n| {
+        sample(n, "switchboard_standby_ready") == Some(1.0)
+            && sample(n, "switchboard_replication_records{kind=\"registrations\"}") == Some(1.0)
+            && sample(n, "switchboard_replication_records{kind=\"agents\"}")
+                == Some(config.seats.len() as f64)
+    })
+    .await;
+    assert_eq!(
+        sample(&standby, "switchboard_node_role{role=\"standby\"}"),
+        Some(1.0)
+    );
+    assert!(sample(&standby, "switchboard_replication_lag_seconds").is_some_and(|l| l < 5.0));
+    metrics_reach(&active, "the active counting its followers", |n| {
+        sample(n, "switchboard_replication_followers") == Some(2.0)
+    })
+    .await;
+    let refused = ReplicationClient::connect(format!("http://{}", standby.control))
+        .await
+        .expect("connect to the standby")
+        .follow(FollowRequest {
+            standby: "test".into(),
+        })
+        .await
+        .expect_err("a standby serves no replication");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+
+    // The active dies: the standby is not ready any more and says why in its metrics.
+    drop(stream);
+    drop(active);
+    metrics_reach(&standby, "the standby not ready without its active", |n| {
+        sample(n, "switchboard_standby_ready") == Some(0.0)
+            && sample(
+                n,
+                "switchboard_replication_resyncs_total{reason=\"disconnected\"}",
+            )
+            .is_some_and(|r| r >= 1.0)
+    })
+    .await;
 }

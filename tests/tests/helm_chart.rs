@@ -915,11 +915,6 @@ fn values_files_merge_deeply_over_the_defaults() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // (e) promtool
 
-/// The high-availability metrics the media node is to export under exactly these names (the
-/// alerts and the dashboard use them before the code does): the replication lag comes with
-/// the replication stream (the role, standby readiness and failovers are exported already).
-const HA_METRICS: &[&str] = &["switchboard_replication_lag_seconds"];
-
 /// Every `"switchboard_…"` metric name in the sources of the media node and the operator.
 fn exported_metric_names() -> Result<BTreeSet<String>> {
     fn scan(dir: &std::path::Path, names: &mut BTreeSet<String>) -> Result<()> {
@@ -1285,7 +1280,7 @@ fn prometheus_rules_pass_promtool() -> Result<()> {
         let expr = rule["expr"].as_str().unwrap_or_default();
         for name in promql_metric_names(expr)? {
             ensure!(
-                exported.contains(&name) || HA_METRICS.contains(&name.as_str()) || name == "up",
+                exported.contains(&name) || name == "up",
                 "{alert} uses {name}, which no code exports"
             );
         }
@@ -1769,7 +1764,7 @@ fn grafana_dashboard_is_opt_in_and_uses_only_exported_metrics() -> Result<()> {
                 );
                 for name in names {
                     ensure!(
-                        exported.contains(&name) || HA_METRICS.contains(&name.as_str()),
+                        exported.contains(&name),
                         "{file}: panel {title:?} uses {name}, which no code exports"
                     );
                     used.insert(name);

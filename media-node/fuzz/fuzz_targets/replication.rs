@@ -8,7 +8,7 @@ use media_node::replication::{Follower, FollowerStream, Journal};
 fuzz_target!(|data: &[u8]| {
     let journal = Journal::default();
     let mut follower = Follower::new();
-    let _ = follower.receive(&FollowerStream::open(&journal, 1, 0).1);
+    let _ = follower.receive(&FollowerStream::open(journal.snapshot(), 1, 0).1);
     // Messages as length-prefixed chunks (one length byte each).
     let mut rest = data;
     while let Some((&len, tail)) = rest.split_first() {

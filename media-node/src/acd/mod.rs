@@ -552,6 +552,12 @@ impl Acd {
         Some(&self.agents[ix(a)].status)
     }
 
+    /// When the seat's wrap-up ends, while it is in WrapUp.
+    pub fn wrap_up_until(&self, seat: &str) -> Option<Instant> {
+        let a = *self.agent_index.get(seat)?;
+        self.agents[ix(a)].wrap_up_until
+    }
+
     /// All configured seats and their states, in configuration order.
     pub fn agents(&self) -> impl Iterator<Item = (&str, &AgentStatus)> {
         self.agents

@@ -26,8 +26,12 @@ use switchboard_proto::replication::v1::{
     RegistrationKey, ReplicationMessage, Snapshot, Transport, delta, replication_message,
 };
 
+pub mod hub;
+pub mod stream;
 #[cfg(test)]
 mod tests;
+
+pub use hub::{ReplicationHub, WallClock, unix_now_ms};
 
 /// Why a follower refused a message. Each one means: drop the stream, resynchronise.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -276,6 +280,7 @@ impl Journal {
 }
 
 /// One standby's stream on the active: numbers the messages and stamps the term and time.
+/// (The journal and the deltas after its snapshot come from [`ReplicationHub::open`].)
 #[derive(Debug)]
 pub struct FollowerStream {
     term: i64,
@@ -283,13 +288,10 @@ pub struct FollowerStream {
 }
 
 impl FollowerStream {
-    /// Opens a stream of `term` with the journal's snapshot (sequence 1).
-    pub fn open(journal: &Journal, term: i64, now_unix_ms: i64) -> (Self, ReplicationMessage) {
+    /// Opens a stream of `term` with a snapshot of the journal (sequence 1).
+    pub fn open(snapshot: Snapshot, term: i64, now_unix_ms: i64) -> (Self, ReplicationMessage) {
         let mut stream = Self { term, sent: 0 };
-        let first = stream.message(
-            replication_message::Body::Snapshot(journal.snapshot()),
-            now_unix_ms,
-        );
+        let first = stream.message(replication_message::Body::Snapshot(snapshot), now_unix_ms);
         (stream, first)
     }
 

@@ -105,7 +105,7 @@ fn stream_of(
     let mut stream = None;
     for (i, change) in changes.iter().enumerate() {
         if i == open_at {
-            let (s, first) = FollowerStream::open(&journal, term, i as i64);
+            let (s, first) = FollowerStream::open(journal.snapshot(), term, i as i64);
             messages.push(first);
             stream = Some(s);
         }
@@ -116,7 +116,7 @@ fn stream_of(
         }
     }
     if stream.is_none() {
-        messages.push(FollowerStream::open(&journal, term, 0).1);
+        messages.push(FollowerStream::open(journal.snapshot(), term, 0).1);
     }
     (journal, messages)
 }
@@ -254,7 +254,7 @@ fn a_stream_must_open_with_a_snapshot_and_stay_in_order() {
     for c in &changes {
         journal.record(c.clone()).expect("valid");
     }
-    let (_, fresh) = FollowerStream::open(&journal, 2, 10);
+    let (_, fresh) = FollowerStream::open(journal.snapshot(), 2, 10);
     follower.receive(&fresh).expect("fresh snapshot");
     assert_eq!(follower.state(), Some(journal.state()));
     assert_eq!(
@@ -268,17 +268,17 @@ fn an_older_term_is_refused_and_a_term_changes_only_with_a_new_stream() {
     let journal = Journal::default();
     let mut follower = Follower::new();
     follower
-        .receive(&FollowerStream::open(&journal, 5, 0).1)
+        .receive(&FollowerStream::open(journal.snapshot(), 5, 0).1)
         .expect("term 5");
     // The deposed active of term 4 still sends: refused, whatever its sequence.
     follower.resync("reconnect");
-    let stale = FollowerStream::open(&journal, 4, 1).1;
+    let stale = FollowerStream::open(journal.snapshot(), 4, 1).1;
     assert_eq!(
         follower.receive(&stale),
         Err(ReplicationError::StaleTerm { got: 4, seen: 5 })
     );
     // A new stream of term 5 again is fine; a delta claiming term 6 inside it is not.
-    let (mut stream, first) = FollowerStream::open(&journal, 5, 2);
+    let (mut stream, first) = FollowerStream::open(journal.snapshot(), 5, 2);
     follower.receive(&first).expect("same term");
     let mut delta = stream.delta(
         Delta {
@@ -299,7 +299,7 @@ fn a_standby_takes_over_only_with_state_of_the_term_before_its_own() {
     let mut follower = Follower::new();
     assert_eq!(follower.takeover(1), None, "nothing received");
     follower
-        .receive(&FollowerStream::open(&journal, 7, 0).1)
+        .receive(&FollowerStream::open(journal.snapshot(), 7, 0).1)
         .expect("term 7");
     assert!(follower.takeover(8).is_some(), "took the Lease from term 7");
     assert_eq!(
@@ -323,7 +323,7 @@ fn lag_and_readiness_follow_the_last_message() {
             ..
         }
     ));
-    let (mut stream, first) = FollowerStream::open(&journal, 1, 1_000);
+    let (mut stream, first) = FollowerStream::open(journal.snapshot(), 1, 1_000);
     follower.receive(&first).expect("snapshot");
     follower
         .receive(&stream.heartbeat(2_000))

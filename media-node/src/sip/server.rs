@@ -276,6 +276,8 @@ pub struct SipServer {
     metrics: SipMetrics,
     /// The B2BUA; `None` until [`SipServer::with_calls`] turns calls on.
     calls: Option<Arc<CallEngine>>,
+    /// Where registration changes are replicated to the standby (HotStandby).
+    replication: std::sync::OnceLock<Arc<crate::replication::ReplicationHub>>,
 }
 
 impl SipServer {
@@ -294,6 +296,19 @@ impl SipServer {
             }),
             metrics,
             calls: None,
+            replication: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Replicates registration changes to `hub` from now on.
+    pub fn attach_replication(&self, hub: Arc<crate::replication::ReplicationHub>) {
+        let _ = self.replication.set(hub);
+    }
+
+    /// Tells the replication the seat's contacts now.
+    fn replicate_registrations(&self, extension: &str, bindings: &[super::registrar::Binding]) {
+        if let Some(hub) = self.replication.get() {
+            hub.registrations_now(extension, bindings);
         }
     }
 
@@ -336,6 +351,9 @@ impl SipServer {
         let gone = registrar.replace_seats(seats);
         self.count_registrations(&registrar);
         drop(registrar);
+        for extension in &gone {
+            self.replicate_registrations(extension, &[]);
+        }
         if !gone.is_empty() {
             tracing::info!(extensions = ?gone, "registrations dropped: their seats left the config");
         }
@@ -690,6 +708,7 @@ impl SipServer {
         drop(registrar);
         match outcome {
             RegisterOutcome::Bindings(bindings) => {
+                self.replicate_registrations(&extension, &bindings);
                 if bindings.len() != before {
                     info!(extension, %source, %transport, contacts = bindings.len(), "seat registration changed");
                 }
@@ -1087,6 +1106,9 @@ impl SipServer {
             .retain(|_, (_, expires)| *expires > now);
         self.nonce_counts.lock().sweep(now);
         for extension in &gone {
+            // A contact that expires while the seat keeps others stays in the replicated
+            // state until the seat's next REGISTER; a takeover skips expired contacts.
+            self.replicate_registrations(extension, &[]);
             info!(extension, "seat registration expired");
         }
         gone

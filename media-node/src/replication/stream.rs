@@ -1,0 +1,267 @@
+//! Replication over the network: the active serves `Replication/Follow` from its
+//! [`ReplicationHub`]; the standby follows it with a [`Follower`], reconnecting for a fresh
+//! snapshot whenever the stream breaks, and exports how far behind it is.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use prometheus::{Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use switchboard_proto::replication::v1::replication_client::ReplicationClient;
+use switchboard_proto::replication::v1::replication_server::Replication;
+use switchboard_proto::replication::v1::{FollowRequest, ReplicationMessage};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use super::{Follower, FollowerStream, Readiness, ReplicationHub, unix_now_ms};
+use crate::role::Role;
+
+/// How often the active sends a heartbeat on an idle stream.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// A standby further behind than this is not ready to take over.
+pub const MAX_LAG: Duration = Duration::from_secs(5);
+/// How long a standby waits before reconnecting after the stream broke.
+const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+
+/// Replication metrics of both sides.
+#[derive(Clone)]
+pub struct ReplicationMetrics {
+    /// Standby: seconds behind the active (sender time of the last message accepted).
+    pub lag_seconds: Gauge,
+    /// Active: standbys following now.
+    pub followers: IntGauge,
+    /// Standby: streams given up, by reason (`disconnected`, `refused`).
+    pub resyncs: IntCounterVec,
+    /// Standby: records held, by kind (`registrations`, `agents`, `calls`).
+    pub records: IntGaugeVec,
+}
+
+impl ReplicationMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            lag_seconds: Gauge::new(
+                "switchboard_replication_lag_seconds",
+                "How far the standby's replicated state is behind the active (seconds since the active sent the last message the standby applied).",
+            )?,
+            followers: IntGauge::new(
+                "switchboard_replication_followers",
+                "Standby nodes following this active node's replication stream.",
+            )?,
+            resyncs: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_replication_resyncs_total",
+                    "Replication streams the standby gave up and restarted from a fresh snapshot, by reason (disconnected, refused).",
+                ),
+                &["reason"],
+            )?,
+            records: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_replication_records",
+                    "Records the standby holds from the active, by kind (registrations, agents, calls).",
+                ),
+                &["kind"],
+            )?,
+        };
+        registry.register(Box::new(metrics.lag_seconds.clone()))?;
+        registry.register(Box::new(metrics.followers.clone()))?;
+        registry.register(Box::new(metrics.resyncs.clone()))?;
+        registry.register(Box::new(metrics.records.clone()))?;
+        Ok(metrics)
+    }
+}
+
+/// The active's side of `Replication/Follow`.
+pub struct ReplicationService {
+    hub: Arc<ReplicationHub>,
+    role: watch::Receiver<Role>,
+    metrics: ReplicationMetrics,
+}
+
+impl ReplicationService {
+    pub fn new(
+        hub: Arc<ReplicationHub>,
+        role: watch::Receiver<Role>,
+        metrics: ReplicationMetrics,
+    ) -> Self {
+        Self { hub, role, metrics }
+    }
+}
+
+type MessageStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<ReplicationMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    type FollowStream = MessageStream;
+
+    async fn follow(
+        &self,
+        request: Request<FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        if *self.role.borrow() != Role::Active {
+            return Err(Status::failed_precondition(
+                "this node is not active: follow the active node",
+            ));
+        }
+        let standby = request.into_inner().standby;
+        let (snapshot, mut deltas) = self.hub.open();
+        let (mut stream, first) = FollowerStream::open(snapshot, self.hub.term(), unix_now_ms());
+        let (tx, rx) = mpsc::channel(64);
+        let mut role = self.role.clone();
+        let followers = self.metrics.followers.clone();
+        info!(standby, "standby following");
+        tokio::spawn(async move {
+            followers.inc();
+            let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+            heartbeat.reset();
+            let mut next = Some(first);
+            let end = loop {
+                if let Some(message) = next.take()
+                    && tx.send(Ok(message)).await.is_err()
+                {
+                    break "the standby went away".to_string();
+                }
+                tokio::select! {
+                    delta = deltas.recv() => match delta {
+                        Ok(d) => next = Some(stream.delta(d, unix_now_ms())),
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            let _ = tx
+                                .send(Err(Status::resource_exhausted(format!(
+                                    "the standby fell {n} changes behind: resynchronise"
+                                ))))
+                                .await;
+                            break format!("{n} changes behind");
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break "node stopping".to_string(),
+                    },
+                    _ = heartbeat.tick() => next = Some(stream.heartbeat(unix_now_ms())),
+                    changed = role.changed() => {
+                        if changed.is_err() || *role.borrow() != Role::Active {
+                            // A node that is no longer active must not feed a standby.
+                            break "no longer active".to_string();
+                        }
+                    }
+                }
+            };
+            followers.dec();
+            info!(standby, reason = %end, "standby stream ended");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The standby's side: follows `endpoint` (the active's control URL) for the life of the
+/// node, keeping `follower` current and the readiness and lag metrics true.
+pub async fn follow(
+    endpoint: String,
+    me: String,
+    follower: Arc<Mutex<Follower>>,
+    metrics: ReplicationMetrics,
+    standby_ready: IntGauge,
+) {
+    let watch_metrics = {
+        let follower = Arc::clone(&follower);
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+            loop {
+                every.tick().await;
+                show(&follower.lock(), &metrics, &standby_ready);
+            }
+        })
+    };
+    loop {
+        let reason = match follow_once(&endpoint, &me, &follower, &metrics).await {
+            Ok(()) => "disconnected",
+            Err(reason) => reason,
+        };
+        metrics.resyncs.with_label_values(&[reason]).inc();
+        tokio::time::sleep(RECONNECT_AFTER).await;
+        if watch_metrics.is_finished() {
+            return;
+        }
+    }
+}
+
+/// One stream, until it ends or a message is refused.
+async fn follow_once(
+    endpoint: &str,
+    me: &str,
+    follower: &Mutex<Follower>,
+    metrics: &ReplicationMetrics,
+) -> Result<(), &'static str> {
+    let mut client = match ReplicationClient::connect(endpoint.to_string()).await {
+        Ok(c) => c,
+        Err(error) => {
+            warn!(endpoint, %error, "cannot reach the active node to follow it");
+            follower
+                .lock()
+                .resync(format!("cannot reach the active: {error}"));
+            return Ok(());
+        }
+    };
+    let request = FollowRequest {
+        standby: me.to_string(),
+    };
+    let mut stream = match client.follow(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            warn!(endpoint, %status, "the active refused the replication stream");
+            follower
+                .lock()
+                .resync(format!("refused: {}", status.message()));
+            return Ok(());
+        }
+    };
+    follower.lock().resync("connecting");
+    loop {
+        match stream.message().await {
+            Ok(Some(message)) => {
+                let mut f = follower.lock();
+                if let Err(error) = f.receive(&message) {
+                    warn!(%error, "replication message refused: resynchronising");
+                    f.resync(error.to_string());
+                    return Err("refused");
+                }
+                if let Some(state) = f.state() {
+                    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                    let records = &metrics.records;
+                    records
+                        .with_label_values(&["registrations"])
+                        .set(count(state.registrations.len()));
+                    records
+                        .with_label_values(&["agents"])
+                        .set(count(state.agents.len()));
+                    records
+                        .with_label_values(&["calls"])
+                        .set(count(state.calls.len()));
+                }
+            }
+            Ok(None) => {
+                follower.lock().resync("the active ended the stream");
+                return Ok(());
+            }
+            Err(status) => {
+                // An undecodable message surfaces here too: never applied, resynchronise.
+                warn!(%status, "replication stream broke");
+                follower
+                    .lock()
+                    .resync(format!("stream broke: {}", status.message()));
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn show(follower: &Follower, metrics: &ReplicationMetrics, standby_ready: &IntGauge) {
+    let now = unix_now_ms();
+    if let Some(lag) = follower.lag(now) {
+        metrics.lag_seconds.set(lag.as_secs_f64());
+    }
+    standby_ready.set(i64::from(
+        follower.readiness(now, MAX_LAG) == Readiness::Ready,
+    ));
+}
