@@ -329,23 +329,29 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     replication.set_config_generation(config.generation);
     sip.attach_replication(Arc::clone(&replication));
     center.attach_replication(Arc::clone(&replication));
+    // The active node a standby follows: given (`--follow`), or the Lease holder's pod.
+    let (active_tx, active_rx) = tokio::sync::watch::channel(cli.follow.clone());
+    let election = role::election(&env, &config.spec.high_availability);
     if let Some(active) = &cli.follow {
         role_tx.send_replace(Role::Standby);
         info!(active, "standby: following the active node (no election)");
-        tokio::spawn(replication::stream::follow(
-            active.clone(),
-            node_name.clone(),
-            Arc::new(parking_lot::Mutex::new(Follower::new())),
-            replication_metrics.clone(),
-            role_metrics.standby_ready.clone(),
-        ));
-    } else if let Some(election) = role::election(&env, &config.spec.high_availability) {
+    } else if let Some(election) = election.clone() {
         role_tx.send_replace(Role::Standby);
         tokio::spawn(role::run(
             election,
             role_tx,
-            role_metrics,
+            role_metrics.clone(),
             Arc::clone(&replication),
+            active_tx,
+        ));
+    }
+    if cli.follow.is_some() || election.is_some() {
+        tokio::spawn(replication::stream::follow(
+            active_rx,
+            node_name.clone(),
+            Arc::new(parking_lot::Mutex::new(Follower::new())),
+            replication_metrics.clone(),
+            role_metrics.standby_ready.clone(),
         ));
     }
     tokio::spawn(center::run(Arc::clone(&center), Arc::clone(&sip)));

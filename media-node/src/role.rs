@@ -16,7 +16,7 @@ use kube::{Api, Client};
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use switchboard_crds::callcenter::{HaMode, HighAvailabilitySpec};
 use switchboard_lease::{LeaseTiming, acquire, keep, lease_api};
-use switchboard_proto::{ROLE_ACTIVE, ROLE_LABEL};
+use switchboard_proto::{CONTROL_PORT, ROLE_ACTIVE, ROLE_LABEL};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -121,6 +121,7 @@ pub async fn run(
     role: watch::Sender<Role>,
     metrics: RoleMetrics,
     replication: std::sync::Arc<crate::replication::ReplicationHub>,
+    active: watch::Sender<Option<String>>,
 ) {
     let client = match Client::try_default().await {
         Ok(c) => c,
@@ -134,6 +135,13 @@ pub async fn run(
     };
     let leases = lease_api(client.clone(), &election.namespace);
     let pods: Api<Pod> = Api::namespaced(client, &election.namespace);
+    tokio::spawn(track_active(
+        leases.clone(),
+        pods.clone(),
+        election.clone(),
+        role.subscribe(),
+        active,
+    ));
     // A container restarted in the same pod keeps the pod's labels: drop a stale mark first.
     mark(&pods, &election.pod, false).await;
     role.send_replace(Role::Standby);
@@ -154,6 +162,69 @@ pub async fn run(
         role.send_replace(Role::Standby);
         mark(&pods, &election.pod, false).await;
     }
+}
+
+/// While this node stands by, keeps `active` naming the control URL of the node that holds
+/// the Lease (its pod's IP, port [`CONTROL_PORT`]), so the standby follows it; `None` while
+/// this node is active or nobody holds the Lease.
+async fn track_active(
+    leases: Api<k8s_openapi::api::coordination::v1::Lease>,
+    pods: Api<Pod>,
+    election: Election,
+    mut role: watch::Receiver<Role>,
+    active: watch::Sender<Option<String>>,
+) {
+    loop {
+        let url = if *role.borrow_and_update() == Role::Standby {
+            holder_url(&leases, &pods, &election).await
+        } else {
+            None
+        };
+        active.send_if_modified(|now| {
+            let changed = *now != url;
+            if changed {
+                info!(active = ?url, "the active node to follow");
+                *now = url;
+            }
+            changed
+        });
+        // Look again after a renew interval, or at once when the role changes.
+        tokio::select! {
+            () = tokio::time::sleep(election.timing.renew_every) => {}
+            changed = role.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The control URL of the Lease holder's pod, unless that is this node or it has no IP yet.
+async fn holder_url(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    pods: &Api<Pod>,
+    election: &Election,
+) -> Option<String> {
+    let lease = match leases.get_opt(&election.lease).await {
+        Ok(l) => l?,
+        Err(error) => {
+            warn!(%error, "cannot read the Lease to find the active node");
+            return None;
+        }
+    };
+    let holder = lease.spec?.holder_identity.filter(|h| !h.is_empty())?;
+    if holder == election.pod {
+        return None;
+    }
+    let pod = match pods.get_opt(&holder).await {
+        Ok(p) => p?,
+        Err(error) => {
+            warn!(%error, pod = holder, "cannot read the active node's pod");
+            return None;
+        }
+    };
+    let ip: std::net::IpAddr = pod.status?.pod_ip?.parse().ok()?;
+    Some(format!(
+        "http://{}",
+        std::net::SocketAddr::new(ip, CONTROL_PORT)
+    ))
 }
 
 /// Sets or removes the active mark on the node's own pod, retrying a few times: a pod that

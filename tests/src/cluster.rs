@@ -682,9 +682,13 @@ pub async fn scrape_metrics(addr: SocketAddr) -> Result<String> {
 }
 
 /// The value of the sample `name{labels}` in Prometheus text, `labels` given exactly as
-/// written (`trunk="carrier"`).
+/// written (`trunk="carrier"`; empty for a metric without labels).
 pub fn metric_value(text: &str, name: &str, labels: &str) -> Option<f64> {
-    let series = format!("{name}{{{labels}}}");
+    let series = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}}")
+    };
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())

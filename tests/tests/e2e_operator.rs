@@ -632,6 +632,54 @@ async fn campus(
         status.seats_registered, status.config_generation
     );
 
+    // The standby follows the active's live state (the Lease holder's pod, found through the
+    // API), holds the registered seat, and is ready; the active carries the prompt set.
+    let pod_metrics = |name: String| {
+        let pods = pods.clone();
+        async move {
+            let ip: std::net::IpAddr = pods.get(&name).await.ok()?.status?.pod_ip?.parse().ok()?;
+            switchboard_tests::cluster::scrape_metrics(std::net::SocketAddr::new(ip, 9090))
+                .await
+                .ok()
+        }
+    };
+    use switchboard_tests::cluster::metric_value;
+    let standby_metrics = wait_for(
+        NODE_LIMIT,
+        "the campus standby following the active",
+        || {
+            let fetch = pod_metrics(standby.clone());
+            async move {
+                let text = fetch.await?;
+                (metric_value(&text, "switchboard_standby_ready", "") == Some(1.0)
+                    && metric_value(
+                        &text,
+                        "switchboard_replication_records",
+                        "kind=\"registrations\"",
+                    )
+                    .is_some_and(|n| n >= 1.0))
+                .then_some(text)
+            }
+        },
+    )
+    .await?;
+    let active_metrics = pod_metrics(active.clone())
+        .await
+        .ok_or_else(|| anyhow!("no metrics from the active node {active}"))?;
+    ensure!(
+        metric_value(&active_metrics, "switchboard_replication_followers", "") == Some(1.0),
+        "the active {active} does not count its standby as a follower"
+    );
+    ensure!(
+        metric_value(&active_metrics, "switchboard_prompts_missing", "") == Some(0.0),
+        "the active {active} misses prompts: the image must carry the default set"
+    );
+    eprintln!(
+        "campus: standby {standby} follows {active}, {:.3} s behind",
+        metric_value(&standby_metrics, "switchboard_replication_lag_seconds", "")
+            .unwrap_or(f64::NAN)
+    );
+
     // `kubectl get queues` shows the live columns.
     let kubeconfig = switchboard_tests::cluster_kubeconfig()?;
     let out = std::process::Command::new(switchboard_tests::kubectl()?)

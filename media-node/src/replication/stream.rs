@@ -153,16 +153,18 @@ impl Replication for ReplicationService {
     }
 }
 
-/// The standby's side: follows `endpoint` (the active's control URL) for the life of the
-/// node, keeping `follower` current and the readiness and lag metrics true.
+/// The standby's side, for the life of the node: follows the active whose control URL
+/// `active` names (none: nothing to follow, e.g. while this node is the active one),
+/// reconnecting for a fresh snapshot when the stream breaks or the active changes, and keeps
+/// `follower` current and the readiness and lag metrics true.
 pub async fn follow(
-    endpoint: String,
+    mut active: watch::Receiver<Option<String>>,
     me: String,
     follower: Arc<Mutex<Follower>>,
     metrics: ReplicationMetrics,
     standby_ready: IntGauge,
 ) {
-    let watch_metrics = {
+    {
         let follower = Arc::clone(&follower);
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -171,17 +173,29 @@ pub async fn follow(
                 every.tick().await;
                 show(&follower.lock(), &metrics, &standby_ready);
             }
-        })
-    };
+        });
+    }
     loop {
-        let reason = match follow_once(&endpoint, &me, &follower, &metrics).await {
-            Ok(()) => "disconnected",
-            Err(reason) => reason,
+        let endpoint = active.borrow_and_update().clone();
+        let Some(endpoint) = endpoint else {
+            follower.lock().resync("no active node to follow");
+            if active.changed().await.is_err() {
+                return;
+            }
+            continue;
         };
-        metrics.resyncs.with_label_values(&[reason]).inc();
-        tokio::time::sleep(RECONNECT_AFTER).await;
-        if watch_metrics.is_finished() {
-            return;
+        tokio::select! {
+            result = follow_once(&endpoint, &me, &follower, &metrics) => {
+                let reason = result.err().unwrap_or("disconnected");
+                metrics.resyncs.with_label_values(&[reason]).inc();
+                tokio::time::sleep(RECONNECT_AFTER).await;
+            }
+            changed = active.changed() => {
+                follower.lock().resync("the active node changed");
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
