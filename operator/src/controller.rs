@@ -573,8 +573,9 @@ async fn publish_trunk_events(recorder: &Recorder, center: &CallCenter, plans: &
 }
 
 /// `StandbyReady`: whether a standby could take over. A standby that runs the current config
-/// would take new calls after the active node's Lease expires, but live calls and
-/// registrations are not replicated to it yet, so it is never reported ready to take them.
+/// would take new calls after the active node's Lease expires with the seats' registrations
+/// and agent states, but live calls are not replicated to it yet, so it is never reported
+/// ready to take them.
 fn standby_readiness(
     center: &CallCenter,
     live: &CenterView,
@@ -609,8 +610,9 @@ fn standby_readiness(
         "False",
         "NoReplication",
         format!(
-            "{standby} stands by on the current config and would take new calls if the active \
-             node failed, but live calls and registrations are not replicated to it yet"
+            "{standby} stands by on the current config and follows the active node's \
+             registrations and agent states, but live calls are not replicated to it yet: a \
+             takeover would drop the calls in progress"
         ),
     )
 }

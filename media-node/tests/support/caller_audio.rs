@@ -86,7 +86,10 @@ pub fn caller_pcap(
     }
     packets.sort_by_key(|(t, _)| *t);
     let mut out = template[..24].to_vec();
-    for (t, mut p) in packets {
+    for (i, (t, mut p)) in packets.into_iter().enumerate() {
+        // Sequence numbers in sending order, as a phone numbers them: a key press numbered
+        // after later audio would make that audio look old to the relay.
+        p[RTP + 2..RTP + 4].copy_from_slice(&(i as u16).wrapping_add(1).to_be_bytes());
         // IPv4 total length, UDP length; no UDP checksum (the payload changed).
         let ip_len = (p.len() - 14) as u16;
         p[16..18].copy_from_slice(&ip_len.to_be_bytes());

@@ -205,16 +205,10 @@ impl CenterNode {
 
     /// Registers a seat's phone on `port` (its calls come there).
     pub fn register(&self, ext: &str, port: u16) {
-        self.register_with("seat-register.xml", ext, port);
-    }
-
-    /// As [`Self::register`], with another registering scenario (keys `domain`, `ext`; the
-    /// digest user and password from `-au`/`-ap`).
-    pub fn register_with(&self, scenario: &str, ext: &str, port: u16) {
         Sipp::spawn(
             self.sip_port,
             "127.0.0.1",
-            scenario,
+            "seat-register.xml",
             port,
             None,
             &[
