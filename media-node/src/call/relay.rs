@@ -645,11 +645,23 @@ impl OutStream {
         self.last_sent = Some(now);
     }
 
+    /// Whether a packet of the segment's source, mapping to our `seq`, means the source
+    /// restarted its sequence: further back than any reordering explains (RFC 3550 A.1's
+    /// MAX_MISORDER). Then it starts a new talkspurt instead of being refused as a straggler
+    /// for the rest of the call.
+    fn restarted(seq: u16, segment: RelaySegment) -> bool {
+        const MAX_MISORDER: i32 = 100;
+        i32::from(seq.wrapping_sub(segment.first_seq) as i16) < -MAX_MISORDER
+    }
+
     /// Our (sequence, timestamp, marker) for a relayed packet; `None` for a straggler from
     /// before the current talkspurt began (it would collide with what was sent since).
     fn map_relayed(&mut self, packet: &RtpPacket<'_>, now: Instant) -> Option<(u16, u32, bool)> {
         let (seq, ts, marker) = match self.segment {
-            Some(s) if s.source_ssrc == packet.ssrc() => {
+            Some(s)
+                if s.source_ssrc == packet.ssrc()
+                    && !Self::restarted(packet.sequence().wrapping_add(s.seq_delta), s) =>
+            {
                 let seq = packet.sequence().wrapping_add(s.seq_delta);
                 if (seq.wrapping_sub(s.first_seq) as i16) < 0 {
                     return None;
@@ -1172,6 +1184,27 @@ mod tests {
         assert_eq!(c.0, 1, "a lost packet stays a gap");
         // A straggler from before the talkspurt began is refused.
         assert!(out.map_relayed(&packet(1, 9, 840, false), start).is_none());
+        // A source that jumps back further than reordering explains restarted its
+        // sequence: a new talkspurt, not a call of refused packets.
+        let mut restarted = OutStream::new();
+        let r0 = restarted
+            .map_relayed(&packet(7, 1000, 0, false), start)
+            .unwrap();
+        assert!(
+            restarted
+                .map_relayed(&packet(7, 950, 160, false), start)
+                .is_none(),
+            "50 back: a straggler"
+        );
+        let r1 = restarted
+            .map_relayed(&packet(7, 100, 320, false), start)
+            .unwrap();
+        assert_eq!(r1.0, r0.0.wrapping_add(1));
+        assert!(r1.2, "a restart starts a talkspurt");
+        let r2 = restarted
+            .map_relayed(&packet(7, 101, 480, false), start)
+            .unwrap();
+        assert_eq!(r2.0, r1.0.wrapping_add(1));
         // The other phone changes SSRC (transfer, re-INVITE): same stream for us, next seq,
         // timestamp advanced by the wall-clock gap, marker set.
         let later = start + Duration::from_millis(100);
