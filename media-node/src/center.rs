@@ -439,6 +439,31 @@ impl CallCenterRuntime {
         let _ = self.replication.set(hub);
     }
 
+    /// Takes over the agents' states the previous active node held (hot standby), in the
+    /// order given (see [`crate::replication::takeover::agents`]).
+    pub fn restore_agents(&self, agents: &[crate::replication::takeover::AgentRestore]) -> usize {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let mut restored = 0;
+        for a in agents {
+            if state.acd.agent(&a.seat).is_none() {
+                continue;
+            }
+            state.acd.restore_agent(
+                &a.seat,
+                a.state,
+                a.reason.clone(),
+                a.since,
+                a.wrap_up_until,
+                (a.calls_today, a.talk_today),
+                now,
+            );
+            restored += 1;
+        }
+        self.dispatch(&mut state, now);
+        restored
+    }
+
     /// The seat's phone took a call no queue offered (seat to seat, outbound, rung
     /// directly): the agent is kept from queue calls until [`Self::direct_call_ended`].
     pub fn direct_call_started(&self, seat: &str) {

@@ -332,6 +332,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     // The active node a standby follows: given (`--follow`), or the Lease holder's pod.
     let (active_tx, active_rx) = tokio::sync::watch::channel(cli.follow.clone());
     let election = role::election(&env, &config.spec.high_availability);
+    let follower = Arc::new(parking_lot::Mutex::new(Follower::new()));
     if let Some(active) = &cli.follow {
         role_tx.send_replace(Role::Standby);
         info!(active, "standby: following the active node (no election)");
@@ -343,13 +344,14 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
             role_metrics.clone(),
             Arc::clone(&replication),
             active_tx,
+            take_over(Arc::clone(&follower), Arc::clone(&sip), Arc::clone(&center)),
         ));
     }
     if cli.follow.is_some() || election.is_some() {
         tokio::spawn(replication::stream::follow(
             active_rx,
             node_name.clone(),
-            Arc::new(parking_lot::Mutex::new(Follower::new())),
+            follower,
             replication_metrics.clone(),
             role_metrics.standby_ready.clone(),
         ));
@@ -387,6 +389,35 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
             info!(signal = name, "shutting down");
             Ok(())
         }
+    }
+}
+
+/// What a node that just took the Lease at a term does with the state it followed: the
+/// previous active's registrations and agent states, if that state is of the term just
+/// before (older state is dropped: a term in between may have changed it).
+fn take_over(
+    follower: Arc<parking_lot::Mutex<Follower>>,
+    sip: Arc<SipServer>,
+    center: Arc<CallCenterRuntime>,
+) -> impl Fn(i64) {
+    move |term| {
+        let Some(state) = follower.lock().takeover(term).cloned() else {
+            info!(term, "active without replicated state of the previous term");
+            return;
+        };
+        let clock = replication::WallClock::now();
+        let now = std::time::Instant::now();
+        let records: Vec<_> = state.registrations.values().cloned().collect();
+        let registrations = sip.restore_registrations(&records, clock, now);
+        let agents: Vec<_> = state.agents.values().cloned().collect();
+        let agents = center.restore_agents(&replication::takeover::agents(&agents, clock));
+        info!(
+            term,
+            registrations,
+            agents,
+            calls = state.calls.len(),
+            "took over the previous active node's registrations and agent states"
+        );
     }
 }
 

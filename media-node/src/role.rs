@@ -122,6 +122,7 @@ pub async fn run(
     metrics: RoleMetrics,
     replication: std::sync::Arc<crate::replication::ReplicationHub>,
     active: watch::Sender<Option<String>>,
+    take_over: impl Fn(i64),
 ) {
     let client = match Client::try_default().await {
         Ok(c) => c,
@@ -135,6 +136,11 @@ pub async fn run(
     };
     let leases = lease_api(client.clone(), &election.namespace);
     let pods: Api<Pod> = Api::namespaced(client, &election.namespace);
+    // The Lease names this process, not just its pod: a StatefulSet pod restarted under the
+    // same name must not renew its dead predecessor's Lease as if it were its own (it has
+    // none of the state that Lease stands for); it waits for the Lease to expire and takes
+    // it over like any standby.
+    let me = holder_identity(&election.pod, rand::random());
     tokio::spawn(track_active(
         leases.clone(),
         pods.clone(),
@@ -145,9 +151,25 @@ pub async fn run(
     // A container restarted in the same pod keeps the pod's labels: drop a stale mark first.
     mark(&pods, &election.pod, false).await;
     role.send_replace(Role::Standby);
+    // A node that starts while the Lease has a holder (its own dead predecessor, or the
+    // other node) has followed nobody yet (it starts following now): a standby that has should win an expired Lease.
+    // So it waits past the Lease's expiry before its first claim.
+    if let Ok(Some(lease)) = leases.get_opt(&election.lease).await
+        && lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .is_some_and(|h| !h.is_empty())
+    {
+        let defer = election.timing.duration + election.timing.renew_every * 2;
+        info!(
+            ?defer,
+            "the Lease has a holder: leaving the first claim to a following standby"
+        );
+        tokio::time::sleep(defer).await;
+    }
     loop {
         info!(lease = %election.lease, "standby: waiting for the Lease");
-        let held = acquire(&leases, &election.lease, &election.pod, &election.timing).await;
+        let held = acquire(&leases, &election.lease, &me, &election.timing).await;
         if let Some(previous) = &held.taken_from {
             metrics.failovers.inc();
             warn!(lease = %election.lease, %previous, transitions = held.transitions, "failover: took the Lease over");
@@ -155,9 +177,11 @@ pub async fn run(
         info!(lease = %election.lease, transitions = held.transitions, "active: holding the Lease");
         // What this node replicates from now on belongs to its term.
         replication.set_term(i64::from(held.transitions));
+        // The previous active's live state, before calls can arrive (the pod is marked next).
+        take_over(i64::from(held.transitions));
         mark(&pods, &election.pod, true).await;
         role.send_replace(Role::Active);
-        let lost = keep(&leases, &election.lease, &election.pod, &election.timing).await;
+        let lost = keep(&leases, &election.lease, &me, &election.timing).await;
         warn!(lease = %election.lease, reason = %lost, "lost the Lease: standby");
         role.send_replace(Role::Standby);
         mark(&pods, &election.pod, false).await;
@@ -210,10 +234,11 @@ async fn holder_url(
         }
     };
     let holder = lease.spec?.holder_identity.filter(|h| !h.is_empty())?;
+    let holder = holder_pod(&holder);
     if holder == election.pod {
         return None;
     }
-    let pod = match pods.get_opt(&holder).await {
+    let pod = match pods.get_opt(holder).await {
         Ok(p) => p?,
         Err(error) => {
             warn!(%error, pod = holder, "cannot read the active node's pod");
@@ -225,6 +250,17 @@ async fn holder_url(
         "http://{}",
         std::net::SocketAddr::new(ip, CONTROL_PORT)
     ))
+}
+
+/// The Lease holder identity of this process in `pod`: the pod's name and an instance
+/// number.
+fn holder_identity(pod: &str, instance: u32) -> String {
+    format!("{pod}_{instance:08x}")
+}
+
+/// The pod of a Lease holder identity (pod names have no `_`).
+fn holder_pod(identity: &str) -> &str {
+    identity.split_once('_').map_or(identity, |(pod, _)| pod)
 }
 
 /// Sets or removes the active mark on the node's own pod, retrying a few times: a pod that
@@ -253,6 +289,19 @@ async fn mark(pods: &Api<Pod>, pod: &str, active: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restarted_pod_is_another_lease_holder() {
+        let first = holder_identity("campus-media-1", 1);
+        let restarted = holder_identity("campus-media-1", 2);
+        assert_ne!(first, restarted);
+        assert_eq!(holder_pod(&first), "campus-media-1");
+        assert_eq!(
+            holder_pod("campus-media-1"),
+            "campus-media-1",
+            "an old identity"
+        );
+    }
 
     #[tokio::test]
     async fn the_role_metrics_follow_the_role() {

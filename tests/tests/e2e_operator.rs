@@ -113,45 +113,65 @@ struct SeatLogin<'a> {
 
 /// `callee` registers through the ClusterIP from this machine's bridge address and answers;
 /// `caller` calls it through the ClusterIP, plays audio for 3 s and hangs up. Both sides must
-/// complete their scenarios: the call went through the media node in its pod.
+/// complete their scenarios: the call went through the media node in its pod. Returns the
+/// port the callee's phone registered from.
 async fn call_through_the_cluster(
     sip: IpAddr,
     host: IpAddr,
     domain: &str,
     caller: &SeatLogin<'_>,
     callee: &SeatLogin<'_>,
-) -> Result<()> {
-    let ip = host.to_string();
-    let callee_port = free_udp_port(host)?.to_string();
-    let callee_media = free_udp_port(host)?.to_string();
-    let caller_media = free_udp_port(host)?.to_string();
-    let login = |seat: &SeatLogin<'_>| {
-        [
-            "-key".to_string(),
-            "ext".to_string(),
-            seat.extension.to_string(),
-            "-au".to_string(),
-            seat.extension.to_string(),
-            "-ap".to_string(),
-            seat.password.to_string(),
-        ]
-    };
-    let (callee_login, caller_login) = (login(callee), login(caller));
-    let with = |login: &[String; 7], more: &[&str]| -> Vec<String> {
-        login
-            .iter()
-            .cloned()
-            .chain(more.iter().map(ToString::to_string))
-            .collect()
-    };
-    let register = with(&callee_login, &["-i", &ip, "-p", &callee_port]);
+) -> Result<u16> {
+    let callee_port = free_udp_port(host)?;
+    let register = login(callee)
+        .into_iter()
+        .chain(["-i".to_string(), host.to_string()])
+        .chain(["-p".to_string(), callee_port.to_string()])
+        .collect::<Vec<_>>();
     sipp(sip, domain, "seat-register.xml", &register)
         .await?
         .finish()
         .await
         .with_context(|| format!("seat {} registering", callee.extension))?;
+    call_registered(sip, host, domain, caller, callee, callee_port).await?;
+    Ok(callee_port)
+}
+
+/// The SIPp arguments of a seat's login.
+fn login(seat: &SeatLogin<'_>) -> [String; 7] {
+    [
+        "-key".to_string(),
+        "ext".to_string(),
+        seat.extension.to_string(),
+        "-au".to_string(),
+        seat.extension.to_string(),
+        "-ap".to_string(),
+        seat.password.to_string(),
+    ]
+}
+
+/// As [`call_through_the_cluster`] for a callee whose phone registered from `callee_port`
+/// before (it does not register again).
+async fn call_registered(
+    sip: IpAddr,
+    host: IpAddr,
+    domain: &str,
+    caller: &SeatLogin<'_>,
+    callee: &SeatLogin<'_>,
+    callee_port: u16,
+) -> Result<()> {
+    let ip = host.to_string();
+    let callee_port = callee_port.to_string();
+    let callee_media = free_udp_port(host)?.to_string();
+    let caller_media = free_udp_port(host)?.to_string();
+    let with = |login: [String; 7], more: &[&str]| -> Vec<String> {
+        login
+            .into_iter()
+            .chain(more.iter().map(ToString::to_string))
+            .collect()
+    };
     let answer = with(
-        &callee_login,
+        login(callee),
         &[
             "-i",
             &ip,
@@ -167,7 +187,7 @@ async fn call_through_the_cluster(
     let answering = sipp(sip, domain, "seat-uas-answer.xml", &answer).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let call = with(
-        &caller_login,
+        login(caller),
         &[
             "-i",
             &ip,
@@ -574,31 +594,35 @@ async fn campus(
     let host = bridge_address(state_dir)?;
     let deadline = Instant::now() + SIPP_LIMIT * 2;
     let mut attempts = 0;
-    loop {
+    let (seat_2001, seat_2002) = (
+        SeatLogin {
+            extension: "2001",
+            password: &p2001,
+        },
+        SeatLogin {
+            extension: "2002",
+            password: &p2002,
+        },
+    );
+    let phone_2001 = loop {
         attempts += 1;
         let call = call_through_the_cluster(
             sip,
             host,
             "callcenter.campus.example.edu",
-            &SeatLogin {
-                extension: "2002",
-                password: &p2002,
-            },
-            &SeatLogin {
-                extension: "2001",
-                password: &p2001,
-            },
+            &seat_2002,
+            &seat_2001,
         )
         .await;
         match call {
-            Ok(()) => break,
+            Ok(port) => break port,
             // kube-proxy may not have written the Service's rules yet.
             Err(e) if Instant::now() >= deadline => {
                 return Err(e.context(format!("campus call, {attempts} attempt(s)")));
             }
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
-    }
+    };
     eprintln!(
         "campus: seat 2002 called seat 2001 through {sip}:{SIP_PORT}/udp, served by {active}"
     );
@@ -678,6 +702,107 @@ async fn campus(
         "campus: standby {standby} follows {active}, {:.3} s behind",
         metric_value(&standby_metrics, "switchboard_replication_lag_seconds", "")
             .unwrap_or(f64::NAN)
+    );
+
+    // Failover: the active pod is deleted with no grace. The standby takes the Lease, becomes
+    // the SIP Service's endpoint and rings seat 2001 at the contact it registered with the
+    // old active (it does not register again); the deleted pod comes back as the standby and
+    // follows the new active.
+    let killed_at = Instant::now();
+    pods.delete(
+        &active,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await?;
+    let new_active = standby.clone();
+    wait_for(NODE_LIMIT, "the campus standby taking over", || {
+        let fetch = pod_metrics(new_active.clone());
+        async move {
+            let text = fetch.await?;
+            (metric_value(&text, "switchboard_node_role", "role=\"active\"") == Some(1.0)
+                && metric_value(&text, "switchboard_failovers_total", "") == Some(1.0))
+            .then_some(())
+        }
+    })
+    .await?;
+    let took_over = killed_at.elapsed();
+    let new_ip = pods
+        .get(&new_active)
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .unwrap_or_default();
+    wait_for(
+        NODE_LIMIT,
+        "the SIP Service following the new active",
+        || async {
+            let ep = endpoints.get_opt(&names.sip_service).await.ok().flatten()?;
+            let addresses: Vec<String> = ep
+                .subsets?
+                .iter()
+                .flat_map(|s| s.addresses.clone().unwrap_or_default())
+                .map(|a| a.ip)
+                .collect();
+            (addresses == [new_ip.clone()]).then_some(())
+        },
+    )
+    .await?;
+    let deadline = Instant::now() + SIPP_LIMIT * 2;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let call = call_registered(
+            sip,
+            host,
+            "callcenter.campus.example.edu",
+            &seat_2002,
+            &seat_2001,
+            phone_2001,
+        )
+        .await;
+        match call {
+            Ok(()) => break,
+            // kube-proxy may not have moved the Service's rules yet.
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!(
+                    "campus call after the failover, {attempts} attempt(s)"
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+    eprintln!(
+        "campus: {active} deleted; {new_active} active after {:.1} s, seat 2001 (registered with \
+         {active} only) answered a call through it after {:.1} s ({attempts} attempt(s))",
+        took_over.as_secs_f64(),
+        killed_at.elapsed().as_secs_f64()
+    );
+    wait_for(
+        NODE_LIMIT,
+        "the restarted pod following the new active",
+        || {
+            let fetch = pod_metrics(active.clone());
+            async move {
+                let text = fetch.await?;
+                (metric_value(&text, "switchboard_node_role", "role=\"standby\"") == Some(1.0)
+                    && metric_value(&text, "switchboard_standby_ready", "") == Some(1.0)
+                    && metric_value(
+                        &text,
+                        "switchboard_replication_records",
+                        "kind=\"registrations\"",
+                    )
+                    .is_some_and(|n| n >= 1.0))
+                .then_some(())
+            }
+        },
+    )
+    .await?;
+    eprintln!(
+        "campus: {active} back as the standby, resynchronised {:.1} s after it was deleted",
+        killed_at.elapsed().as_secs_f64()
     );
 
     // `kubectl get queues` shows the live columns.

@@ -860,6 +860,48 @@ impl Acd {
         }
     }
 
+    /// Takes over an agent's state from the previous active node (hot standby): LoggedOut,
+    /// Ready, NotReady (with its reason) and WrapUp (until `wrap_up_until`) as they were,
+    /// since `since`; Ringing and Busy become Ready, since the offer or call they were on
+    /// belonged to the other node (a call taken over makes its agent Busy again). Restore
+    /// Ready agents in the order they became Ready, so longest-idle keeps its order. Unknown
+    /// seats are ignored.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore_agent(
+        &mut self,
+        seat: &str,
+        state: AgentState,
+        reason: Option<String>,
+        since: Instant,
+        wrap_up_until: Option<Instant>,
+        today: (u32, Duration),
+        now: Instant,
+    ) {
+        let Some(&a) = self.agent_index.get(seat) else {
+            return;
+        };
+        let (state, reason) = match state {
+            AgentState::Ringing | AgentState::Busy => (AgentState::Ready, None),
+            AgentState::WrapUp if wrap_up_until.is_none_or(|until| until <= now) => {
+                (AgentState::Ready, None)
+            }
+            AgentState::NotReady => (AgentState::NotReady, reason),
+            other => (other, None),
+        };
+        self.agents[ix(a)].pending = None;
+        self.set_state(a, state, reason, now);
+        let agent = &mut self.agents[ix(a)];
+        agent.status.since = since.min(now);
+        agent.status.calls_today = today.0;
+        agent.status.talk_time_today = today.1;
+        if state == AgentState::WrapUp
+            && let Some(until) = wrap_up_until
+        {
+            agent.wrap_up_until = Some(until);
+            self.timers.insert((until, Timer::WrapUp(a)));
+        }
+    }
+
     /// The seat's phone began a call no queue offered (seat to seat, outbound, a direct
     /// call): a Ready agent becomes Busy until [`Acd::direct_call_ended`]; in any other state
     /// the call only keeps the agent from becoming Ready until it ends. Unknown seats are

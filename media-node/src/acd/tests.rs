@@ -978,3 +978,86 @@ fn a_phone_on_a_direct_call_gets_no_queue_call() {
     acd.direct_call_ended("s2", now + s(64));
     assert_eq!(state(&acd, "s2"), AgentState::Ready);
 }
+
+#[test]
+fn a_takeover_restores_agent_states_and_the_longest_idle_order() {
+    let t0 = Instant::now();
+    let mut acd = Acd::new(3);
+    acd.configure(&[("q".into(), spec(json!({})))], &seats(5, "q"), t0);
+    let now = t0 + s(600);
+    // As the old active had them: s2 Ready longest, then s1; s3 paused; s4 on a call; s5
+    // wrapping up for 20 s more.
+    acd.restore_agent(
+        "s2",
+        AgentState::Ready,
+        None,
+        t0 + s(10),
+        None,
+        (4, s(300)),
+        now,
+    );
+    acd.restore_agent(
+        "s1",
+        AgentState::Ready,
+        None,
+        t0 + s(20),
+        None,
+        (0, s(0)),
+        now,
+    );
+    acd.restore_agent(
+        "s3",
+        AgentState::NotReady,
+        Some("meal".into()),
+        t0 + s(30),
+        None,
+        (0, s(0)),
+        now,
+    );
+    acd.restore_agent(
+        "s4",
+        AgentState::Busy,
+        None,
+        t0 + s(40),
+        None,
+        (0, s(0)),
+        now,
+    );
+    acd.restore_agent(
+        "s5",
+        AgentState::WrapUp,
+        None,
+        t0 + s(590),
+        Some(now + s(20)),
+        (0, s(0)),
+        now,
+    );
+    acd.restore_agent("nobody", AgentState::Ready, None, t0, None, (0, s(0)), now);
+    let s2 = acd.agent("s2").unwrap();
+    assert_eq!(
+        (s2.state, s2.since, s2.calls_today),
+        (AgentState::Ready, t0 + s(10), 4)
+    );
+    let s3 = acd.agent("s3").unwrap();
+    assert_eq!(
+        (s3.state, s3.reason.as_deref()),
+        (AgentState::NotReady, Some("meal"))
+    );
+    assert_eq!(
+        state(&acd, "s4"),
+        AgentState::Ready,
+        "its call was the old node's"
+    );
+    assert_eq!(state(&acd, "s5"), AgentState::WrapUp);
+    assert_eq!(acd.next_wake(), Some(now + s(20)));
+    // Longest idle first: s2, then s1, then s4.
+    assert_eq!(route_one(&mut acd, 1, now), vec!["s2"]);
+    assert_eq!(route_one(&mut acd, 2, now), vec!["s1"]);
+    assert_eq!(route_one(&mut acd, 3, now), vec!["s4"]);
+    acd.tick(now + s(20));
+    assert_eq!(
+        state(&acd, "s5"),
+        AgentState::Ready,
+        "the wrap-up ends on time"
+    );
+}

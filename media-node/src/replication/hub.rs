@@ -42,6 +42,18 @@ impl WallClock {
         }
     }
 
+    /// The instant of a replicated time (the inverse of [`WallClock::unix_ms`] on this node;
+    /// across nodes as exact as their clocks agree). Times before this process started are
+    /// clamped to the earliest instant the platform can express.
+    pub fn instant(&self, unix_ms: i64) -> Instant {
+        let delta = Duration::from_millis(unix_ms.abs_diff(self.unix_ms));
+        if unix_ms >= self.unix_ms {
+            self.at.checked_add(delta).unwrap_or(self.at)
+        } else {
+            self.at.checked_sub(delta).unwrap_or(self.at)
+        }
+    }
+
     pub fn unix_ms(&self, instant: Instant) -> i64 {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         if instant >= self.at {

@@ -28,6 +28,7 @@ use switchboard_proto::replication::v1::{
 
 pub mod hub;
 pub mod stream;
+pub mod takeover;
 #[cfg(test)]
 mod tests;
 

@@ -218,6 +218,27 @@ impl Registrar {
 
     /// Applies a REGISTER that already passed authentication. All-or-nothing: a request that
     /// fails leaves every binding as it was.
+    /// Installs a binding the previous active node held (hot-standby takeover). Skipped when
+    /// the seat is not configured here, the binding has expired, or the seat's phone
+    /// registered with this node since (its own binding of that contact wins); `true` when
+    /// installed.
+    pub fn restore(&mut self, extension: &str, binding: Binding, now: Instant) -> bool {
+        let Some(seat) = self.seats.get(extension) else {
+            return false;
+        };
+        if binding.expires_at <= now {
+            return false;
+        }
+        let list = self.bindings.entry(extension.to_string()).or_default();
+        if list.iter().any(|b| same_contact(&b.uri, &binding.uri))
+            || list.len() >= seat.max_contacts.max(1)
+        {
+            return false;
+        }
+        list.push(binding);
+        true
+    }
+
     pub fn register(&mut self, request: &RegisterRequest, now: Instant) -> RegisterOutcome {
         let Some(seat) = self.seats.get(&request.extension) else {
             return RegisterOutcome::UnknownSeat;

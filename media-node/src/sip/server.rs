@@ -305,6 +305,36 @@ impl SipServer {
         let _ = self.replication.set(hub);
     }
 
+    /// Installs the registrations the previous active node held (hot-standby takeover), so
+    /// the seats' phones are rung without registering again; returns how many were taken.
+    pub fn restore_registrations(
+        &self,
+        records: &[switchboard_proto::replication::v1::Registration],
+        clock: crate::replication::WallClock,
+        now: Instant,
+    ) -> usize {
+        let mut registrar = self.registrar.lock();
+        let mut restored = Vec::new();
+        for record in records {
+            if let Some(binding) = crate::replication::takeover::binding(record, clock, now)
+                && registrar.restore(&record.extension, binding, now)
+            {
+                restored.push(record.extension.clone());
+            }
+        }
+        self.count_registrations(&registrar);
+        let now_bound: Vec<(String, Vec<super::registrar::Binding>)> = restored
+            .iter()
+            .map(|ext| (ext.clone(), registrar.bindings(ext, now)))
+            .collect();
+        drop(registrar);
+        // This node's own standby follows them from now on.
+        for (extension, bindings) in &now_bound {
+            self.replicate_registrations(extension, bindings);
+        }
+        restored.len()
+    }
+
     /// Tells the replication the seat's contacts now.
     fn replicate_registrations(&self, extension: &str, bindings: &[super::registrar::Binding]) {
         if let Some(hub) = self.replication.get() {
