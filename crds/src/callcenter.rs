@@ -835,6 +835,10 @@ pub struct CallCenterStatus {
     /// When the last failover happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover_time: Option<Time>,
+    /// The media nodes' Lease `leaseTransitions` when the operator last looked (HotStandby):
+    /// every rise is a change of the active node, counted as a failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_lease_transitions: Option<i32>,
     /// Generation of the node configuration the operator pushed last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_generation: Option<i64>,

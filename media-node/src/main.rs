@@ -329,6 +329,9 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     replication.set_config_generation(config.generation);
     sip.attach_replication(Arc::clone(&replication));
     center.attach_replication(Arc::clone(&replication));
+    if let Some(calls) = sip.calls() {
+        calls.attach_replication(Arc::clone(&replication));
+    }
     // The active node a standby follows: given (`--follow`), or the Lease holder's pod.
     let (active_tx, active_rx) = tokio::sync::watch::channel(cli.follow.clone());
     let election = role::election(&env, &config.spec.high_availability);

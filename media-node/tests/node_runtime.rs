@@ -33,9 +33,11 @@ use switchboard_proto::node::v1::{
 use switchboard_proto::node_config::{NodeConfig, build_node_config};
 use switchboard_proto::replication::v1::replication_client::ReplicationClient;
 use switchboard_proto::replication::v1::{
-    AgentState as ReplicatedAgentState, Delta, FollowRequest, ReplicationMessage, delta,
-    replication_message,
+    AgentState as ReplicatedAgentState, CallRecord, Delta, Direction as ReplicatedDirection,
+    FollowRequest, ReplicationMessage, delta, replication_message,
 };
+
+mod support;
 
 const NODE: &str = env!("CARGO_BIN_EXE_media-node");
 /// Upper bound for the node to print its addresses and for `/readyz` to turn 200.
@@ -991,4 +993,234 @@ async fn a_standby_follows_the_actives_registrations_and_agent_states() {
             .is_some_and(|r| r >= 1.0)
     })
     .await;
+}
+
+/// Reads a `Follow` stream as a standby does, every message into `follower` (which checks
+/// each record), until a delta `wanted` picks; heartbeats and other changes are applied and
+/// passed over.
+async fn follow_until<T>(
+    stream: &mut tonic::Streaming<ReplicationMessage>,
+    follower: &mut media_node::replication::Follower,
+    wanted: impl Fn(&delta::Change) -> Option<T>,
+) -> T {
+    loop {
+        let message = tokio::time::timeout(STARTUP_LIMIT, stream.message())
+            .await
+            .expect("a message within the limit")
+            .expect("a healthy stream")
+            .expect("a message");
+        follower
+            .receive(&message)
+            .unwrap_or_else(|e| panic!("the follower refuses {message:?}: {e}"));
+        if let Some(replication_message::Body::Delta(Delta {
+            change: Some(change),
+        })) = &message.body
+            && let Some(found) = wanted(change)
+        {
+            return found;
+        }
+    }
+}
+
+/// A standby's view of `node`: the stream, and a follower that took its snapshot.
+async fn follow(
+    node: &Node,
+) -> (
+    tonic::Streaming<ReplicationMessage>,
+    media_node::replication::Follower,
+) {
+    let mut stream = ReplicationClient::connect(format!("http://{}", node.control))
+        .await
+        .expect("connect to replication")
+        .follow(FollowRequest {
+            standby: "test".into(),
+        })
+        .await
+        .expect("the active serves replication")
+        .into_inner();
+    let snapshot = tokio::time::timeout(STARTUP_LIMIT, stream.message())
+        .await
+        .expect("a snapshot within the limit")
+        .expect("a healthy stream")
+        .expect("a snapshot");
+    let mut follower = media_node::replication::Follower::new();
+    follower.receive(&snapshot).expect("the snapshot is good");
+    (stream, follower)
+}
+
+/// SIPp against `node` as seat `ext` on `port` (RTP on `media`), authenticating with the
+/// seat's password from the example's Secret.
+fn seat_sipp(
+    node: &Node,
+    scenario: &str,
+    ext: &str,
+    (port, media): (u16, Option<u16>),
+    extra: &[&str],
+) -> support::Sipp {
+    let password = format!("practice-{ext}");
+    let mut args = vec!["-key", "ext", ext, "-au", ext, "-ap", &password];
+    args.extend_from_slice(extra);
+    support::Sipp::spawn(
+        node.sip_udp.port(),
+        "127.0.0.1",
+        scenario,
+        port,
+        media,
+        &args,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_replicates_an_answered_seat_call_until_its_bye() {
+    support::require_sipp();
+    let mut config = operator_config(1);
+    // Recorded, so the record names the recording in progress.
+    config.spec.recording.mode = switchboard_crds::callcenter::RecordingMode::Always;
+    let node = tokio::task::block_in_place(|| Node::start(&config));
+    let (mut stream, mut follower) = follow(&node).await;
+
+    // Seat 1002's phone registers and answers (µ-law, echoing RTP); 1001 calls it (A-law),
+    // talks 3 s and hangs up.
+    let callee_port = support::free_port();
+    let callee_media = support::free_media_port("127.0.0.1");
+    tokio::task::block_in_place(|| {
+        seat_sipp(&node, "seat-register.xml", "1002", (callee_port, None), &[])
+            .assert_ok("1002 registers");
+    });
+    let callee = support::Sipp::spawn(
+        node.sip_udp.port(),
+        "127.0.0.1",
+        "seat-uas-answer.xml",
+        callee_port,
+        Some(callee_media),
+        &["-key", "ext", "1002", "-rtp_echo"],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let caller_port = support::free_port();
+    let caller_media = support::free_media_port("127.0.0.1");
+    let caller = seat_sipp(
+        &node,
+        "seat-uac-bye.xml",
+        "1001",
+        (caller_port, Some(caller_media)),
+        &["-s", "1002"],
+    );
+
+    // Answered and ACKed: the whole call in one record.
+    let record: CallRecord = follow_until(&mut stream, &mut follower, |c| match c {
+        delta::Change::Call(record) => Some(record.clone()),
+        _ => None,
+    })
+    .await;
+    let a = record.caller.as_ref().expect("the caller's dialog");
+    let b = record.callee.as_ref().expect("the callee's dialog");
+    assert_eq!(a.call_id, record.id, "{record:#?}");
+    assert!(b.call_id.ends_with("@switchboard"), "{record:#?}");
+    assert_ne!(a.call_id, b.call_id);
+    for (dialog, peer_tag) in [(a, "SIPpTag00"), (b, "SIPpTag01")] {
+        assert!(dialog.local.contains(";tag="), "{record:#?}");
+        assert!(dialog.remote.contains(peer_tag), "{record:#?}");
+    }
+    assert_eq!(
+        a.remote_target,
+        format!("sip:1001@127.0.0.1:{caller_port};transport=UDP")
+    );
+    assert_eq!(
+        b.remote_target,
+        format!("sip:1002@127.0.0.1:{callee_port};transport=UDP")
+    );
+    assert_eq!(a.destination, format!("127.0.0.1:{caller_port}"));
+    assert_eq!(b.destination, format!("127.0.0.1:{callee_port}"));
+    // The caller's authenticated INVITE was its CSeq 2; the node's INVITE to 1002 its 1.
+    assert_eq!((a.remote_cseq, b.local_cseq), (2, 1), "{record:#?}");
+    let a_media = record.caller_media.as_ref().expect("the caller's media");
+    let b_media = record.callee_media.as_ref().expect("the callee's media");
+    assert_eq!(a_media.remote_rtp, format!("127.0.0.1:{caller_media}"));
+    assert_eq!(b_media.remote_rtp, format!("127.0.0.1:{callee_media}"));
+    assert_eq!((a_media.codec.as_str(), a_media.payload_type), ("PCMA", 8));
+    assert_eq!((b_media.codec.as_str(), b_media.payload_type), ("PCMU", 0));
+    for m in [a_media, b_media] {
+        assert_eq!(m.telephone_event, 101, "{record:#?}");
+        assert_eq!(m.direction, "sendrecv", "{record:#?}");
+        assert!(m.sdp_session_version >= 1, "{record:#?}");
+    }
+    assert_ne!(a_media.sdp_session_id, b_media.sdp_session_id);
+    assert_eq!((record.from.as_str(), record.to.as_str()), ("1001", "1002"));
+    assert_eq!(record.direction(), ReplicatedDirection::Internal);
+    assert!(
+        record.answered_at_unix_ms >= record.offered_at_unix_ms && record.offered_at_unix_ms > 0,
+        "{record:#?}"
+    );
+    assert!(record.recording.ends_with(".wav"), "{record:#?}");
+    assert!(record.queued.is_none());
+    let state = follower.state().expect("the follower's state");
+    assert_eq!(state.calls.get(&record.id), Some(&record));
+
+    // The BYE: the record goes.
+    let ended = follow_until(&mut stream, &mut follower, |c| match c {
+        delta::Change::CallEnded(id) => Some(id.clone()),
+        delta::Change::Call(other) => panic!("a change after the answer: {other:#?}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(ended, record.id);
+    assert!(follower.state().expect("state").calls.is_empty());
+    tokio::task::block_in_place(|| {
+        caller.assert_ok("1001 calls and hangs up");
+        callee.assert_ok("1002 answers");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_replicates_a_queued_caller_until_they_hang_up() {
+    support::require_sipp();
+    let config = operator_config(1);
+    let node = tokio::task::block_in_place(|| Node::start(&config));
+    let (mut stream, mut follower) = follow(&node).await;
+
+    // Seat 1001 dials the queue's number; no agent is logged in and the queue waits for one.
+    let before = media_node::replication::unix_now_ms();
+    let (caller_port, caller_media) = (support::free_port(), support::free_media_port("127.0.0.1"));
+    let caller = seat_sipp(
+        &node,
+        "seat-uac-bye.xml",
+        "1001",
+        (caller_port, Some(caller_media)),
+        &["-s", "100"],
+    );
+    let record: CallRecord = follow_until(&mut stream, &mut follower, |c| match c {
+        delta::Change::Call(record) => Some(record.clone()),
+        _ => None,
+    })
+    .await;
+    let after = media_node::replication::unix_now_ms();
+    let place = record.queued.as_ref().expect("a queue place");
+    assert_eq!(place.queue, "support", "{record:#?}");
+    assert_eq!(place.priority_boost, 0);
+    assert!(
+        (before..=after).contains(&place.enqueued_at_unix_ms),
+        "enqueued between {before} and {after}: {record:#?}"
+    );
+    assert!(record.callee.is_none() && record.callee_media.is_none());
+    let a = record.caller.as_ref().expect("the caller's dialog");
+    assert_eq!(a.call_id, record.id);
+    assert!(a.remote.contains("SIPpTag00"), "{record:#?}");
+    assert_eq!(a.destination, format!("127.0.0.1:{caller_port}"));
+    let media = record.caller_media.as_ref().expect("the caller's media");
+    assert_eq!(media.codec, "PCMA");
+    assert_eq!(media.remote_rtp, format!("127.0.0.1:{caller_media}"));
+    assert_eq!((record.from.as_str(), record.to.as_str()), ("1001", "100"));
+    assert_eq!(record.queue, "support");
+    assert_eq!(record.answered_at_unix_ms, 0, "no agent answered");
+    let state = follower.state().expect("the follower's state");
+    assert_eq!(state.calls.get(&record.id), Some(&record));
+
+    let ended = follow_until(&mut stream, &mut follower, |c| match c {
+        delta::Change::CallEnded(id) => Some(id.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(ended, record.id);
+    assert!(follower.state().expect("state").calls.is_empty());
+    tokio::task::block_in_place(|| caller.assert_ok("1001 waits in the queue and hangs up"));
 }

@@ -387,7 +387,28 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
         .iter()
         .all(|n| n.config == NodeConfigState::Current);
     let failed_rounds = ctx.note_push_round(&center_key(center), all_current);
+    let lease =
+        if center.spec.high_availability.mode == switchboard_crds::callcenter::HaMode::HotStandby {
+            Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &namespace)
+                .get_opt(&names.lease)
+                .await?
+                .and_then(|l| l.spec)
+        } else {
+            None
+        };
+    let failover = failover(center.status.as_ref(), lease.as_ref());
+    if let Some(f) = &failover {
+        tracing::info!(center = %key, message = %f.message, "failover");
+        publish_on(recorder, &center.object_ref(&()), FAILOVER, &f.message).await;
+    }
     write_status(client, center, |status, now| {
+        if let Some(f) = &failover {
+            status.failover_count = status.failover_count.saturating_add(f.count);
+            status.last_failover_time = Some(now.clone());
+        }
+        if let Some(transitions) = lease.as_ref().and_then(|l| l.lease_transitions) {
+            status.active_lease_transitions = Some(transitions);
+        }
         status.config_generation = Some(generation);
         status.nodes = node_statuses.clone();
         status.seats_registered = live.seats_registered();
@@ -570,6 +591,52 @@ async fn publish_trunk_events(recorder: &Recorder, center: &CallCenter, plans: &
             .await;
         }
     }
+}
+
+/// The Event reason of a change of the active media node.
+pub const FAILOVER: &str = "Failover";
+
+/// A change of the active media node the operator has not counted yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failover {
+    /// Changes of holder since the operator last looked (usually 1).
+    count: u32,
+    message: String,
+}
+
+/// The failover the media nodes' Lease shows against what the status counted: its
+/// `leaseTransitions` grew since the status recorded it. The first sighting of a Lease only
+/// records it; a Lease recreated with fewer transitions is not a failover.
+fn failover(
+    status: Option<&CallCenterStatus>,
+    lease: Option<&k8s_openapi::api::coordination::v1::LeaseSpec>,
+) -> Option<Failover> {
+    let seen = status?.active_lease_transitions?;
+    let lease = lease?;
+    let now = lease.lease_transitions?;
+    let count = u32::try_from(now.checked_sub(seen)?)
+        .ok()
+        .filter(|c| *c > 0)?;
+    let holder = lease
+        .holder_identity
+        .as_deref()
+        .map(|h| h.split_once('_').map_or(h, |(pod, _)| pod))
+        .filter(|h| !h.is_empty());
+    let previous = status.and_then(|s| s.active_node.as_deref());
+    let message = match (previous, holder) {
+        (Some(from), Some(to)) if from != to => {
+            format!("media node {to} took over from {from} as the active node")
+        }
+        (Some(_), Some(to)) => format!("media node {to} became the active node again"),
+        (None, Some(to)) => format!("media node {to} became the active node"),
+        (_, None) => "the active media node gave up the Lease; none holds it yet".to_string(),
+    };
+    let message = if count > 1 {
+        format!("{message} ({count} changes of the active node since the last look)")
+    } else {
+        message
+    };
+    Some(Failover { count, message })
 }
 
 /// `StandbyReady`: whether a standby could take over. A standby that runs the current config
@@ -1003,6 +1070,57 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_rise_of_the_leases_transitions_is_a_failover() {
+        use k8s_openapi::api::coordination::v1::LeaseSpec;
+        let status = |transitions: Option<i32>, active: Option<&str>| CallCenterStatus {
+            active_lease_transitions: transitions,
+            active_node: active.map(str::to_string),
+            ..CallCenterStatus::default()
+        };
+        let lease = |transitions: i32, holder: &str| LeaseSpec {
+            lease_transitions: Some(transitions),
+            holder_identity: Some(holder.to_string()),
+            ..LeaseSpec::default()
+        };
+        let took = super::failover(
+            Some(&status(Some(3), Some("campus-media-1"))),
+            Some(&lease(4, "campus-media-0_0badf00d")),
+        )
+        .expect("a failover");
+        assert_eq!(took.count, 1);
+        assert_eq!(
+            took.message,
+            "media node campus-media-0 took over from campus-media-1 as the active node"
+        );
+        let twice = super::failover(
+            Some(&status(Some(3), Some("campus-media-1"))),
+            Some(&lease(5, "campus-media-1_00000001")),
+        )
+        .expect("two changes");
+        assert_eq!(twice.count, 2);
+        assert!(
+            twice.message.contains("became the active node again"),
+            "{}",
+            twice.message
+        );
+        // Nothing to compare with, no change, a recreated Lease, no Lease: no failover.
+        assert_eq!(
+            super::failover(Some(&status(None, None)), Some(&lease(4, "a_1"))),
+            None
+        );
+        assert_eq!(
+            super::failover(Some(&status(Some(4), None)), Some(&lease(4, "a_1"))),
+            None
+        );
+        assert_eq!(
+            super::failover(Some(&status(Some(4), None)), Some(&lease(0, "a_1"))),
+            None
+        );
+        assert_eq!(super::failover(Some(&status(Some(4), None)), None), None);
+        assert_eq!(super::failover(None, Some(&lease(4, "a_1"))), None);
+    }
+
     use super::*;
 
     #[test]

@@ -780,6 +780,31 @@ async fn campus(
         took_over.as_secs_f64(),
         killed_at.elapsed().as_secs_f64()
     );
+    // The operator counts the failover in the status and says so in an Event.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), cc_ns);
+    let counted = wait_for(
+        NODE_LIMIT,
+        "the failover in the campus status, with its Event",
+        || async {
+            let status = centers.get(CAMPUS).await.ok()?.status?;
+            let event = events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(switchboard_operator::controller::FAILOVER)
+                        && e.involved_object.name.as_deref() == Some(CAMPUS)
+                })?;
+            (status.failover_count == 1
+                && status.last_failover_time.is_some()
+                && status.active_node.as_deref() == Some(new_active.as_str()))
+            .then(|| event.message.unwrap_or_default())
+        },
+    )
+    .await?;
+    eprintln!("campus: Failover Event: {counted}");
     wait_for(
         NODE_LIMIT,
         "the restarted pod following the new active",

@@ -33,6 +33,7 @@ use crate::media::prompts::PromptStore;
 use crate::recording::RecordingError;
 use crate::recording::cdr::{CallDetailRecord, CallDirection, CallOutcome, CdrWriter};
 use crate::recording::sidecar::HangupSide;
+use crate::replication::ReplicationHub;
 use crate::sip::Transport;
 use crate::sip::message::reason_phrase;
 use crate::sip::message::{SipRequest, SipResponse};
@@ -173,6 +174,8 @@ pub struct CallEngine {
     /// The seats' registrations, to find the phone an offer rings.
     registrar: OnceLock<Arc<Mutex<Registrar>>>,
     prompts: Option<PromptStore>,
+    /// Where established and queued calls are reported for the standby; none: not replicated.
+    replication: OnceLock<Arc<ReplicationHub>>,
 }
 
 /// What decides where a call goes, and what a node takes from a new config without
@@ -264,6 +267,7 @@ impl CallEngine {
             center: OnceLock::new(),
             registrar: OnceLock::new(),
             prompts,
+            replication: OnceLock::new(),
         })))
     }
 
@@ -276,6 +280,17 @@ impl CallEngine {
     /// The call-center runtime, when attached.
     pub fn center(&self) -> Option<&Arc<CallCenterRuntime>> {
         self.center.get()
+    }
+
+    /// Reports established and queued calls to `hub` from now on (once; later calls are
+    /// ignored). Calls already up are reported at their next change.
+    pub fn attach_replication(&self, hub: Arc<ReplicationHub>) {
+        let _ = self.replication.set(hub);
+    }
+
+    /// The replication hub, when attached.
+    pub fn replication(&self) -> Option<&Arc<ReplicationHub>> {
+        self.replication.get()
     }
 
     /// Connects the registrar whose bindings offers ring (set by the SIP server).

@@ -42,6 +42,7 @@ use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 
 mod center;
+mod replicate;
 
 pub use center::CenterSetup;
 
@@ -226,6 +227,8 @@ struct DialogSide {
     destination: SocketAddr,
     transport: Transport,
     local_cseq: u32,
+    /// The last CSeq number the peer used in this dialog (0 before its first request).
+    remote_cseq: u32,
 }
 
 impl DialogSide {
@@ -262,6 +265,7 @@ impl DialogSide {
             destination: source,
             transport,
             local_cseq: 0,
+            remote_cseq: invite.cseq().map_or(0, |(n, _)| n),
         };
         (dialog, tag, response_to)
     }
@@ -306,6 +310,8 @@ struct AgreedAudio {
     codec: Codec,
     payload_type: u8,
     telephone_event: Option<u8>,
+    /// Where the peer receives RTP; `None` while it holds with `c=0.0.0.0` and never said.
+    remote: Option<SocketAddr>,
 }
 
 impl AgreedAudio {
@@ -314,6 +320,7 @@ impl AgreedAudio {
             codec: n.codec,
             payload_type: n.payload_type,
             telephone_event: n.telephone_event,
+            remote: n.remote,
         }
     }
 }
@@ -332,6 +339,16 @@ struct LegSdp {
 }
 
 impl LegSdp {
+    /// Takes the audio a new exchange agreed. An old-style hold (`c=0.0.0.0`) gives no
+    /// address: the peer's last one is kept (its media returns there on resume).
+    fn agree(&mut self, n: &NegotiatedAudio) {
+        let mut audio = AgreedAudio::of(n);
+        if audio.remote.is_none() {
+            audio.remote = self.audio.and_then(|a| a.remote);
+        }
+        self.audio = Some(audio);
+    }
+
     /// Builds the leg's next SDP from `local` (direction and address wanted): the current
     /// o= version when nothing changed, one more when anything did (RFC 3264 §8). Returns the
     /// `LocalMedia` to commit once the exchange succeeds, the bytes, and what `build` adds.
@@ -637,6 +654,7 @@ impl CallEngine {
             destination,
             transport: b_transport,
             local_cseq: 1,
+            remote_cseq: 0,
         };
         let trying = build_response_with_body(invite, 100, "Trying", setup.source, None, &[], None);
         let (sender, rx) = mpsc::channel(CALL_QUEUE);
@@ -1246,6 +1264,8 @@ impl CallSession {
             });
             return;
         }
+        let dialog = self.dialog_mut(leg);
+        dialog.remote_cseq = dialog.remote_cseq.max(cseq);
         // A call the node answered itself has its caller leg up without a callee.
         let callee_up = self.b_state == CalleeState::Established
             || (self.center.is_some() && leg == Leg::Caller);
@@ -1368,13 +1388,14 @@ impl CallSession {
         let sdp = self.sdp_mut(leg);
         sdp.local = local;
         sdp.last = bytes.clone();
-        sdp.audio = Some(AgreedAudio::of(&negotiated));
+        sdp.agree(&negotiated);
         debug!(
             call_id = self.a.call_id,
             ?leg,
             "re-INVITE answered by the node"
         );
         self.respond_reinvite(200, "OK", Some(bytes), now);
+        self.replicate();
     }
 
     /// Sends a response to the re-INVITE in progress; finals are retransmitted until ACK.
@@ -1437,6 +1458,8 @@ impl CallSession {
         let (out, branch, cseq) = self.in_dialog_request(leg, "INVITE", Some(&offered.1));
         let uri = self.dialog(leg).remote_target.clone();
         self.send(out.clone());
+        // The new local CSeq: a standby must continue above it.
+        self.replicate();
         self.reinvite_out = Some(ClientReinvite {
             leg,
             branch,
@@ -1522,7 +1545,7 @@ impl CallSession {
                 }
                 let sdp = self.sdp_mut(leg);
                 (sdp.local, sdp.last) = offered;
-                sdp.audio = Some(AgreedAudio::of(&n));
+                sdp.agree(&n);
                 true
             }
             Err(reason) => {
@@ -1539,6 +1562,7 @@ impl CallSession {
                 "node's re-INVITE answered"
             ),
         }
+        self.replicate();
     }
 
     /// The other leg answered (or not) the re-INVITE passed across: answer the one waiting,
@@ -1568,7 +1592,7 @@ impl CallSession {
                             ..local
                         };
                         sdp.last = bytes.clone();
-                        sdp.audio = Some(AgreedAudio::of(&n));
+                        sdp.agree(&n);
                         if let Some(contact) = contact {
                             // A target refresh (§12.2.2).
                             self.dialog_mut(leg).remote_target = contact.uri;
@@ -1580,6 +1604,7 @@ impl CallSession {
                             "re-INVITE accepted"
                         );
                         self.respond_reinvite(200, "OK", Some(bytes), now);
+                        self.replicate();
                         return;
                     }
                     // Checked when the offer came; kept as a refusal, never a panic.
@@ -1631,6 +1656,7 @@ impl CallSession {
             s.final_response = None;
             if let Some(offered) = s.offered.take() {
                 self.take_reinvite_answer(leg, request, offered);
+                self.replicate();
             }
             return;
         }
@@ -1646,6 +1672,8 @@ impl CallSession {
                     self.caller_answer_due = false;
                     self.take_caller_answer(request, now);
                 }
+                // Both dialogs up (or the caller queued): the call is replicated from now on.
+                self.replicate();
             }
             CallerState::Rejected => self.a_final = None,
             _ => {}
@@ -1665,7 +1693,7 @@ impl CallSession {
                 }
                 let sdp = self.sdp_mut(leg);
                 (sdp.local, sdp.last) = offered;
-                sdp.audio = Some(AgreedAudio::of(&n));
+                sdp.agree(&n);
             }
             Err(reason) => {
                 warn!(call_id = self.a.call_id, ?leg, %reason, "ACK answer unusable; media unchanged");
@@ -1682,7 +1710,7 @@ impl CallSession {
                 if let Some(media) = &self.media {
                     media.set_peer(Leg::Caller, leg_peer(&n));
                 }
-                self.a_sdp.audio = Some(AgreedAudio::of(&n));
+                self.a_sdp.agree(&n);
                 debug!(call_id = self.a.call_id, codec = ?n.codec, "caller answered in the ACK");
             }
             Err(reason) => {
@@ -1996,7 +2024,7 @@ impl CallSession {
         if let Some(media) = &self.media {
             media.set_peer(Leg::Callee, leg_peer(&negotiated));
         }
-        self.b_sdp.audio = Some(AgreedAudio::of(&negotiated));
+        self.b_sdp.agree(&negotiated);
         self.b_codec_known = true;
         true
     }
@@ -2245,6 +2273,7 @@ impl CallSession {
                 self.recording = Some(path.clone());
                 // Written now too, so a recording whose node dies still has its metadata.
                 let _ = self.sidecar(None).write_atomic(&sidecar_path(&path));
+                self.replicate();
             }
             // Counted and logged by the recording module; the call goes on unrecorded.
             Err(error) => warn!(call_id = self.a.call_id, %error, "call not recorded"),
@@ -2367,6 +2396,7 @@ impl CallSession {
                 .inc();
         }
         self.ending = Some(ending);
+        self.replicate_ended();
         // Absorb retransmissions of the caller's INVITE or our finals for a while (UDP).
         if self.linger_until.is_none() {
             let udp = self.a.transport == Transport::Udp || self.b.transport == Transport::Udp;
@@ -2489,6 +2519,7 @@ mod tests {
             codec: Codec::Pcma,
             payload_type: 8,
             telephone_event: Some(101),
+            remote: None,
         };
         let last = build_offer(&local, &[Codec::Pcmu, Codec::Pcma])
             .to_string()

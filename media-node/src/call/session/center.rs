@@ -150,6 +150,9 @@ impl Fork {
 #[derive(Debug)]
 struct Queued {
     key: CallKey,
+    /// The queue the ACD has the caller in now (an overflow step may have moved them).
+    queue: String,
+    /// When the caller entered the first queue: the order the ACD keeps across moves.
     since: Instant,
     next_announcement: Option<Instant>,
 }
@@ -284,6 +287,13 @@ impl CenterCall {
         }
     }
 
+    /// While the caller waits in a queue: the queue, when they entered the first one and
+    /// their priority boost.
+    pub(super) fn queue_place(&self) -> Option<(&str, Instant, u32)> {
+        let q = self.queued.as_ref()?;
+        (self.phase == Phase::Queued).then_some((q.queue.as_str(), q.since, self.boost))
+    }
+
     pub(super) fn queue_name(&self) -> Option<String> {
         self.queue_name.clone()
     }
@@ -405,6 +415,7 @@ impl CallEngine {
             destination: setup.source,
             transport: setup.transport,
             local_cseq: 1,
+            remote_cseq: 0,
         };
         let trying = build_response_with_body(invite, 100, "Trying", setup.source, None, &[], None);
         let (sender, rx) = mpsc::channel(CALL_QUEUE);
@@ -785,6 +796,7 @@ impl CallSession {
                 let announce = spec.announcements.position || spec.announcements.estimated_wait;
                 c.queued = Some(Queued {
                     key,
+                    queue: queue.to_string(),
                     since: now,
                     next_announcement: announce.then_some(now + every),
                 });
@@ -794,6 +806,7 @@ impl CallSession {
                     queue, position, "caller waits in the queue"
                 );
                 self.hold_music();
+                self.replicate();
             }
             Err(Refusal::NoAgentsLoggedIn(NoAgentsAction::Voicemail)) => {
                 info!(
@@ -854,6 +867,9 @@ impl CallSession {
 
     /// What the ACD asks of this caller.
     pub(super) fn on_center_command(&mut self, command: CenterCommand, now: Instant) {
+        if let CenterCommand::Offer { queue, .. } = &command {
+            self.queued_in(queue);
+        }
         let Some(c) = self.center.as_deref() else {
             return;
         };
@@ -906,7 +922,21 @@ impl CallSession {
                 self.cancel_forks(None, now);
                 self.stop_prompts();
                 self.start_voicemail(None, Some(queue));
+                // Out of the queue into voicemail: no longer a call a standby takes over.
+                self.replicate();
             }
+        }
+    }
+
+    /// The ACD offers the caller from `queue`: an overflow step moved them there when it is
+    /// not the queue they were in (their original enqueue time stays).
+    fn queued_in(&mut self, queue: &str) {
+        let Some(q) = self.center.as_deref_mut().and_then(|c| c.queued.as_mut()) else {
+            return;
+        };
+        if q.queue != queue {
+            q.queue = queue.to_string();
+            self.replicate();
         }
     }
 
@@ -956,6 +986,7 @@ impl CallSession {
             destination: contact.source,
             transport: contact.transport,
             local_cseq: 1,
+            remote_cseq: 0,
         };
         let fork_branch = branch();
         let line = RequestLine {
@@ -1246,6 +1277,7 @@ impl CallSession {
         );
         self.answered_at = Some(Utc::now());
         self.start_recording();
+        self.replicate();
     }
 
     fn on_fork_refusal(&mut self, i: usize, response: &SipResponse, now: Instant) {
@@ -1359,6 +1391,8 @@ impl CallSession {
         if let Some(c) = self.center_mut() {
             c.phase = Phase::Survey;
         }
+        // The caller alone in a survey: no longer a call a standby takes over.
+        self.replicate();
         info!(
             call_id = self.a.call_id,
             "agent hung up; caller rates the call"
