@@ -324,6 +324,21 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     // With HotStandby in a pod the node serves only while it holds the Lease.
     let (role_tx, role_rx) = tokio::sync::watch::channel(Role::Active);
     tokio::spawn(role::export(role_rx.clone(), role_metrics.clone()));
+    // Only the active node serves: a standby, or an active that could not renew its Lease
+    // (fenced), refuses new calls and registrations and sends no in-dialog request.
+    {
+        let sip = Arc::clone(&sip);
+        let mut role = role_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let active = *role.borrow_and_update() == Role::Active;
+                sip.set_serving(active);
+                if role.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     // Live state for a standby: registrations and agent states as they change.
     let replication = Arc::new(ReplicationHub::new());
     replication.set_config_generation(config.generation);

@@ -840,6 +840,40 @@ async fn call_records_voicemail_and_trunk_traffic_are_served_over_the_control_ap
     );
 }
 
+/// The first answer of `node` to a minimal request (`REGISTER` or `INVITE` from seat 1001).
+fn first_answer(node: SocketAddr, method: &str) -> String {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a phone socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let local = socket.local_addr().expect("local address");
+    let (uri, to) = match method {
+        "INVITE" => ("sip:1002@localhost", "<sip:1002@localhost>"),
+        _ => ("sip:localhost", "<sip:1001@localhost>"),
+    };
+    let request = format!(
+        "{method} {uri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch=z9hG4bK-standby-{method};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:1001@localhost>;tag=standby\r\n\
+         To: {to}\r\n\
+         Call-ID: standby-{method}@127.0.0.1\r\n\
+         CSeq: 1 {method}\r\n\
+         Contact: <sip:1001@{local}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    socket.send_to(request.as_bytes(), node).expect("send");
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, _) = socket.recv_from(&mut buf).expect("an answer");
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        // A provisional 100 Trying is not the answer.
+        if !text.starts_with("SIP/2.0 100") {
+            return text;
+        }
+    }
+}
+
 /// One sample of `/metrics` (`name{labels}`).
 fn sample(node: &Node, series: &str) -> Option<f64> {
     let (_, text) = node.get("/metrics")?;
@@ -980,6 +1014,32 @@ async fn a_standby_follows_the_actives_registrations_and_agent_states() {
         .await
         .expect_err("a standby serves no replication");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    // Nor does it serve SIP: new calls and registrations go to the active node.
+    for method in ["REGISTER", "INVITE"] {
+        let answer = tokio::task::block_in_place(|| first_answer(standby.sip_udp, method));
+        assert!(
+            answer.starts_with("SIP/2.0 503"),
+            "a standby answers {method} with 503: {answer}"
+        );
+    }
+    assert!(
+        tokio::task::block_in_place(|| first_answer(active.sip_udp, "REGISTER"))
+            .starts_with("SIP/2.0 401"),
+        "the active one challenges it"
+    );
+    // Nor does it serve SIP: new calls and registrations go to the active node.
+    for method in ["REGISTER", "INVITE"] {
+        let answer = tokio::task::block_in_place(|| first_answer(standby.sip_udp, method));
+        assert!(
+            answer.starts_with("SIP/2.0 503"),
+            "a standby answers {method} with 503: {answer}"
+        );
+    }
+    assert!(
+        tokio::task::block_in_place(|| first_answer(active.sip_udp, "REGISTER"))
+            .starts_with("SIP/2.0 401"),
+        "the active one challenges it"
+    );
 
     // The active dies: the standby is not ready any more and says why in its metrics.
     drop(stream);

@@ -173,6 +173,8 @@ pub struct CallEngine {
     center: OnceLock<Arc<CallCenterRuntime>>,
     /// The seats' registrations, to find the phone an offer rings.
     registrar: OnceLock<Arc<Mutex<Registrar>>>,
+    /// The SIP server's serving switch (off on a standby or a fenced node).
+    serving: OnceLock<Arc<std::sync::atomic::AtomicBool>>,
     prompts: Option<PromptStore>,
     /// Where established and queued calls are reported for the standby; none: not replicated.
     replication: OnceLock<Arc<ReplicationHub>>,
@@ -266,9 +268,15 @@ impl CallEngine {
             routing: RwLock::new(Arc::new(routing)),
             center: OnceLock::new(),
             registrar: OnceLock::new(),
+            serving: OnceLock::new(),
             prompts,
             replication: OnceLock::new(),
         })))
+    }
+
+    /// Shares the SIP server's serving switch: while it is off, the calls send no request.
+    pub(crate) fn share_serving(&self, serving: Arc<std::sync::atomic::AtomicBool>) {
+        let _ = self.serving.set(serving);
     }
 
     /// Connects the call-center runtime: from now on IVR, queue, voicemail and feature-code
@@ -540,6 +548,20 @@ impl CallEngine {
     }
 
     fn send(&self, out: Outbound) {
+        if !out.bytes.starts_with(b"SIP/2.0 ")
+            && self
+                .serving
+                .get()
+                .is_some_and(|s| !s.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            // Fenced: another node may hold the Lease and serve these dialogs now; a request
+            // from here would contradict it.
+            debug!("not the active node: in-dialog request not sent");
+            if let Some(m) = &self.metrics {
+                m.dropped.with_label_values(&["not_active"]).inc();
+            }
+            return;
+        }
         let Some(link) = self.link.get() else {
             warn!("no SIP transport attached; message not sent");
             return;

@@ -278,6 +278,9 @@ pub struct SipServer {
     calls: Option<Arc<CallEngine>>,
     /// Where registration changes are replicated to the standby (HotStandby).
     replication: std::sync::OnceLock<Arc<crate::replication::ReplicationHub>>,
+    /// Whether this node serves (it is the active one): a standby, or an active fenced off
+    /// because it could not renew its Lease, takes no new call and no registration.
+    serving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SipServer {
@@ -297,7 +300,19 @@ impl SipServer {
             metrics,
             calls: None,
             replication: std::sync::OnceLock::new(),
+            serving: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
+    }
+
+    /// Serves (the active node) or not (a standby, or fenced). The calls' outbound requests
+    /// follow the same switch.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving
+            .store(serving, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn serving(&self) -> bool {
+        self.serving.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Replicates registration changes to `hub` from now on.
@@ -348,6 +363,7 @@ impl SipServer {
         self.calls = CallEngine::new(settings, self.realm.clone(), Some(self.metrics.clone()))?;
         if let Some(calls) = &self.calls {
             calls.attach_registrar(Arc::clone(&self.registrar));
+            calls.share_serving(Arc::clone(&self.serving));
         }
         Ok(self)
     }
@@ -556,6 +572,12 @@ impl SipServer {
             return simple(420, &[("Unsupported", require.to_string())]);
         }
         match request.method {
+            // Not the active node: the phone or carrier retries, and the SIP Service takes it to
+            // the node that serves.
+            rsip::Method::Register | rsip::Method::Invite if !self.serving() => {
+                debug!(%source, method = %request.method, "not the active node: refused");
+                simple(503, &[("Retry-After", "1".to_string())])
+            }
             rsip::Method::Register => self.register(request, source, transport, now, &tag),
             rsip::Method::Options => simple(
                 200,
