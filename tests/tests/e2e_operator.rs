@@ -557,27 +557,31 @@ async fn campus(
         .ok_or_else(|| anyhow!("campus SIP Service without a clusterIP"))?
         .parse()?;
     let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), cc_ns);
-    let active_ip = pods
-        .get(&active)
-        .await?
-        .status
-        .and_then(|s| s.pod_ip)
-        .unwrap_or_default();
-    wait_for(
-        NODE_LIMIT,
-        "the campus SIP Service's one endpoint",
-        || async {
-            let ep = endpoints.get_opt(&names.sip_service).await.ok().flatten()?;
-            let addresses: Vec<String> = ep
-                .subsets?
-                .iter()
-                .flat_map(|s| s.addresses.clone().unwrap_or_default())
-                .map(|a| a.ip)
-                .collect();
-            (addresses == [active_ip.clone()]).then_some(())
-        },
-    )
-    .await?;
+    // The SIP Service's only endpoint is `pod`.
+    let only_endpoint = |pod: String, what: &'static str| {
+        let (pods, endpoints, service) =
+            (pods.clone(), endpoints.clone(), names.sip_service.clone());
+        async move {
+            let ip = pods
+                .get(&pod)
+                .await?
+                .status
+                .and_then(|s| s.pod_ip)
+                .unwrap_or_default();
+            wait_for(NODE_LIMIT, what, || async {
+                let ep = endpoints.get_opt(&service).await.ok().flatten()?;
+                let addresses: Vec<String> = ep
+                    .subsets?
+                    .iter()
+                    .flat_map(|s| s.addresses.clone().unwrap_or_default())
+                    .map(|a| a.ip)
+                    .collect();
+                (addresses == [ip.clone()]).then_some(())
+            })
+            .await
+        }
+    };
+    only_endpoint(active.clone(), "the campus SIP Service's one endpoint").await?;
 
     // Seats 2002 and 2001 of the example, with their passwords from its Secret.
     let password = |extension: &str| -> Result<String> {
@@ -729,25 +733,9 @@ async fn campus(
     })
     .await?;
     let took_over = killed_at.elapsed();
-    let new_ip = pods
-        .get(&new_active)
-        .await?
-        .status
-        .and_then(|s| s.pod_ip)
-        .unwrap_or_default();
-    wait_for(
-        NODE_LIMIT,
+    only_endpoint(
+        new_active.clone(),
         "the SIP Service following the new active",
-        || async {
-            let ep = endpoints.get_opt(&names.sip_service).await.ok().flatten()?;
-            let addresses: Vec<String> = ep
-                .subsets?
-                .iter()
-                .flat_map(|s| s.addresses.clone().unwrap_or_default())
-                .map(|a| a.ip)
-                .collect();
-            (addresses == [new_ip.clone()]).then_some(())
-        },
     )
     .await?;
     let deadline = Instant::now() + SIPP_LIMIT * 2;
