@@ -17,7 +17,8 @@
 //!   async runtime.
 //! - `ListVoicemail` and `FetchVoicemail` serve the voicemail messages (metadata, and the WAV
 //!   in 64 KiB chunks).
-//! - `Drain` is not served yet (hot-standby failover brings it).
+//! - `Drain` stops new calls and registrations (the active hands its Lease over); the calls
+//!   up finish. SIGTERM does the same and then waits for them (up to the drain timeout).
 //!
 //! An applied config takes effect at once for what a running node can swap: the seats (the
 //! registrar keeps the registrations of seats that stay), the entry points, and the trunks
@@ -140,6 +141,8 @@ struct Inner {
     role: watch::Receiver<Role>,
     /// The ACD and live statistics.
     center: Arc<CallCenterRuntime>,
+    /// Set to drain the node (no new calls; see `Drain`).
+    drain: std::sync::OnceLock<watch::Sender<bool>>,
 }
 
 /// The `NodeControl` service. Cheap to clone.
@@ -171,8 +174,15 @@ impl Control {
                 changed,
                 role,
                 center,
+                drain: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// The switch `Drain` turns on (the same one SIGTERM does).
+    pub fn with_drain(self, drain: watch::Sender<bool>) -> Self {
+        let _ = self.inner.drain.set(drain);
+        self
     }
 
     /// The running config.
@@ -265,6 +275,7 @@ impl Control {
         NodeState {
             node: self.inner.node_name.clone(),
             role: match *self.inner.role.borrow() {
+                _ if self.inner.drain.get().is_some_and(|d| *d.borrow()) => NodeRole::Draining,
                 Role::Active => NodeRole::Active,
                 Role::Standby => NodeRole::Standby,
             } as i32,
@@ -604,10 +615,22 @@ impl NodeControl for Control {
         ))))
     }
 
+    /// Stops taking new calls and registrations (an active node hands its Lease to the
+    /// standby); established calls go on. The process keeps running: SIGTERM ends it once
+    /// its calls are over or the drain timeout has passed.
     async fn drain(&self, _: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
-        Err(Status::unimplemented(
-            "Drain: graceful drain arrives with hot-standby failover (issue 6)",
-        ))
+        let Some(drain) = self.inner.drain.get() else {
+            return Err(Status::unavailable("this node cannot drain"));
+        };
+        if !drain.send_replace(true) {
+            info!("drain asked for over the control API");
+        }
+        let calls_remaining = self
+            .inner
+            .sip
+            .calls()
+            .map_or(0, |c| u32::try_from(c.calls_up()).unwrap_or(u32::MAX));
+        Ok(Response::new(DrainReply { calls_remaining }))
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use media_node::call::CallSettings;
@@ -22,7 +22,7 @@ use media_node::node::{self, ConfigSource, LoadedConfig, PodEnv};
 use media_node::replication::stream::{ReplicationMetrics, ReplicationService};
 use media_node::replication::{self, Follower, ReplicationHub};
 use media_node::role::{self, Role};
-use media_node::sip::{SipListeners, SipMetrics, SipServer};
+use media_node::sip::{ServingMode, SipListeners, SipMetrics, SipServer};
 use switchboard_crds::callcenter::RecordingMode;
 use tracing::{info, warn};
 
@@ -325,16 +325,25 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     let (role_tx, role_rx) = tokio::sync::watch::channel(Role::Active);
     tokio::spawn(role::export(role_rx.clone(), role_metrics.clone()));
     // Only the active node serves: a standby, or an active that could not renew its Lease
-    // (fenced), refuses new calls and registrations and sends no in-dialog request.
+    // (fenced), refuses new calls and registrations and sends no in-dialog request; a
+    // draining node takes nothing new but lets its calls finish.
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     {
         let sip = Arc::clone(&sip);
-        let mut role = role_rx.clone();
+        let (mut role, mut drain) = (role_rx.clone(), drain_rx.clone());
         tokio::spawn(async move {
             loop {
-                let active = *role.borrow_and_update() == Role::Active;
-                sip.set_serving(active);
-                if role.changed().await.is_err() {
-                    return;
+                let mode = if *drain.borrow_and_update() {
+                    ServingMode::Draining
+                } else if *role.borrow_and_update() == Role::Active {
+                    ServingMode::Active
+                } else {
+                    ServingMode::Standby
+                };
+                sip.set_mode(mode);
+                tokio::select! {
+                    r = role.changed() => if r.is_err() { return },
+                    r = drain.changed() => if r.is_err() { return },
                 }
             }
         });
@@ -350,6 +359,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     // The active node a standby follows: given (`--follow`), or the Lease holder's pod.
     let (active_tx, active_rx) = tokio::sync::watch::channel(cli.follow.clone());
     let election = role::election(&env, &config.spec.high_availability);
+    let drain_timeout = config.spec.high_availability.drain_timeout_seconds;
     let follower = Arc::new(parking_lot::Mutex::new(Follower::new()));
     if let Some(active) = &cli.follow {
         role_tx.send_replace(Role::Standby);
@@ -363,6 +373,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
             Arc::clone(&replication),
             active_tx,
             take_over(Arc::clone(&follower), Arc::clone(&sip), Arc::clone(&center)),
+            drain_rx.clone(),
         ));
     }
     if cli.follow.is_some() || election.is_some() {
@@ -377,23 +388,28 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     tokio::spawn(center::run(Arc::clone(&center), Arc::clone(&sip)));
     let replication_service =
         ReplicationService::new(replication, role_rx.clone(), replication_metrics);
-    let control = tokio::spawn(control.serve(
-        Control::new(
-            node_name,
-            config,
-            Arc::clone(&sip),
-            node_metrics,
-            role_rx,
-            center,
+    let control = tokio::spawn(
+        control.serve(
+            Control::new(
+                node_name,
+                config,
+                Arc::clone(&sip),
+                node_metrics,
+                role_rx,
+                center,
+            )
+            .with_drain(drain_tx.clone()),
+            replication_service,
         ),
-        replication_service,
-    ));
+    );
     readiness.sip_bound();
     info!("ready");
 
-    // A listener that stops is a failure: exit, so the kubelet restarts the pod.
+    // A listener that stops is a failure: exit, so the kubelet restarts the pod. SIP runs as
+    // its own task so it keeps serving the calls up while the node drains.
+    let sip_task = tokio::spawn(listeners.serve(Arc::clone(&sip)));
     tokio::select! {
-        () = listeners.serve(sip) => Err("the SIP listeners stopped".to_string()),
+        _ = sip_task => Err("the SIP listeners stopped".to_string()),
         r = http => Err(match r {
             Ok(e) => e.to_string(),
             Err(e) => format!("the metrics server task failed: {e}"),
@@ -404,9 +420,35 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
         }),
         signal = shutdown_signal() => {
             let name = signal?;
-            info!(signal = name, "shutting down");
-            Ok(())
+            let timeout = Duration::from_secs(u64::from(drain_timeout));
+            info!(signal = name, ?timeout, "draining: no new calls; established calls may finish");
+            drain_tx.send_replace(true);
+            tokio::select! {
+                left = drained(sip.calls().cloned(), timeout) => {
+                    info!(calls_left = left, "drained; shutting down");
+                    Ok(())
+                }
+                again = shutdown_signal() => {
+                    warn!(signal = again?, "second signal: shutting down without waiting");
+                    Ok(())
+                }
+            }
         }
+    }
+}
+
+/// Waits until no call is up, at most `timeout`; returns the calls still up.
+async fn drained(calls: Option<Arc<media_node::call::CallEngine>>, timeout: Duration) -> u64 {
+    let Some(calls) = calls else {
+        return 0;
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let up = calls.calls_up();
+        if up == 0 || tokio::time::Instant::now() >= deadline {
+            return up;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

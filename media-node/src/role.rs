@@ -15,7 +15,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use switchboard_crds::callcenter::{HaMode, HighAvailabilitySpec};
-use switchboard_lease::{LeaseTiming, acquire, keep, lease_api};
+use switchboard_lease::{LeaseTiming, acquire, keep, lease_api, release};
 use switchboard_proto::{CONTROL_PORT, ROLE_ACTIVE, ROLE_LABEL};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -123,6 +123,7 @@ pub async fn run(
     replication: std::sync::Arc<crate::replication::ReplicationHub>,
     active: watch::Sender<Option<String>>,
     take_over: impl Fn(i64),
+    mut drain: watch::Receiver<bool>,
 ) {
     let client = match Client::try_default().await {
         Ok(c) => c,
@@ -169,7 +170,13 @@ pub async fn run(
     }
     loop {
         info!(lease = %election.lease, "standby: waiting for the Lease");
-        let held = acquire(&leases, &election.lease, &me, &election.timing).await;
+        let held = tokio::select! {
+            held = acquire(&leases, &election.lease, &me, &election.timing) => held,
+            () = draining(&mut drain) => {
+                info!("draining: no longer competing for the Lease");
+                return;
+            }
+        };
         if let Some(previous) = &held.taken_from {
             metrics.failovers.inc();
             warn!(lease = %election.lease, %previous, transitions = held.transitions, "failover: took the Lease over");
@@ -181,10 +188,32 @@ pub async fn run(
         take_over(i64::from(held.transitions));
         mark(&pods, &election.pod, true).await;
         role.send_replace(Role::Active);
-        let lost = keep(&leases, &election.lease, &me, &election.timing).await;
-        warn!(lease = %election.lease, reason = %lost, "lost the Lease: standby");
-        role.send_replace(Role::Standby);
-        mark(&pods, &election.pod, false).await;
+        tokio::select! {
+            lost = keep(&leases, &election.lease, &me, &election.timing) => {
+                warn!(lease = %election.lease, reason = %lost, "lost the Lease: standby");
+                role.send_replace(Role::Standby);
+                mark(&pods, &election.pod, false).await;
+            }
+            () = draining(&mut drain) => {
+                // Hand over: unmark the pod first (the SIP Service moves its new calls to the
+                // other node), then clear the Lease so the standby takes it at once.
+                mark(&pods, &election.pod, false).await;
+                role.send_replace(Role::Standby);
+                match release(&leases, &election.lease, &me).await {
+                    Ok(true) => info!(lease = %election.lease, "draining: Lease handed over"),
+                    Ok(false) => warn!(lease = %election.lease, "draining: the Lease was not ours any more"),
+                    Err(error) => warn!(%error, "draining: cannot hand the Lease over; it expires"),
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Returns once a drain was asked for (never, if the drain switch is gone).
+async fn draining(drain: &mut watch::Receiver<bool>) {
+    if drain.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -538,12 +538,25 @@ async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_contro
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let unimplemented = client
+    // Drain over the control API: no call is up; from now on registrations are refused.
+    let drained = client
         .drain(switchboard_proto::node::v1::DrainRequest::default())
         .await
-        .expect_err("Drain is not served yet");
-    assert_eq!(unimplemented.code(), tonic::Code::Unimplemented);
-    assert!(unimplemented.message().contains("hot-standby"));
+        .expect("Drain")
+        .into_inner();
+    assert_eq!(drained.calls_remaining, 0);
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    loop {
+        let answer = tokio::task::block_in_place(|| first_answer(node.sip_udp, "REGISTER"));
+        if answer.starts_with("SIP/2.0 503") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a drained node registers: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let (_, metrics) = tokio::task::block_in_place(|| node.get("/metrics")).expect("metrics");
     assert!(
@@ -1283,4 +1296,82 @@ async fn the_active_replicates_a_queued_caller_until_they_hang_up() {
     assert_eq!(ended, record.id);
     assert!(follower.state().expect("state").calls.is_empty());
     tokio::task::block_in_place(|| caller.assert_ok("1001 waits in the queue and hangs up"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_new_work_away_and_lets_the_call_up_finish() {
+    support::require_sipp();
+    let config = operator_config(1);
+    let mut node = tokio::task::block_in_place(|| Node::start(&config));
+    // 1002 answers; 1001 calls it, talks 3 s and hangs up.
+    let callee_port = support::free_port();
+    tokio::task::block_in_place(|| {
+        seat_sipp(&node, "seat-register.xml", "1002", (callee_port, None), &[])
+            .assert_ok("1002 registers");
+    });
+    let callee = support::Sipp::spawn(
+        node.sip_udp.port(),
+        "127.0.0.1",
+        "seat-uas-answer.xml",
+        callee_port,
+        Some(support::free_media_port("127.0.0.1")),
+        &["-key", "ext", "1002", "-rtp_echo"],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let caller = seat_sipp(
+        &node,
+        "seat-uac-bye.xml",
+        "1001",
+        (
+            support::free_port(),
+            Some(support::free_media_port("127.0.0.1")),
+        ),
+        &["-s", "1002"],
+    );
+    metrics_reach(&node, "the call up", |n| {
+        sample(n, "switchboard_calls_active") == Some(1.0)
+    })
+    .await;
+
+    // SIGTERM (a rolling update): the node takes nothing new...
+    let status = Command::new("kill")
+        .args(["-TERM", &node.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    loop {
+        let answer = tokio::task::block_in_place(|| first_answer(node.sip_udp, "REGISTER"));
+        if answer.starts_with("SIP/2.0 503") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still taking registrations: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...the call up goes on to its end (the caller's BYE passes through)...
+    tokio::task::block_in_place(|| {
+        caller.assert_ok("the call finishes during the drain");
+        callee.assert_ok("the callee's side finishes too");
+    });
+    // ...and then the node exits by itself, successfully.
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    let exit = loop {
+        if let Some(status) = node.child.try_wait().expect("poll the node") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not exit after its last call"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "{exit}:\n{}", node.log());
+    assert!(
+        node.log().contains("drained; shutting down"),
+        "{}",
+        node.log()
+    );
 }

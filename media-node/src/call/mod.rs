@@ -274,7 +274,7 @@ impl CallEngine {
         })))
     }
 
-    /// Shares the SIP server's serving switch: while it is off, the calls send no request.
+    /// Shares the SIP server's sending switch: while it is off, the calls send no request.
     pub(crate) fn share_serving(&self, serving: Arc<std::sync::atomic::AtomicBool>) {
         let _ = self.serving.set(serving);
     }
@@ -533,6 +533,13 @@ impl CallEngine {
         };
         // A failed append is counted and logged by the CDR writer.
         let _ = cdr.append(&record);
+    }
+
+    /// Calls up now (answered or not), for a drain to wait on.
+    pub fn calls_up(&self) -> u64 {
+        self.counters
+            .started()
+            .saturating_sub(self.counters.ended())
     }
 
     /// Whether a new call must be refused: `MAX_CALLS` calls are up, or the call table (two

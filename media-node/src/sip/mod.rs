@@ -10,5 +10,5 @@ pub mod transport;
 
 pub use message::Transport;
 pub use registrar::{RegistrarPolicy, SeatAccount};
-pub use server::{SipMetrics, SipServer, SipSettings};
+pub use server::{ServingMode, SipMetrics, SipServer, SipSettings};
 pub use transport::{SipListeners, TransportError};

@@ -278,9 +278,24 @@ pub struct SipServer {
     calls: Option<Arc<CallEngine>>,
     /// Where registration changes are replicated to the standby (HotStandby).
     replication: std::sync::OnceLock<Arc<crate::replication::ReplicationHub>>,
-    /// Whether this node serves (it is the active one): a standby, or an active fenced off
-    /// because it could not renew its Lease, takes no new call and no registration.
+    /// Whether this node takes new calls and registrations (it is the active one, not
+    /// draining).
     serving: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether its calls may send in-dialog requests (active or draining; not a standby or
+    /// a fenced active).
+    sending: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What a node does with SIP, by its role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServingMode {
+    /// The active node: new calls, registrations, its calls' requests.
+    Active,
+    /// Stopping: no new call or registration, its established calls go on to their end.
+    Draining,
+    /// A standby or a fenced active: nothing new, and no request of its own either (another
+    /// node may serve these dialogs now).
+    Standby,
 }
 
 impl SipServer {
@@ -301,14 +316,14 @@ impl SipServer {
             calls: None,
             replication: std::sync::OnceLock::new(),
             serving: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            sending: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 
-    /// Serves (the active node) or not (a standby, or fenced). The calls' outbound requests
-    /// follow the same switch.
-    pub fn set_serving(&self, serving: bool) {
-        self.serving
-            .store(serving, std::sync::atomic::Ordering::Relaxed);
+    pub fn set_mode(&self, mode: ServingMode) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.serving.store(mode == ServingMode::Active, Relaxed);
+        self.sending.store(mode != ServingMode::Standby, Relaxed);
     }
 
     fn serving(&self) -> bool {
@@ -363,7 +378,7 @@ impl SipServer {
         self.calls = CallEngine::new(settings, self.realm.clone(), Some(self.metrics.clone()))?;
         if let Some(calls) = &self.calls {
             calls.attach_registrar(Arc::clone(&self.registrar));
-            calls.share_serving(Arc::clone(&self.serving));
+            calls.share_serving(Arc::clone(&self.sending));
         }
         Ok(self)
     }
