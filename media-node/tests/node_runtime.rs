@@ -1303,7 +1303,7 @@ async fn sigterm_drains_new_work_away_and_lets_the_call_up_finish() {
     support::require_sipp();
     let config = operator_config(1);
     let mut node = tokio::task::block_in_place(|| Node::start(&config));
-    // 1002 answers; 1001 calls it, talks 3 s and hangs up.
+    // 1002 answers; 1001 calls it, talks 4 s and hangs up (its BYE to the node's Contact).
     let callee_port = support::free_port();
     tokio::task::block_in_place(|| {
         seat_sipp(&node, "seat-register.xml", "1002", (callee_port, None), &[])
@@ -1320,13 +1320,13 @@ async fn sigterm_drains_new_work_away_and_lets_the_call_up_finish() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let caller = seat_sipp(
         &node,
-        "seat-uac-bye.xml",
+        "seat-uac-hold-bye.xml",
         "1001",
         (
             support::free_port(),
             Some(support::free_media_port("127.0.0.1")),
         ),
-        &["-s", "1002"],
+        &["-s", "1002", "-d", "4000"],
     );
     metrics_reach(&node, "the call up", |n| {
         sample(n, "switchboard_calls_active") == Some(1.0)

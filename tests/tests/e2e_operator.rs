@@ -160,6 +160,23 @@ async fn call_registered(
     callee: &SeatLogin<'_>,
     callee_port: u16,
 ) -> Result<()> {
+    let (answering, calling) =
+        start_call(sip, host, domain, caller, callee, callee_port, None).await?;
+    finish_call(answering, calling, caller, callee).await
+}
+
+/// Starts a call from `caller` to the registered `callee` (answering on `callee_port`): 3 s
+/// of audio, then the caller hangs up, or after `hold_ms`. Returns the callee's and the
+/// caller's SIPp.
+async fn start_call(
+    sip: IpAddr,
+    host: IpAddr,
+    domain: &str,
+    caller: &SeatLogin<'_>,
+    callee: &SeatLogin<'_>,
+    callee_port: u16,
+    hold_ms: Option<u32>,
+) -> Result<(SippRun, SippRun)> {
     let ip = host.to_string();
     let callee_port = callee_port.to_string();
     let callee_media = free_udp_port(host)?.to_string();
@@ -186,20 +203,35 @@ async fn call_registered(
     );
     let answering = sipp(sip, domain, "seat-uas-answer.xml", &answer).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let call = with(
-        login(caller),
-        &[
-            "-i",
-            &ip,
-            "-s",
-            callee.extension,
-            "-mi",
-            &ip,
-            "-mp",
-            &caller_media,
-        ],
-    );
-    let calling = sipp(sip, domain, "seat-uac-bye.xml", &call).await?;
+    let hold = hold_ms.map(|ms| ms.to_string());
+    let mut more = vec![
+        "-i",
+        &ip,
+        "-s",
+        callee.extension,
+        "-mi",
+        &ip,
+        "-mp",
+        &caller_media,
+    ];
+    let scenario = match &hold {
+        Some(ms) => {
+            more.extend(["-d", ms.as_str()]);
+            "seat-uac-hold-bye.xml"
+        }
+        None => "seat-uac-bye.xml",
+    };
+    let calling = sipp(sip, domain, scenario, &with(login(caller), &more)).await?;
+    Ok((answering, calling))
+}
+
+/// Waits for both sides of a call to complete their scenarios.
+async fn finish_call(
+    answering: SippRun,
+    calling: SippRun,
+    caller: &SeatLogin<'_>,
+    callee: &SeatLogin<'_>,
+) -> Result<()> {
     calling
         .finish()
         .await
@@ -708,6 +740,37 @@ async fn campus(
             .unwrap_or(f64::NAN)
     );
 
+    // Seat 2002 calls seat 2001 at the phone it registered before, retried while kube-proxy
+    // may not have moved the Service's rules to a new endpoint yet; returns the attempts.
+    let call_2001 = |after: &'static str| {
+        let (seat_2001, seat_2002) = (&seat_2001, &seat_2002);
+        async move {
+            let deadline = Instant::now() + SIPP_LIMIT * 2;
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let call = call_registered(
+                    sip,
+                    host,
+                    "callcenter.campus.example.edu",
+                    seat_2002,
+                    seat_2001,
+                    phone_2001,
+                )
+                .await;
+                match call {
+                    Ok(()) => return Ok(attempts),
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(
+                            e.context(format!("campus call {after}, {attempts} attempt(s)"))
+                        );
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+        }
+    };
+
     // Failover: the active pod is deleted with no grace. The standby takes the Lease, becomes
     // the SIP Service's endpoint and rings seat 2001 at the contact it registered with the
     // old active (it does not register again); the deleted pod comes back as the standby and
@@ -738,30 +801,7 @@ async fn campus(
         "the SIP Service following the new active",
     )
     .await?;
-    let deadline = Instant::now() + SIPP_LIMIT * 2;
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let call = call_registered(
-            sip,
-            host,
-            "callcenter.campus.example.edu",
-            &seat_2002,
-            &seat_2001,
-            phone_2001,
-        )
-        .await;
-        match call {
-            Ok(()) => break,
-            // kube-proxy may not have moved the Service's rules yet.
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e.context(format!(
-                    "campus call after the failover, {attempts} attempt(s)"
-                )));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-        }
-    }
+    let attempts = call_2001("after the failover").await?;
     eprintln!(
         "campus: {active} deleted; {new_active} active after {:.1} s, seat 2001 (registered with \
          {active} only) answered a call through it after {:.1} s ({attempts} attempt(s))",
@@ -817,6 +857,58 @@ async fn campus(
         "campus: {active} back as the standby, resynchronised {:.1} s after it was deleted",
         killed_at.elapsed().as_secs_f64()
     );
+
+    // A rolling update's stop: the active pod is deleted with its grace period (SIGTERM).
+    // It hands the Lease over at once and takes no new call, while the call it carries goes
+    // on to its end; the other node serves the next call.
+    let (answering, calling) = start_call(
+        sip,
+        host,
+        "callcenter.campus.example.edu",
+        &seat_2002,
+        &seat_2001,
+        phone_2001,
+        Some(8_000),
+    )
+    .await?;
+    let calls_on = |pod: String| {
+        let fetch = pod_metrics(pod);
+        async move {
+            let text = fetch.await?;
+            (metric_value(&text, "switchboard_calls_active", "") == Some(1.0)).then_some(())
+        }
+    };
+    wait_for(NODE_LIMIT, "the long call up on the active node", || {
+        calls_on(new_active.clone())
+    })
+    .await?;
+    let drained_at = Instant::now();
+    pods.delete(&new_active, &DeleteParams::default()).await?;
+    let handed_to = active.clone();
+    wait_for(NODE_LIMIT, "the Lease handed over to the standby", || {
+        let fetch = pod_metrics(handed_to.clone());
+        async move {
+            let text = fetch.await?;
+            (metric_value(&text, "switchboard_node_role", "role=\"active\"") == Some(1.0))
+                .then_some(())
+        }
+    })
+    .await?;
+    let handed_over = drained_at.elapsed();
+    finish_call(answering, calling, &seat_2002, &seat_2001)
+        .await
+        .context("the call carried across the drain")?;
+    eprintln!(
+        "campus: {new_active} drained (SIGTERM): {active} active {:.1} s later, the 8 s call \
+         on {new_active} completed with its BYE",
+        handed_over.as_secs_f64()
+    );
+    only_endpoint(
+        active.clone(),
+        "the SIP Service on the node the Lease was handed to",
+    )
+    .await?;
+    call_2001("after the drain").await?;
 
     // `kubectl get queues` shows the live columns.
     let kubeconfig = switchboard_tests::cluster_kubeconfig()?;
