@@ -61,6 +61,12 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts a node on `config_yaml` (a `node-config.yaml`) as pod `pod_name`.
     pub fn start(config_yaml: &str, pod_name: &str) -> Result<Self> {
+        Self::start_with_env(config_yaml, pod_name, &[])
+    }
+
+    /// As [`NodeProcess::start`], with more environment (a HotStandby node's namespace,
+    /// Lease name and kubeconfig).
+    pub fn start_with_env(config_yaml: &str, pod_name: &str, env: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::tempdir().context("temp dir for the node")?;
         let file = dir.path().join("node-config.yaml");
         std::fs::write(&file, config_yaml).context("writing the node config")?;
@@ -74,6 +80,7 @@ impl NodeProcess {
             .env("POD_IP", "127.0.0.1")
             .env("SWITCHBOARD_RECORDINGS_DIR", dir.path())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,266 @@
+//! Fencing on the real control plane: two media-node processes of a HotStandby center elect
+//! through a real Lease. The active one reaches the API server through a TCP proxy this test
+//! owns; cutting the proxy cuts it off. It must stop serving (standby, 503 to a REGISTER)
+//! before the other node can hold the Lease — two actives never serve at once. The order is
+//! what is checked; the times are printed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use std::sync::Mutex;
+use switchboard_crds::callcenter::HaMode;
+use switchboard_crds::{CallCenter, Queue, Seat};
+use switchboard_proto::node_config::build_node_config;
+use switchboard_tests::node_process::{NodeProcess, create_node_pod};
+use switchboard_tests::{
+    TestNamespace, control_plane, control_plane_kubeconfig, repo_root, wait_for,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(60);
+const LEASE: &str = "minimal-media-active";
+
+/// A TCP forwarder to the API server that can be cut: every connection through it ends.
+struct Proxy {
+    port: u16,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept_tasks = Arc::clone(&tasks);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                if let Ok(mut tasks) = accept_tasks.lock() {
+                    tasks.push(conn);
+                }
+            }
+        });
+        tasks
+            .lock()
+            .map_err(|_| anyhow::anyhow!("proxy tasks poisoned"))?
+            .push(accept);
+        Ok(Self { port, tasks })
+    }
+
+    /// Cuts the node off: no new connection, the open ones end.
+    fn cut(&self) {
+        let Ok(mut tasks) = self.tasks.lock() else {
+            return;
+        };
+        for task in tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// `examples/minimal.yaml` as a HotStandby center's node config (Lease 6 s, renewed every 2 s).
+fn hot_standby_config(namespace: &str) -> Result<String> {
+    let text = std::fs::read_to_string(repo_root().join("examples/minimal.yaml"))?;
+    let mut center: Option<CallCenter> = None;
+    let (mut queues, mut seats) = (Vec::<Queue>::new(), Vec::<Seat>::new());
+    let mut secrets: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut value: serde_yaml::Value = serde::Deserialize::deserialize(doc)?;
+        // As the API server holds them: in the test's namespace.
+        value["metadata"]["namespace"] = namespace.into();
+        match value["kind"].as_str() {
+            Some("CallCenter") => center = Some(serde_yaml::from_value(value)?),
+            Some("Queue") => queues.push(serde_yaml::from_value(value)?),
+            Some("Seat") => seats.push(serde_yaml::from_value(value)?),
+            Some("Secret") => {
+                let name = value["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                secrets.insert(name, serde_yaml::from_value(value["stringData"].clone())?);
+            }
+            other => bail!("unexpected kind {other:?} in examples/minimal.yaml"),
+        }
+    }
+    let mut center = center.context("no CallCenter in examples/minimal.yaml")?;
+    center.spec.high_availability.mode = HaMode::HotStandby;
+    center.spec.high_availability.lease_duration_seconds = 6;
+    center.spec.high_availability.renew_interval_seconds = 2;
+    let (config, _) = build_node_config(&center, &queues, &seats, &secrets, 1)?;
+    Ok(config.to_yaml()?)
+}
+
+/// One sample of a node's `/metrics`.
+async fn sample(node: &NodeProcess, series: &str) -> Option<f64> {
+    let text = switchboard_tests::cluster::scrape_metrics(node.metrics)
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn role_is(node: &NodeProcess, role: &str) -> bool {
+    sample(node, &format!("switchboard_node_role{{role=\"{role}\"}}")).await == Some(1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_cut_off_from_the_api_server_stops_serving_before_the_standby_takes_over()
+-> Result<()> {
+    let client = control_plane().await?;
+    let ns = TestNamespace::create(&client, "fence").await?;
+    let yaml = hot_standby_config(&ns.name)?;
+    // The stand-in pods run as the center's ServiceAccount (the operator would create it).
+    let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(client.clone(), &ns.name);
+    accounts
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "minimal-media"}}))?,
+        )
+        .await?;
+
+    // The API server's address, and a kubeconfig for node A that goes through the proxy.
+    let kubeconfig = control_plane_kubeconfig()?;
+    let text = std::fs::read_to_string(&kubeconfig)?;
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .context("no https server in the control plane's kubeconfig")?
+        .to_string();
+    let proxy = Proxy::start(server.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    let through_proxy = dir.path().join("kubeconfig");
+    let port = server.rsplit_once(':').map(|(_, p)| p).unwrap_or_default();
+    std::fs::write(
+        &through_proxy,
+        text.replace(
+            &format!("server: https://{server}"),
+            &format!("server: https://127.0.0.1:{}", proxy.port),
+        ),
+    )?;
+    ensure!(!port.is_empty(), "no port in {server}");
+
+    let env = |kubeconfig: &std::path::Path, pod: &str| -> Vec<(String, String)> {
+        vec![
+            ("POD_NAMESPACE".into(), ns.name.clone()),
+            ("SWITCHBOARD_LEASE_NAME".into(), LEASE.into()),
+            ("KUBECONFIG".into(), kubeconfig.display().to_string()),
+            ("POD_NAME".into(), pod.into()),
+        ]
+    };
+    let start = |kubeconfig: &std::path::Path, pod: &str| {
+        let env = env(kubeconfig, pod);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        NodeProcess::start_with_env(&yaml, pod, &env)
+    };
+    let a = start(&through_proxy, "minimal-media-0")?;
+    create_node_pod(
+        &client,
+        &ns.name,
+        "minimal",
+        "minimal-media-0",
+        a.control.port(),
+    )
+    .await?;
+    wait_for(WAIT, "node A active", || async {
+        role_is(&a, "active").await.then_some(())
+    })
+    .await
+    .with_context(|| a.log())?;
+    let b = start(&kubeconfig, "minimal-media-1")?;
+    create_node_pod(
+        &client,
+        &ns.name,
+        "minimal",
+        "minimal-media-1",
+        b.control.port(),
+    )
+    .await?;
+    wait_for(WAIT, "node B standing by", || async {
+        role_is(&b, "standby").await.then_some(())
+    })
+    .await?;
+
+    // Cut A off from the API server and watch both, until B serves.
+    let cut_at = Instant::now();
+    proxy.cut();
+    let mut a_fenced: Option<Duration> = None;
+    let b_active = loop {
+        ensure!(
+            cut_at.elapsed() < WAIT,
+            "B never took over:\nA:\n{}\nB:\n{}",
+            a.log(),
+            b.log()
+        );
+        if a_fenced.is_none() && role_is(&a, "standby").await {
+            a_fenced = Some(cut_at.elapsed());
+        }
+        if role_is(&b, "active").await {
+            break cut_at.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let a_fenced = a_fenced
+        .with_context(|| format!("B became active while A still served:\nA:\n{}", a.log()))?;
+    ensure!(
+        a_fenced < b_active,
+        "A stopped serving {a_fenced:?} after the cut, B served from {b_active:?}"
+    );
+    // Fenced means refusing: a registration at A gets 503.
+    let answer = tokio::task::spawn_blocking({
+        let sip = a.sip_udp;
+        move || register_answer(sip)
+    })
+    .await??;
+    ensure!(
+        answer.starts_with("SIP/2.0 503"),
+        "A answered a REGISTER with {answer}"
+    );
+    eprintln!(
+        "fencing: A cut off from the API server; A stopped serving after {:.1} s, B active after {:.1} s (Lease 6 s, renew 2 s)",
+        a_fenced.as_secs_f64(),
+        b_active.as_secs_f64()
+    );
+    drop((a, b));
+    ns.delete().await?;
+    Ok(())
+}
+
+/// The first final answer of the node at `sip` to a REGISTER of seat 1001.
+fn register_answer(sip: std::net::SocketAddr) -> Result<String> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let local = socket.local_addr()?;
+    let request = format!(
+        "REGISTER sip:localhost SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch=z9hG4bK-fence;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:1001@localhost>;tag=fence\r\n\
+         To: <sip:1001@localhost>\r\n\
+         Call-ID: fence@127.0.0.1\r\n\
+         CSeq: 1 REGISTER\r\n\
+         Contact: <sip:1001@{local}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    socket.send_to(request.as_bytes(), sip)?;
+    let mut buf = [0u8; 4096];
+    let (n, _) = socket
+        .recv_from(&mut buf)
+        .context("no answer to the REGISTER")?;
+    Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+}
