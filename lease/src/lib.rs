@@ -186,6 +186,17 @@ pub async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kub
     }
 }
 
+/// The holder identity of one process in `pod`: the pod's name and an instance number, so a
+/// pod restarted under the same name is another holder.
+pub fn holder_identity(pod: &str, instance: u32) -> String {
+    format!("{pod}_{instance:08x}")
+}
+
+/// The pod of a holder identity (pod names have no `_`; an identity without one is a pod).
+pub fn holder_pod(identity: &str) -> &str {
+    identity.split_once('_').map_or(identity, |(pod, _)| pod)
+}
+
 /// The Lease API of a namespace.
 pub fn lease_api(client: Client, namespace: &str) -> Api<Lease> {
     Api::namespaced(client, namespace)
@@ -208,6 +219,19 @@ mod tests {
             lease_transitions: Some(3),
             ..LeaseSpec::default()
         }
+    }
+
+    #[test]
+    fn a_restarted_pod_is_another_lease_holder() {
+        let first = holder_identity("campus-media-1", 1);
+        let restarted = holder_identity("campus-media-1", 2);
+        assert_ne!(first, restarted);
+        assert_eq!(holder_pod(&first), "campus-media-1");
+        assert_eq!(
+            holder_pod("campus-media-1"),
+            "campus-media-1",
+            "an old identity"
+        );
     }
 
     #[test]

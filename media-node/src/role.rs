@@ -15,7 +15,9 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use switchboard_crds::callcenter::{HaMode, HighAvailabilitySpec};
-use switchboard_lease::{LeaseTiming, acquire, keep, lease_api, release};
+use switchboard_lease::{
+    LeaseTiming, acquire, holder_identity, holder_pod, keep, lease_api, release,
+};
 use switchboard_proto::{CONTROL_PORT, ROLE_ACTIVE, ROLE_LABEL};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -281,17 +283,6 @@ async fn holder_url(
     ))
 }
 
-/// The Lease holder identity of this process in `pod`: the pod's name and an instance
-/// number.
-fn holder_identity(pod: &str, instance: u32) -> String {
-    format!("{pod}_{instance:08x}")
-}
-
-/// The pod of a Lease holder identity (pod names have no `_`).
-fn holder_pod(identity: &str) -> &str {
-    identity.split_once('_').map_or(identity, |(pod, _)| pod)
-}
-
 /// Sets or removes the active mark on the node's own pod, retrying a few times: a pod that
 /// keeps a stale mark would draw calls it no longer serves.
 async fn mark(pods: &Api<Pod>, pod: &str, active: bool) {
@@ -318,19 +309,6 @@ async fn mark(pods: &Api<Pod>, pod: &str, active: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_restarted_pod_is_another_lease_holder() {
-        let first = holder_identity("campus-media-1", 1);
-        let restarted = holder_identity("campus-media-1", 2);
-        assert_ne!(first, restarted);
-        assert_eq!(holder_pod(&first), "campus-media-1");
-        assert_eq!(
-            holder_pod("campus-media-1"),
-            "campus-media-1",
-            "an old identity"
-        );
-    }
 
     #[tokio::test]
     async fn the_role_metrics_follow_the_role() {

@@ -620,7 +620,7 @@ fn failover(
     let holder = lease
         .holder_identity
         .as_deref()
-        .map(|h| h.split_once('_').map_or(h, |(pod, _)| pod))
+        .map(switchboard_lease::holder_pod)
         .filter(|h| !h.is_empty());
     let previous = status.and_then(|s| s.active_node.as_deref());
     let message = match (previous, holder) {

@@ -189,7 +189,8 @@ fn wire_agent_state(state: ApiAgentState) -> AgentState {
     }
 }
 
-fn wire_transport(transport: Transport) -> WireTransport {
+/// A SIP transport as replicated.
+pub(crate) fn wire_transport(transport: Transport) -> WireTransport {
     match transport {
         Transport::Udp => WireTransport::Udp,
         Transport::Tcp => WireTransport::Tcp,

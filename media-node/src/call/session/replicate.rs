@@ -12,14 +12,13 @@
 
 use switchboard_crds::callcenter::Codec;
 use switchboard_proto::replication::v1::{
-    CallRecord, Dialog, Direction as WireDirection, Media, QueuePlace, Transport as WireTransport,
-    delta,
+    CallRecord, Dialog, Direction as WireDirection, Media, QueuePlace, delta,
 };
 
 use super::{CallSession, CalleeState, CallerState, DialogSide, LegSdp};
 use crate::recording::cdr::CallDirection;
 use crate::replication::WallClock;
-use crate::sip::Transport;
+use crate::replication::hub::wire_transport;
 
 impl CallSession {
     /// The call as a standby would take it over now; `None` when it is not a replicated kind
@@ -126,13 +125,6 @@ fn media(sdp: &LegSdp) -> Option<Media> {
         sdp_session_version: sdp.local.session_version,
         direction: sdp.local.direction.as_str().to_string(),
     })
-}
-
-fn wire_transport(transport: Transport) -> WireTransport {
-    match transport {
-        Transport::Udp => WireTransport::Udp,
-        Transport::Tcp => WireTransport::Tcp,
-    }
 }
 
 fn wire_direction(direction: CallDirection) -> WireDirection {
