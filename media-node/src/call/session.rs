@@ -536,6 +536,32 @@ pub(crate) struct CallSession {
 }
 
 impl CallEngine {
+    /// The caller's SDP offer, if the INVITE has one, and the node's media for the caller's
+    /// leg before a port is taken (a new session id, version 1, sendrecv). The offer is
+    /// negotiated here, so a bad one is refused before any port is taken.
+    pub(super) fn caller_offer(
+        &self,
+        invite: &SipRequest,
+    ) -> Result<(Option<SessionDescription>, LocalMedia), SetupError> {
+        let offer = if invite.body.is_empty() {
+            None
+        } else {
+            let text = String::from_utf8_lossy(&invite.body);
+            Some(SessionDescription::parse(&text)?)
+        };
+        let local = LocalMedia {
+            address: self.advertised_ip(),
+            rtp_port: 0,
+            session_id: rand::random::<u32>().into(),
+            session_version: 1,
+            direction: Direction::SendRecv,
+        };
+        if let Some(offer) = &offer {
+            answer_offer(offer, &self.settings.codecs, &local)?;
+        }
+        Ok((offer, local))
+    }
+
     /// Sets a call up (media ports, both SDPs) and starts its task, which rings the callee.
     /// Returns the 100 Trying for the caller; on error, the status to refuse the INVITE with.
     pub fn start_call(self: &Arc<Self>, setup: CallSetup<'_>) -> Result<Vec<u8>, SetupError> {
@@ -543,25 +569,7 @@ impl CallEngine {
             return Err(SetupError::AtCapacity);
         }
         // No SDP: late offer (§13.2.1), the node offers to both legs in turn.
-        let offer = if setup.invite.body.is_empty() {
-            None
-        } else {
-            let text = String::from_utf8_lossy(&setup.invite.body);
-            Some(SessionDescription::parse(&text)?)
-        };
-        let address = self.advertised_ip();
-        let session_id = rand::random::<u32>().into();
-        let a_local = LocalMedia {
-            address,
-            rtp_port: 0,
-            session_id,
-            session_version: 1,
-            direction: Direction::SendRecv,
-        };
-        // Negotiate before taking ports so a bad offer costs nothing.
-        if let Some(offer) = &offer {
-            answer_offer(offer, &self.settings.codecs, &a_local)?;
-        }
+        let (offer, a_local) = self.caller_offer(setup.invite)?;
         let caller_media = MediaLeg::bind(&self.ports, self.media_bind())?;
         let callee_media = MediaLeg::bind(&self.ports, self.media_bind())?;
         let a_local = LocalMedia {
@@ -577,7 +585,7 @@ impl CallEngine {
         };
         let b_local = LocalMedia {
             rtp_port: callee_media.rtp_port(),
-            session_id: session_id + 1,
+            session_id: a_local.session_id + 1,
             ..a_local.clone()
         };
         let b_offer = build_offer(&b_local, &self.settings.codecs).to_string();

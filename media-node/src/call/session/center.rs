@@ -47,7 +47,7 @@ use crate::recording::cdr::{CallDirection, CallOutcome};
 use crate::recording::sidecar::HangupSide;
 use crate::recording::voicemail::{GENERAL_MAILBOX, Mailboxes, VoicemailMessage};
 use crate::recording::wav_writer::{CallRecorder, RecorderOptions, RecordingSummary};
-use crate::sdp::{Direction, LocalMedia, SessionDescription, answer_offer, build_offer};
+use crate::sdp::{Direction, LocalMedia, answer_offer, build_offer};
 use crate::sip::Transport;
 use crate::sip::message::{
     NameAddr, SipRequest, SipResponse, build_response_with_body, random_tag, split_list,
@@ -336,25 +336,7 @@ impl CallEngine {
             return Err(SetupError::AtCapacity);
         }
         let invite = setup.invite;
-        let offer = if invite.body.is_empty() {
-            None
-        } else {
-            Some(SessionDescription::parse(&String::from_utf8_lossy(
-                &invite.body,
-            ))?)
-        };
-        let address = self.advertised_ip();
-        let session_id = rand::random::<u32>().into();
-        let local = LocalMedia {
-            address,
-            rtp_port: 0,
-            session_id,
-            session_version: 1,
-            direction: Direction::SendRecv,
-        };
-        if let Some(offer) = &offer {
-            answer_offer(offer, &self.settings.codecs, &local)?;
-        }
+        let (offer, local) = self.caller_offer(invite)?;
         let caller_media = MediaLeg::bind(&self.ports, self.media_bind())?;
         let a_local = LocalMedia {
             rtp_port: caller_media.rtp_port(),
@@ -397,7 +379,7 @@ impl CallEngine {
         };
         let b_sdp = LegSdp {
             local: LocalMedia {
-                session_id: session_id + 1,
+                session_id: local.session_id + 1,
                 ..local
             },
             audio: None,
