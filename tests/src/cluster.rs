@@ -303,21 +303,7 @@ pub async fn create_recordings_volume(
 /// Server-side applies every document of `yaml`; an error names every rejected one.
 pub async fn apply_all(client: &Client, yaml: &str, namespace: &str) -> Result<()> {
     let applied = apply_yaml(client, yaml, namespace).await?;
-    let rejected: Vec<String> = applied
-        .iter()
-        .filter_map(|a| {
-            a.result
-                .as_ref()
-                .err()
-                .map(|e| format!("{} {}: {e}", a.kind, a.name))
-        })
-        .collect();
-    ensure!(
-        rejected.is_empty(),
-        "the API server rejected:\n{}",
-        rejected.join("\n")
-    );
-    Ok(())
+    crate::ensure_all_applied(&applied)
 }
 
 /// The ClusterIP of Service `name`, once the Service has a ready endpoint. kube-proxy writes

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
@@ -113,6 +113,25 @@ pub struct Applied {
     pub kind: String,
     pub name: String,
     pub result: Result<DynamicObject, kube::Error>,
+}
+
+/// Fails naming every document the API server rejected.
+pub fn ensure_all_applied(applied: &[Applied]) -> Result<()> {
+    let rejected: Vec<String> = applied
+        .iter()
+        .filter_map(|a| {
+            a.result
+                .as_ref()
+                .err()
+                .map(|e| format!("{} {}: {e}", a.kind, a.name))
+        })
+        .collect();
+    ensure!(
+        rejected.is_empty(),
+        "the API server rejected:\n{}",
+        rejected.join("\n")
+    );
+    Ok(())
 }
 
 /// Finds the API resource that serves a document's apiVersion and kind.

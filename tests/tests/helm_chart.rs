@@ -1998,20 +1998,7 @@ async fn apply_chart(client: &Client, ns: &str, rendered: &str, docs: &[Value]) 
         applied.len(),
         docs.len()
     );
-    let rejected: Vec<String> = applied
-        .iter()
-        .filter_map(|a| {
-            a.result
-                .as_ref()
-                .err()
-                .map(|e| format!("{} {}: {e}", a.kind, a.name))
-        })
-        .collect();
-    ensure!(
-        rejected.is_empty(),
-        "the API server rejected:\n{}",
-        rejected.join("\n")
-    );
+    switchboard_tests::ensure_all_applied(&applied)?;
     let accepted: BTreeSet<String> = applied.iter().map(|a| a.kind.clone()).collect();
     ensure!(accepted == kinds(docs), "accepted {accepted:?}");
 
