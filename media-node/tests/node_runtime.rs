@@ -1143,21 +1143,23 @@ fn seat_sipp(
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_active_replicates_an_answered_seat_call_until_its_bye() {
-    support::require_sipp();
-    let mut config = operator_config(1);
-    // Recorded, so the record names the recording in progress.
-    config.spec.recording.mode = switchboard_crds::callcenter::RecordingMode::Always;
-    let node = tokio::task::block_in_place(|| Node::start(&config));
-    let (mut stream, mut follower) = follow(&node).await;
+/// A seat call in progress: the SIPp phones, their SIP and RTP ports.
+struct SeatCall {
+    caller: support::Sipp,
+    callee: support::Sipp,
+    caller_port: u16,
+    callee_port: u16,
+    caller_media: u16,
+    callee_media: u16,
+}
 
-    // Seat 1002's phone registers and answers (µ-law, echoing RTP); 1001 calls it (A-law),
-    // talks 3 s and hangs up.
+/// Seat 1002's phone registers and waits to answer (µ-law, echoing RTP); 1001 calls it
+/// with `scenario` (A-law), `extra` its arguments beyond the dialed seat.
+async fn seat_call(node: &Node, scenario: &str, extra: &[&str]) -> SeatCall {
     let callee_port = support::free_port();
     let callee_media = support::free_media_port("127.0.0.1");
     tokio::task::block_in_place(|| {
-        seat_sipp(&node, "seat-register.xml", "1002", (callee_port, None), &[])
+        seat_sipp(node, "seat-register.xml", "1002", (callee_port, None), &[])
             .assert_ok("1002 registers");
     });
     let callee = support::Sipp::spawn(
@@ -1171,13 +1173,44 @@ async fn the_active_replicates_an_answered_seat_call_until_its_bye() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let caller_port = support::free_port();
     let caller_media = support::free_media_port("127.0.0.1");
+    let mut args = vec!["-s", "1002"];
+    args.extend_from_slice(extra);
     let caller = seat_sipp(
-        &node,
-        "seat-uac-bye.xml",
+        node,
+        scenario,
         "1001",
         (caller_port, Some(caller_media)),
-        &["-s", "1002"],
+        &args,
     );
+    SeatCall {
+        caller,
+        callee,
+        caller_port,
+        callee_port,
+        caller_media,
+        callee_media,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_replicates_an_answered_seat_call_until_its_bye() {
+    support::require_sipp();
+    let mut config = operator_config(1);
+    // Recorded, so the record names the recording in progress.
+    config.spec.recording.mode = switchboard_crds::callcenter::RecordingMode::Always;
+    let node = tokio::task::block_in_place(|| Node::start(&config));
+    let (mut stream, mut follower) = follow(&node).await;
+
+    // Seat 1002's phone registers and answers (µ-law, echoing RTP); 1001 calls it (A-law),
+    // talks 3 s and hangs up.
+    let SeatCall {
+        caller,
+        callee,
+        caller_port,
+        callee_port,
+        caller_media,
+        callee_media,
+    } = seat_call(&node, "seat-uac-bye.xml", &[]).await;
 
     // Answered and ACKed: the whole call in one record.
     let record: CallRecord = follow_until(&mut stream, &mut follower, |c| match c {
@@ -1304,30 +1337,8 @@ async fn sigterm_drains_new_work_away_and_lets_the_call_up_finish() {
     let config = operator_config(1);
     let mut node = tokio::task::block_in_place(|| Node::start(&config));
     // 1002 answers; 1001 calls it, talks 4 s and hangs up (its BYE to the node's Contact).
-    let callee_port = support::free_port();
-    tokio::task::block_in_place(|| {
-        seat_sipp(&node, "seat-register.xml", "1002", (callee_port, None), &[])
-            .assert_ok("1002 registers");
-    });
-    let callee = support::Sipp::spawn(
-        node.sip_udp.port(),
-        "127.0.0.1",
-        "seat-uas-answer.xml",
-        callee_port,
-        Some(support::free_media_port("127.0.0.1")),
-        &["-key", "ext", "1002", "-rtp_echo"],
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let caller = seat_sipp(
-        &node,
-        "seat-uac-hold-bye.xml",
-        "1001",
-        (
-            support::free_port(),
-            Some(support::free_media_port("127.0.0.1")),
-        ),
-        &["-s", "1002", "-d", "4000"],
-    );
+    let SeatCall { caller, callee, .. } =
+        seat_call(&node, "seat-uac-hold-bye.xml", &["-d", "4000"]).await;
     metrics_reach(&node, "the call up", |n| {
         sample(n, "switchboard_calls_active") == Some(1.0)
     })
