@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{ObjectMeta, PostParams};
@@ -195,6 +196,35 @@ pub fn holder_identity(pod: &str, instance: u32) -> String {
 /// The pod of a holder identity (pod names have no `_`; an identity without one is a pod).
 pub fn holder_pod(identity: &str) -> &str {
     identity.split_once('_').map_or(identity, |(pod, _)| pod)
+}
+
+/// Name of the media-node container's port for its control API (gRPC), in the pods the
+/// operator builds.
+pub const CONTROL_PORT_NAME: &str = "control";
+
+/// The control API URL of a media-node pod: its IP and its container port named
+/// [`CONTROL_PORT_NAME`], else `default_port`. `None` while the pod has no IP. The operator
+/// pushes config there; a standby follows the active node there.
+pub fn control_url(pod: &Pod, default_port: u16) -> Option<String> {
+    let ip = pod
+        .status
+        .as_ref()?
+        .pod_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty())?;
+    let port = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(CONTROL_PORT_NAME))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .unwrap_or(default_port);
+    Some(if ip.contains(':') {
+        format!("http://[{ip}]:{port}")
+    } else {
+        format!("http://{ip}:{port}")
+    })
 }
 
 /// The Lease API of a namespace.

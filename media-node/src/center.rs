@@ -325,26 +325,29 @@ impl CallCenterRuntime {
         }
     }
 
-    /// Queues a caller; returns their ACD key and 1-based position. The session hears of
-    /// offers through `line` from now on, maybe before this returns.
+    /// Queues a caller who entered their first queue at `since` (now, or before a takeover:
+    /// the order the ACD keeps); returns their ACD key and 1-based position. The session hears
+    /// of offers through `line` from now on, maybe before this returns.
     pub fn enqueue(
         &self,
         queue: &str,
         caller: CallerInfo,
         line: CallerLine,
+        since: Instant,
     ) -> Result<(CallKey, usize), Refusal> {
         let now = Instant::now();
+        let since = since.min(now);
         let mut state = self.state.lock();
         let key = state.next_key;
         state.next_key += 1;
-        let position = state.acd.enqueue(key, queue, caller, now)?;
+        let position = state.acd.enqueue(key, queue, caller, since)?;
         state.stats.offered(queue, Utc::now());
         state.callers.insert(
             key,
             QueuedCaller {
                 line,
                 queue: queue.to_string(),
-                since: now,
+                since,
             },
         );
         info!(key, queue, position, "caller queued");
@@ -462,6 +465,15 @@ impl CallCenterRuntime {
         }
         self.dispatch(&mut state, now);
         restored
+    }
+
+    /// The agent at `seat` is on a queue call taken over from the previous active node: Busy
+    /// on it again, as after their answer (wrap-up follows its end).
+    pub fn resume_queue_call(&self, seat: &str, queue: &str, number: &str) {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        state.acd.resume_queue_call(seat, queue, number, now);
+        self.dispatch(&mut state, now);
     }
 
     /// The seat's phone took a call no queue offered (seat to seat, outbound, rung

@@ -454,13 +454,16 @@ async fn drained(calls: Option<Arc<media_node::call::CallEngine>>, timeout: Dura
 
 /// What a node that just took the Lease at a term does with the state it followed: the
 /// previous active's registrations and agent states, if that state is of the term just
-/// before (older state is dropped: a term in between may have changed it).
+/// before (older state is dropped: a term in between may have changed it), and, when the
+/// previous active failed (`failover`; not a Lease handed over by a draining node, which
+/// still serves its calls), its live calls: established calls first (their agents Busy
+/// again), then queued callers in the order they entered their first queue.
 fn take_over(
     follower: Arc<parking_lot::Mutex<Follower>>,
     sip: Arc<SipServer>,
     center: Arc<CallCenterRuntime>,
-) -> impl Fn(i64) {
-    move |term| {
+) -> impl Fn(i64, bool) {
+    move |term, failover| {
         let Some(state) = follower.lock().takeover(term).cloned() else {
             info!(term, "active without replicated state of the previous term");
             return;
@@ -471,12 +474,30 @@ fn take_over(
         let registrations = sip.restore_registrations(&records, clock, now);
         let agents: Vec<_> = state.agents.values().cloned().collect();
         let agents = center.restore_agents(&replication::takeover::agents(&agents, clock));
+        let (mut calls, mut lost) = (0, 0);
+        if failover && let Some(engine) = sip.calls() {
+            // The serving task follows the role a moment later; the re-INVITEs moving the
+            // calls here must not wait for it (nor their first retransmission).
+            sip.set_mode(ServingMode::Active);
+            for record in replication::takeover::calls_in_order(state.calls.values()) {
+                match engine.take_over_call(record, clock) {
+                    Ok(()) => calls += 1,
+                    Err(error) => {
+                        lost += 1;
+                        warn!(call_id = record.id, %error, "call not taken over");
+                    }
+                }
+            }
+        }
         info!(
             term,
+            failover,
             registrations,
             agents,
-            calls = state.calls.len(),
-            "took over the previous active node's registrations and agent states"
+            calls,
+            lost,
+            draining_node_calls = if failover { 0 } else { state.calls.len() },
+            "took over the previous active node's state"
         );
     }
 }

@@ -124,7 +124,7 @@ pub async fn run(
     metrics: RoleMetrics,
     replication: std::sync::Arc<crate::replication::ReplicationHub>,
     active: watch::Sender<Option<String>>,
-    take_over: impl Fn(i64),
+    take_over: impl Fn(i64, bool),
     mut drain: watch::Receiver<bool>,
 ) {
     let client = match Client::try_default().await {
@@ -186,10 +186,12 @@ pub async fn run(
         info!(lease = %election.lease, transitions = held.transitions, "active: holding the Lease");
         // What this node replicates from now on belongs to its term.
         replication.set_term(i64::from(held.transitions));
-        // The previous active's live state, before calls can arrive (the pod is marked next).
-        take_over(i64::from(held.transitions));
-        mark(&pods, &election.pod, true).await;
+        // Active before the takeover, so the calls taken over can send their re-INVITEs at
+        // once; new calls arrive only once the pod is marked, after the previous active's
+        // live state is installed.
         role.send_replace(Role::Active);
+        take_over(i64::from(held.transitions), held.taken_from.is_some());
+        mark(&pods, &election.pod, true).await;
         tokio::select! {
             lost = keep(&leases, &election.lease, &me, &election.timing) => {
                 warn!(lease = %election.lease, reason = %lost, "lost the Lease: standby");
@@ -220,7 +222,7 @@ async fn draining(drain: &mut watch::Receiver<bool>) {
 }
 
 /// While this node stands by, keeps `active` naming the control URL of the node that holds
-/// the Lease (its pod's IP, port [`CONTROL_PORT`]), so the standby follows it; `None` while
+/// the Lease (its pod's IP and control port), so the standby follows it; `None` while
 /// this node is active or nobody holds the Lease.
 async fn track_active(
     leases: Api<k8s_openapi::api::coordination::v1::Lease>,
@@ -276,11 +278,7 @@ async fn holder_url(
             return None;
         }
     };
-    let ip: std::net::IpAddr = pod.status?.pod_ip?.parse().ok()?;
-    Some(format!(
-        "http://{}",
-        std::net::SocketAddr::new(ip, CONTROL_PORT)
-    ))
+    switchboard_lease::control_url(&pod, CONTROL_PORT)
 }
 
 /// Sets or removes the active mark on the node's own pod, retrying a few times: a pod that

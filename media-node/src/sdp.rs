@@ -53,7 +53,7 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn parse(name: &str) -> Option<Self> {
+    pub fn parse(name: &str) -> Option<Self> {
         match name {
             "sendrecv" => Some(Self::SendRecv),
             "sendonly" => Some(Self::SendOnly),

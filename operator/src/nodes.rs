@@ -15,7 +15,7 @@ use switchboard_proto::CONTROL_PORT;
 use switchboard_proto::node::v1::node_control_client::NodeControlClient;
 use switchboard_proto::node::v1::{ApplyConfigReply, ConfigSnapshot, apply_config_reply::Outcome};
 
-use crate::builders::stateful_set::{CONTAINER_NAME, CONTROL_PORT_NAME};
+use switchboard_lease::control_url;
 
 /// How long one node may take to connect and answer `ApplyConfig`. A node applies a config in
 /// microseconds; anything slower is a node in trouble, shown as unreachable and retried.
@@ -41,43 +41,13 @@ pub fn endpoints(pods: &[Pod]) -> Vec<NodeEndpoint> {
             let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
             !matches!(phase, Some("Succeeded" | "Failed"))
         })
-        .map(|p| {
-            let ip = p
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.as_deref())
-                .filter(|ip| !ip.is_empty());
-            NodeEndpoint {
-                pod: p.name_any(),
-                uri: ip.map(|ip| uri(ip, control_port(p))),
-            }
+        .map(|p| NodeEndpoint {
+            pod: p.name_any(),
+            uri: control_url(p, CONTROL_PORT),
         })
         .collect();
     nodes.sort_by(|a, b| a.pod.cmp(&b.pod));
     nodes
-}
-
-/// The node container's port named `control`, else the default [`CONTROL_PORT`].
-fn control_port(pod: &Pod) -> u16 {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.containers.iter().find(|c| c.name == CONTAINER_NAME))
-        .and_then(|c| c.ports.as_ref())
-        .and_then(|ports| {
-            ports
-                .iter()
-                .find(|p| p.name.as_deref() == Some(CONTROL_PORT_NAME))
-        })
-        .and_then(|p| u16::try_from(p.container_port).ok())
-        .unwrap_or(CONTROL_PORT)
-}
-
-fn uri(ip: &str, port: u16) -> String {
-    if ip.contains(':') {
-        format!("http://[{ip}]:{port}")
-    } else {
-        format!("http://{ip}:{port}")
-    }
 }
 
 /// What came back from one node.
@@ -223,6 +193,7 @@ pub fn retry_delay(failed_rounds: u32) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use crate::builders::stateful_set::{CONTAINER_NAME, CONTROL_PORT_NAME};
     use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 

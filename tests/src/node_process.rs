@@ -3,6 +3,7 @@
 //! latency. Every listener is on 127.0.0.1 port 0; the node prints the addresses it got. The
 //! process is killed when the handle is dropped.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,8 +15,11 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use switchboard_crds::callcenter::HaMode;
+use switchboard_crds::{CallCenter, Queue, Seat};
 use switchboard_operator::builders::selector_labels;
 use switchboard_operator::builders::stateful_set::{CONTAINER_NAME, CONTROL_PORT_NAME};
+use switchboard_proto::node_config::build_node_config;
 
 use crate::repo_root;
 
@@ -152,6 +156,11 @@ impl NodeProcess {
         self.child.id()
     }
 
+    /// Where the node writes its recordings (and CDRs).
+    pub fn recordings(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// Stops the node (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -204,4 +213,51 @@ pub async fn create_node_pod(
         .await
         .with_context(|| format!("writing the status of pod {pod_name}"))?;
     Ok(())
+}
+
+/// `examples/minimal.yaml` as a HotStandby center's node config in `namespace` (Lease 6 s,
+/// renewed every 2 s), after `tweak` changed the center.
+pub fn hot_standby_config(namespace: &str, tweak: impl FnOnce(&mut CallCenter)) -> Result<String> {
+    let text = std::fs::read_to_string(repo_root().join("examples/minimal.yaml"))?;
+    let mut center: Option<CallCenter> = None;
+    let (mut queues, mut seats) = (Vec::<Queue>::new(), Vec::<Seat>::new());
+    let mut secrets: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut value: serde_yaml::Value = serde::Deserialize::deserialize(doc)?;
+        // As the API server holds them: in the test's namespace.
+        value["metadata"]["namespace"] = namespace.into();
+        match value["kind"].as_str() {
+            Some("CallCenter") => center = Some(serde_yaml::from_value(value)?),
+            Some("Queue") => queues.push(serde_yaml::from_value(value)?),
+            Some("Seat") => seats.push(serde_yaml::from_value(value)?),
+            Some("Secret") => {
+                let name = value["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                secrets.insert(name, serde_yaml::from_value(value["stringData"].clone())?);
+            }
+            other => bail!("unexpected kind {other:?} in examples/minimal.yaml"),
+        }
+    }
+    let mut center = center.context("no CallCenter in examples/minimal.yaml")?;
+    center.spec.high_availability.mode = HaMode::HotStandby;
+    center.spec.high_availability.lease_duration_seconds = 6;
+    center.spec.high_availability.renew_interval_seconds = 2;
+    tweak(&mut center);
+    let (config, _) = build_node_config(&center, &queues, &seats, &secrets, 1)?;
+    Ok(config.to_yaml()?)
+}
+
+/// One sample of a node's `/metrics`: the value of `series` (name and labels as exported).
+pub async fn sample(node: &NodeProcess, series: &str) -> Option<f64> {
+    let text = crate::cluster::scrape_metrics(node.metrics).await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether the node reports `role` (active, standby).
+pub async fn role_is(node: &NodeProcess, role: &str) -> bool {
+    sample(node, &format!("switchboard_node_role{{role=\"{role}\"}}")).await == Some(1.0)
 }

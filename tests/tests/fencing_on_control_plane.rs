@@ -4,19 +4,13 @@
 //! before the other node can hold the Lease — two actives never serve at once. The order is
 //! what is checked; the times are printed.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use std::sync::Mutex;
-use switchboard_crds::callcenter::HaMode;
-use switchboard_crds::{CallCenter, Queue, Seat};
-use switchboard_proto::node_config::build_node_config;
-use switchboard_tests::node_process::{NodeProcess, create_node_pod};
-use switchboard_tests::{
-    TestNamespace, control_plane, control_plane_kubeconfig, repo_root, wait_for,
-};
+use switchboard_tests::node_process::{NodeProcess, create_node_pod, hot_standby_config, role_is};
+use switchboard_tests::{TestNamespace, control_plane, control_plane_kubeconfig, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -72,58 +66,12 @@ impl Drop for Proxy {
     }
 }
 
-/// `examples/minimal.yaml` as a HotStandby center's node config (Lease 6 s, renewed every 2 s).
-fn hot_standby_config(namespace: &str) -> Result<String> {
-    let text = std::fs::read_to_string(repo_root().join("examples/minimal.yaml"))?;
-    let mut center: Option<CallCenter> = None;
-    let (mut queues, mut seats) = (Vec::<Queue>::new(), Vec::<Seat>::new());
-    let mut secrets: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let mut value: serde_yaml::Value = serde::Deserialize::deserialize(doc)?;
-        // As the API server holds them: in the test's namespace.
-        value["metadata"]["namespace"] = namespace.into();
-        match value["kind"].as_str() {
-            Some("CallCenter") => center = Some(serde_yaml::from_value(value)?),
-            Some("Queue") => queues.push(serde_yaml::from_value(value)?),
-            Some("Seat") => seats.push(serde_yaml::from_value(value)?),
-            Some("Secret") => {
-                let name = value["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                secrets.insert(name, serde_yaml::from_value(value["stringData"].clone())?);
-            }
-            other => bail!("unexpected kind {other:?} in examples/minimal.yaml"),
-        }
-    }
-    let mut center = center.context("no CallCenter in examples/minimal.yaml")?;
-    center.spec.high_availability.mode = HaMode::HotStandby;
-    center.spec.high_availability.lease_duration_seconds = 6;
-    center.spec.high_availability.renew_interval_seconds = 2;
-    let (config, _) = build_node_config(&center, &queues, &seats, &secrets, 1)?;
-    Ok(config.to_yaml()?)
-}
-
-/// One sample of a node's `/metrics`.
-async fn sample(node: &NodeProcess, series: &str) -> Option<f64> {
-    let text = switchboard_tests::cluster::scrape_metrics(node.metrics)
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-async fn role_is(node: &NodeProcess, role: &str) -> bool {
-    sample(node, &format!("switchboard_node_role{{role=\"{role}\"}}")).await == Some(1.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_active_cut_off_from_the_api_server_stops_serving_before_the_standby_takes_over()
 -> Result<()> {
     let client = control_plane().await?;
     let ns = TestNamespace::create(&client, "fence").await?;
-    let yaml = hot_standby_config(&ns.name)?;
+    let yaml = hot_standby_config(&ns.name, |_| {})?;
     // The stand-in pods run as the center's ServiceAccount (the operator would create it).
     let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
         kube::Api::namespaced(client.clone(), &ns.name);

@@ -902,6 +902,27 @@ impl Acd {
         }
     }
 
+    /// Takes over a queue call the agent at `seat` is on (hot standby, after
+    /// [`Acd::restore_agent`]): Busy on it as after [`Acd::offer_answered`] (the call is
+    /// already in today's count), so its end brings wrap-up. Unknown seats and queues are
+    /// ignored.
+    pub fn resume_queue_call(&mut self, seat: &str, queue: &str, number: &str, now: Instant) {
+        let (Some(&a), Some(&q)) = (self.agent_index.get(seat), self.queue_index.get(queue)) else {
+            return;
+        };
+        let queue = &self.queues[ix(q)];
+        let current = CurrentCall {
+            queue: queue.name.clone(),
+            wrap_up_seconds: queue.spec.wrap_up_seconds,
+            number: number.to_string(),
+        };
+        let agent = &mut self.agents[ix(a)];
+        agent.ringing = None;
+        agent.pending = None;
+        agent.current = Some(current);
+        self.set_state(a, AgentState::Busy, None, now);
+    }
+
     /// The seat's phone began a call no queue offered (seat to seat, outbound, a direct
     /// call): a Ready agent becomes Busy until [`Acd::direct_call_ended`]; in any other state
     /// the call only keeps the agent from becoming Ready until it ends. Unknown seats are

@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 
 mod center;
 mod replicate;
+mod takeover;
 
 pub use center::CenterSetup;
 
@@ -481,7 +482,9 @@ pub(crate) struct CallSession {
     offered_at: DateTime<Utc>,
     answered_at: Option<DateTime<Utc>>,
 
-    a_invite: SipRequest,
+    /// The caller's INVITE; `None` for a call taken over from another node (its INVITE
+    /// transaction was over long before).
+    a_invite: Option<SipRequest>,
     a_source: SocketAddr,
     /// Where responses to the caller go (Via / rport).
     a_response_to: SocketAddr,
@@ -531,8 +534,24 @@ pub(crate) struct CallSession {
     ending: Option<Ending>,
     linger_until: Option<Instant>,
     recording: Option<PathBuf>,
+    /// When the segment in `recording` began.
+    recording_started_at: Option<DateTime<Utc>>,
+    /// Segments of the recording other nodes wrote before the call was taken over here.
+    segments_before: Vec<RecordingSegment>,
     /// A call the node answered itself (IVR, queue, voicemail, feature code).
     center: Option<Box<center::CenterCall>>,
+    /// A call taken over from the previous active node, until both legs' media moved here.
+    takeover: Option<takeover::Takeover>,
+}
+
+/// How a call task begins.
+enum Start {
+    /// Ring the callee with this offer (a B2BUA call).
+    Ring(Vec<u8>),
+    /// Answer the caller and take the call's first center route.
+    Answer,
+    /// Re-INVITE the legs of a call taken over from the previous active node.
+    TakeOver,
 }
 
 impl CallEngine {
@@ -696,7 +715,7 @@ impl CallEngine {
             channel: setup.channel,
             offered_at: Utc::now(),
             answered_at: None,
-            a_invite: invite.clone(),
+            a_invite: Some(invite.clone()),
             a_source: setup.source,
             a_response_to,
             a_tag,
@@ -732,14 +751,17 @@ impl CallEngine {
             ending: None,
             linger_until: None,
             recording: None,
+            recording_started_at: None,
+            segments_before: Vec::new(),
             center: None,
+            takeover: None,
         };
         if session.direction != CallDirection::Inbound {
             // The calling seat's phone is busy from the moment it dials.
             let caller = session.caller_ext.clone();
             session.direct_call_started(&caller);
         }
-        tokio::spawn(session.run(Some(b_offer.into_bytes())));
+        tokio::spawn(session.run(Start::Ring(b_offer.into_bytes())));
         Ok(trying)
     }
 }
@@ -756,16 +778,16 @@ fn branch() -> String {
 }
 
 impl CallSession {
-    /// Runs the call: rings the callee with `b_offer`, or (`None`) starts the call the node
-    /// answers itself.
-    async fn run(mut self, b_offer: Option<Vec<u8>>) {
+    /// Runs the call from `start` until it is over.
+    async fn run(mut self, start: Start) {
         let now = Instant::now();
-        match b_offer {
-            Some(offer) => {
+        match start {
+            Start::Ring(offer) => {
                 self.send_invite(offer, now);
                 self.ring_deadline = Some(now + self.engine.settings.ring_timeout);
             }
-            None => self.center_start(now),
+            Start::Answer => self.center_start(now),
+            Start::TakeOver => self.takeover_next_leg(now),
         }
         loop {
             let wake = self.next_wake();
@@ -827,6 +849,7 @@ impl CallSession {
         if let Some(c) = &self.center {
             consider(c.next_wake());
         }
+        consider(self.takeover.as_ref().and_then(|t| t.retry_at));
         wake
     }
 
@@ -1034,6 +1057,10 @@ impl CallSession {
 
     /// Sends a response to the caller's INVITE; finals are retransmitted until ACK.
     fn respond_caller(&mut self, status: u16, reason: &str, with_sdp: bool, now: Instant) {
+        let Some(invite) = self.a_invite.as_ref() else {
+            // A call taken over has no INVITE transaction to answer.
+            return;
+        };
         let mut extra: Vec<(&str, String)> = Vec::new();
         let contact;
         if (101..300).contains(&status) {
@@ -1044,7 +1071,7 @@ impl CallSession {
             );
             extra.push(("Contact", contact));
             // The UAS copies Record-Route into responses that create the dialog (§12.1.1).
-            for rr in self.a_invite.header_values("Record-Route") {
+            for rr in invite.header_values("Record-Route") {
                 extra.push(("Record-Route", rr.to_string()));
             }
         }
@@ -1053,15 +1080,8 @@ impl CallSession {
         }
         let body = with_sdp.then_some((SDP, self.a_answer.as_slice()));
         let tag = (status > 100).then_some(self.a_tag.as_str());
-        let bytes = build_response_with_body(
-            &self.a_invite,
-            status,
-            reason,
-            self.a_source,
-            tag,
-            &extra,
-            body,
-        );
+        let bytes =
+            build_response_with_body(invite, status, reason, self.a_source, tag, &extra, body);
         if let Some(m) = &self.engine.metrics {
             m.responses.with_label_values(&[&status.to_string()]).inc();
         }
@@ -1108,6 +1128,9 @@ impl CallSession {
         match (&request.method, leg) {
             (rsip::Method::Invite, Leg::Caller) if !has_to_tag => {
                 // A retransmitted INVITE: repeat the latest response (§17.2.1).
+                if self.a_last_response.is_empty() {
+                    return;
+                }
                 let out = self.to_caller(self.a_last_response.clone());
                 self.send(out);
             }
@@ -1542,6 +1565,8 @@ impl CallSession {
             }
             if status == 481 && self.ending.is_none() {
                 self.drop_lost_leg(leg, now);
+            } else if across.is_none() {
+                self.takeover_leg_answered(leg, Err(status), now);
             }
             return;
         }
@@ -1561,16 +1586,19 @@ impl CallSession {
                 false
             }
         };
+        self.replicate();
         match across {
             Some(_) => self.finish_pass_across(if accepted { Ok(()) } else { Err(488) }, now),
-            None => info!(
-                call_id = self.a.call_id,
-                ?leg,
-                accepted,
-                "node's re-INVITE answered"
-            ),
+            None => {
+                info!(
+                    call_id = self.a.call_id,
+                    ?leg,
+                    accepted,
+                    "node's re-INVITE answered"
+                );
+                self.takeover_leg_answered(leg, if accepted { Ok(()) } else { Err(488) }, now);
+            }
         }
-        self.replicate();
     }
 
     /// The other leg answered (or not) the re-INVITE passed across: answer the one waiting,
@@ -1668,7 +1696,14 @@ impl CallSession {
             }
             return;
         }
-        if leg != Leg::Caller || cseq != self.a_invite.cseq().map(|(n, _)| n) {
+        if leg != Leg::Caller
+            || cseq
+                != self
+                    .a_invite
+                    .as_ref()
+                    .and_then(|i| i.cseq())
+                    .map(|(n, _)| n)
+        {
             return;
         }
         match self.a_state {
@@ -2225,6 +2260,8 @@ impl CallSession {
                     );
                     if across.is_some() {
                         self.finish_pass_across(Err(map_reinvite_failure(408)), now);
+                    } else {
+                        self.takeover_leg_answered(leg, Err(408), now);
                     }
                 }
                 None => {
@@ -2249,6 +2286,7 @@ impl CallSession {
             i += 1;
         }
         self.center_on_timer(now);
+        self.takeover_on_timer(now);
     }
 
     // ---- the end ----------------------------------------------------------------------
@@ -2279,6 +2317,7 @@ impl CallSession {
             Ok(recorder) => {
                 media.record(recorder);
                 self.recording = Some(path.clone());
+                self.recording_started_at = Some(Utc::now());
                 // Written now too, so a recording whose node dies still has its metadata.
                 let _ = self.sidecar(None).write_atomic(&sidecar_path(&path));
                 self.replicate();
@@ -2307,13 +2346,25 @@ impl CallSession {
             ended_at,
             hangup_cause: ending.map(|e| e.cause.clone()),
             hangup_side: ending.map(|e| e.side),
-            file: file.clone(),
-            segments: vec![RecordingSegment {
-                file,
-                node: self.engine.settings.node_name.clone(),
-                started_at: self.answered_at.unwrap_or(self.offered_at),
-                ended_at,
-            }],
+            // The first segment's file names the recording (the one a takeover continues).
+            file: self
+                .segments_before
+                .first()
+                .map_or_else(|| file.clone(), |s| s.file.clone()),
+            segments: self
+                .segments_before
+                .iter()
+                .cloned()
+                .chain(std::iter::once(RecordingSegment {
+                    file,
+                    node: self.engine.settings.node_name.clone(),
+                    started_at: self
+                        .recording_started_at
+                        .or(self.answered_at)
+                        .unwrap_or(self.offered_at),
+                    ended_at,
+                }))
+                .collect(),
         }
     }
 

@@ -704,6 +704,25 @@ impl Trunks {
         self.acquire_at(trunk, Instant::now())
     }
 
+    /// The channel of a call taken over from the previous active node: the call is up
+    /// already, so it is counted even above the limit (its end frees it as usual).
+    pub fn take_over(&self, trunk: &Arc<Trunk>) -> ChannelGuard {
+        let now = Instant::now();
+        let before = trunk.channels.busy.fetch_add(1, Ordering::SeqCst);
+        trunk.channels.traffic.lock().taken(now);
+        if let Some(m) = &self.metrics {
+            m.busy
+                .with_label_values(&[trunk.name()])
+                .set(i64::from(before + 1));
+        }
+        ChannelGuard {
+            trunk: Arc::clone(trunk),
+            metrics: self.metrics.clone(),
+            taken_at: now,
+            released: false,
+        }
+    }
+
     /// As [`Self::acquire`], at a given instant (the traffic meter's clock).
     pub fn acquire_at(&self, trunk: &Arc<Trunk>, now: Instant) -> Option<ChannelGuard> {
         let limit = trunk.limit();

@@ -196,3 +196,12 @@ pub(crate) fn wire_transport(transport: Transport) -> WireTransport {
         Transport::Tcp => WireTransport::Tcp,
     }
 }
+
+/// A replicated SIP transport back; `None` for a value that is none.
+pub(crate) fn sip_transport(wire: i32) -> Option<Transport> {
+    match WireTransport::try_from(wire).ok()? {
+        WireTransport::Udp => Some(Transport::Udp),
+        WireTransport::Tcp => Some(Transport::Tcp),
+        WireTransport::Unspecified => None,
+    }
+}

@@ -6,21 +6,16 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use switchboard_crds::seat::AgentState as ApiAgentState;
-use switchboard_proto::replication::v1::{AgentRecord, AgentState, Registration, Transport};
+use switchboard_proto::replication::v1::{AgentRecord, AgentState, CallRecord, Registration};
 
 use super::WallClock;
-use crate::sip::Transport as SipTransport;
 use crate::sip::registrar::Binding;
 
 /// The registrar binding a replicated registration stands for; `None` for a record that
 /// cannot be one (the follower's checks make that rare: a source that is no address).
 pub fn binding(record: &Registration, clock: WallClock, now: Instant) -> Option<Binding> {
     let source: SocketAddr = record.source.parse().ok()?;
-    let transport = match Transport::try_from(record.transport).ok()? {
-        Transport::Udp => SipTransport::Udp,
-        Transport::Tcp => SipTransport::Tcp,
-        Transport::Unspecified => return None,
-    };
+    let transport = super::hub::sip_transport(record.transport)?;
     Some(Binding {
         uri: record.contact_uri.clone(),
         expires_at: clock.instant(record.expires_at_unix_ms),
@@ -75,9 +70,26 @@ pub fn agents(records: &[AgentRecord], clock: WallClock) -> Vec<AgentRestore> {
     out
 }
 
+/// The calls of a takeover in the order to take them: established calls first (their
+/// agents become Busy before any queued caller can be offered to them), then queued callers
+/// by the time they entered their first queue (their order in the queues).
+pub fn calls_in_order<'a>(calls: impl IntoIterator<Item = &'a CallRecord>) -> Vec<&'a CallRecord> {
+    let mut calls: Vec<&CallRecord> = calls.into_iter().collect();
+    calls.sort_by_key(|c| {
+        (
+            c.queued.is_some(),
+            c.queued.as_ref().map_or(0, |q| q.enqueued_at_unix_ms),
+            c.id.clone(),
+        )
+    });
+    calls
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::Transport as SipTransport;
+    use switchboard_proto::replication::v1::Transport;
 
     #[test]
     fn registrations_and_agents_come_back_with_their_times() {

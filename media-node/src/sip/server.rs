@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tracing::{debug, info, warn};
 
 use crate::call::routing::{self, Caller, Destination, RouteDecision, SeatDirectory};
@@ -104,6 +104,11 @@ pub struct SipMetrics {
     pub calls_not_served: IntCounterVec,
     /// Per-trunk channels busy, channel limits and blocked calls.
     pub trunks: crate::call::trunks::TrunkMetrics,
+    /// Calls taken over from a failed active node, by outcome (resumed, lost).
+    pub calls_taken_over: IntCounterVec,
+    /// From taking a call over to both its legs accepting the re-INVITEs that move their
+    /// media here.
+    pub takeover_seconds: Histogram,
 }
 
 impl SipMetrics {
@@ -197,7 +202,23 @@ impl SipMetrics {
                 &["action"],
             )?,
             trunks: crate::call::trunks::TrunkMetrics::new(registry)?,
+            calls_taken_over: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_calls_taken_over_total",
+                    "Calls this node took over from a failed active node, by outcome: resumed (both legs accepted the re-INVITE moving their media here), lost (a leg refused it or never answered).",
+                ),
+                &["outcome"],
+            )?,
+            takeover_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "switchboard_call_takeover_seconds",
+                    "From taking a call over (after the Lease) to both its legs accepting the re-INVITEs that move their media to this node.",
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )?,
         };
+        registry.register(Box::new(metrics.calls_taken_over.clone()))?;
+        registry.register(Box::new(metrics.takeover_seconds.clone()))?;
         registry.register(Box::new(metrics.calls_not_served.clone()))?;
         registry.register(Box::new(metrics.rtp_port_pairs_in_use.clone()))?;
         registry.register(Box::new(metrics.prompts_missing.clone()))?;

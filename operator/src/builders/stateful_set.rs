@@ -53,7 +53,7 @@ use switchboard_proto::node_config::{NodeConfig, TRUNK_PASSWORD_FILE, TRUNK_USER
 pub const CONTAINER_NAME: &str = "media-node";
 /// Name of the container port of the node's gRPC control API, which the operator pushes
 /// config to.
-pub const CONTROL_PORT_NAME: &str = "control";
+pub use switchboard_lease::CONTROL_PORT_NAME;
 /// Name of the recording volume and its claim template.
 pub const RECORDINGS_VOLUME: &str = "recordings";
 /// Seconds a node gets beyond the drain timeout to flush recordings and exit.

@@ -224,6 +224,45 @@ pub(super) async fn media_event(center: &mut Option<Box<CenterCall>>) -> MediaEv
 }
 
 impl CenterCall {
+    /// A center call before its first route (`route`), answered on the node's media
+    /// (`events`: its key presses and playback ends).
+    pub(super) fn new(
+        runtime: Arc<CallCenterRuntime>,
+        tx: mpsc::Sender<CallEvent>,
+        events: broadcast::Receiver<MediaEvent>,
+        route: Option<CenterRoute>,
+    ) -> Self {
+        let plan = runtime.plan();
+        Self {
+            runtime,
+            plan,
+            route,
+            tx,
+            events: Some(events),
+            phase: Phase::Starting,
+            script: VecDeque::new(),
+            then: Then::Nothing,
+            playing: None,
+            skip_due: false,
+            walk: None,
+            ivr_path: Vec::new(),
+            input_deadline: None,
+            boost: 0,
+            queue_name: None,
+            queued: None,
+            waited: None,
+            forks: Vec::new(),
+            b_media: None,
+            direct_seat: None,
+            agent: None,
+            agent_answered: false,
+            served: false,
+            survey: None,
+            voicemail: None,
+            outcome: None,
+        }
+    }
+
     /// The connected agent's call is over: a queue call goes to wrap-up, a direct one frees
     /// the phone.
     fn agent_call_over(&mut self, now: Instant) {
@@ -416,35 +455,7 @@ impl CallEngine {
             "call answered by the node"
         );
         let trunk = channel.as_ref().map(|c| Arc::clone(c.trunk()));
-        let plan = setup.center.plan();
-        let center = CenterCall {
-            runtime: setup.center,
-            plan,
-            route: Some(setup.route),
-            tx: sender,
-            events: Some(events),
-            phase: Phase::Starting,
-            script: VecDeque::new(),
-            then: Then::Nothing,
-            playing: None,
-            skip_due: false,
-            walk: None,
-            ivr_path: Vec::new(),
-            input_deadline: None,
-            boost: 0,
-            queue_name: None,
-            queued: None,
-            waited: None,
-            forks: Vec::new(),
-            b_media: None,
-            direct_seat: None,
-            agent: None,
-            agent_answered: false,
-            served: false,
-            survey: None,
-            voicemail: None,
-            outcome: None,
-        };
+        let center = CenterCall::new(setup.center, sender, events, Some(setup.route));
         let session = CallSession {
             engine: Arc::clone(self),
             rx,
@@ -458,7 +469,7 @@ impl CallEngine {
             channel,
             offered_at: Utc::now(),
             answered_at: None,
-            a_invite: invite.clone(),
+            a_invite: Some(invite.clone()),
             a_source: setup.source,
             a_response_to,
             a_tag,
@@ -494,9 +505,12 @@ impl CallEngine {
             ending: None,
             linger_until: None,
             recording: None,
+            recording_started_at: None,
+            segments_before: Vec::new(),
             center: Some(Box::new(center)),
+            takeover: None,
         };
-        tokio::spawn(session.run(None));
+        tokio::spawn(session.run(super::Start::Answer));
         Ok(trying)
     }
 }
@@ -536,7 +550,7 @@ impl CallSession {
         };
         match route {
             CenterRoute::Menu(menu) => self.start_menu(&menu, now),
-            CenterRoute::Queue(queue) => self.enter_queue(&queue, now),
+            CenterRoute::Queue(queue) => self.enter_queue(&queue, now, now),
             CenterRoute::Voicemail { mailbox } => self.start_voicemail(mailbox, None),
             CenterRoute::FeatureCode(request) => self.feature_code(request),
         }
@@ -736,7 +750,7 @@ impl CallSession {
         let target = route.target.clone();
         match (route.action, target) {
             (RouteAction::Menu, Some(menu)) => self.start_menu(&menu, now),
-            (RouteAction::Queue, Some(queue)) => self.enter_queue(&queue, now),
+            (RouteAction::Queue, Some(queue)) => self.enter_queue(&queue, now, now),
             (RouteAction::Seat, Some(seat)) => self.ring_seat(&seat, now),
             (RouteAction::Voicemail, mailbox) => self.start_voicemail(mailbox, None),
             (RouteAction::Hangup, _) => {
@@ -755,7 +769,9 @@ impl CallSession {
 
     // ---- queue --------------------------------------------------------------------------
 
-    fn enter_queue(&mut self, queue: &str, now: Instant) {
+    /// Puts the caller in `queue`, in the order of `since` (when they entered their first
+    /// queue: now, or before a takeover).
+    fn enter_queue(&mut self, queue: &str, since: Instant, now: Instant) {
         let caller = CallerInfo {
             number: self.caller_ext.clone(),
             priority_boost: self.center.as_deref().map_or(0, |c| c.boost),
@@ -772,14 +788,14 @@ impl CallSession {
         let tx = c.tx.clone();
         let line: CallerLine =
             Box::new(move |command| tx.try_send(CallEvent::Center(command)).is_ok());
-        match c.runtime.enqueue(queue, caller, line) {
+        match c.runtime.enqueue(queue, caller, line, since) {
             Ok((key, position)) => {
                 let every = Duration::from_secs(spec.announcements.every_seconds.into());
                 let announce = spec.announcements.position || spec.announcements.estimated_wait;
                 c.queued = Some(Queued {
                     key,
                     queue: queue.to_string(),
-                    since: now,
+                    since,
                     next_announcement: announce.then_some(now + every),
                 });
                 c.phase = Phase::Queued;
@@ -1725,4 +1741,59 @@ impl CallSession {
         c.b_media = None;
         self.cancel_forks(None, now);
     }
+
+    // ---- takeover -------------------------------------------------------------------------
+
+    /// Gives a call taken over from the previous active node its center side, where it
+    /// stood there: queued again (in its original order, music on hold again) or talking to
+    /// its agent (Busy again).
+    pub(super) fn center_take_over(
+        &mut self,
+        runtime: Arc<CallCenterRuntime>,
+        tx: mpsc::Sender<CallEvent>,
+        place: CenterPlace,
+        now: Instant,
+    ) {
+        let Some(events) = self.media.as_ref().map(MediaSession::events) else {
+            return;
+        };
+        let mut center = CenterCall::new(Arc::clone(&runtime), tx, events, None);
+        center.ivr_path = place.ivr_path;
+        center.boost = place.boost;
+        center.queue_name = place.queue.clone();
+        match place.agent {
+            Some((seat, since)) => {
+                match &place.queue {
+                    Some(queue) => runtime.resume_queue_call(&seat, queue, &self.caller_ext),
+                    None => runtime.direct_call_started(&seat),
+                }
+                center.phase = Phase::Bridged;
+                center.agent_answered = true;
+                center.agent = Some(ConnectedAgent {
+                    seat,
+                    queue: place.queue,
+                    since,
+                });
+                self.center = Some(Box::new(center));
+            }
+            None => {
+                self.center = Some(Box::new(center));
+                if let Some(queue) = place.queue {
+                    self.enter_queue(&queue, place.since, now);
+                }
+            }
+        }
+    }
+}
+
+/// Where a center call taken over from the previous active node stood there.
+pub(super) struct CenterPlace {
+    /// The queue it waits in, or came through to its agent.
+    pub queue: Option<String>,
+    /// When the caller entered their first queue (the order they keep).
+    pub since: Instant,
+    pub boost: u32,
+    /// The agent's seat and when they answered; `None` while the caller waits.
+    pub agent: Option<(String, Instant)>,
+    pub ivr_path: Vec<String>,
 }

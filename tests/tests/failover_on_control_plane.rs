@@ -1,0 +1,257 @@
+//! Takeover of live calls on the real control plane: two media-node processes of a HotStandby
+//! center elect through a real Lease. Seat 1002 (SIPp) calls seat 1001 (SIPp, echoing the
+//! audio back) through the active node A several times at once, with recording on; once the
+//! standby B holds every call, A is killed (SIGKILL). B must take the Lease, re-INVITE both
+//! legs of every call so their media comes to it, relay audio both ways, write a new
+//! recording segment linked to A's in its sidecar, and relay the caller's BYE at the end:
+//! every SIPp call completes its scenario. The times are printed, not asserted.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use switchboard_crds::callcenter::RecordingMode;
+use switchboard_tests::cluster::{Sipp, free_udp_port};
+use switchboard_tests::node_process::{
+    NodeProcess, create_node_pod, hot_standby_config, role_is, sample,
+};
+use switchboard_tests::{TestNamespace, control_plane, control_plane_kubeconfig, wait_for};
+
+const WAIT: Duration = Duration::from_secs(60);
+const LEASE: &str = "minimal-media-active";
+/// Calls up at once when the active node dies.
+const CALLS: u32 = 10;
+
+/// A recording's two channels: how many samples of each are not silence.
+fn voiced_samples(wav: &Path) -> Result<(usize, usize)> {
+    let bytes = std::fs::read(wav).with_context(|| format!("reading {}", wav.display()))?;
+    ensure!(
+        bytes.len() >= 44 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE",
+        "{} is not a WAV file",
+        wav.display()
+    );
+    let channels = u16::from_le_bytes([bytes[22], bytes[23]]);
+    ensure!(channels == 2, "{} has {channels} channels", wav.display());
+    let (mut left, mut right) = (0, 0);
+    for frame in bytes[44..].chunks_exact(4) {
+        let l = i16::from_le_bytes([frame[0], frame[1]]);
+        let r = i16::from_le_bytes([frame[2], frame[3]]);
+        left += usize::from(l.unsigned_abs() > 64);
+        right += usize::from(r.unsigned_abs() > 64);
+    }
+    Ok((left, right))
+}
+
+async fn metric(node: &NodeProcess, series: &str) -> f64 {
+    sample(node, series).await.unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_live_calls_when_the_active_node_is_killed() -> Result<()> {
+    let client = control_plane().await?;
+    let ns = TestNamespace::create(&client, "takeover").await?;
+    let yaml = hot_standby_config(&ns.name, |center| {
+        center.spec.recording.mode = RecordingMode::Always;
+    })?;
+    let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), &ns.name);
+    accounts
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "minimal-media"}}))?,
+        )
+        .await?;
+    let kubeconfig = control_plane_kubeconfig()?.display().to_string();
+    let start = |pod: &str| {
+        let env = [
+            ("POD_NAMESPACE", ns.name.as_str()),
+            ("SWITCHBOARD_LEASE_NAME", LEASE),
+            ("KUBECONFIG", kubeconfig.as_str()),
+        ];
+        NodeProcess::start_with_env(&yaml, pod, &env)
+    };
+    let mut a = start("minimal-media-0")?;
+    create_node_pod(
+        &client,
+        &ns.name,
+        "minimal",
+        "minimal-media-0",
+        a.control.port(),
+    )
+    .await?;
+    wait_for(WAIT, "node A active", || async {
+        role_is(&a, "active").await.then_some(())
+    })
+    .await
+    .with_context(|| a.log())?;
+    let b = start("minimal-media-1")?;
+    create_node_pod(
+        &client,
+        &ns.name,
+        "minimal",
+        "minimal-media-1",
+        b.control.port(),
+    )
+    .await?;
+    wait_for(WAIT, "node B a ready standby", || async {
+        (role_is(&b, "standby").await && metric(&b, "switchboard_standby_ready").await == 1.0)
+            .then_some(())
+    })
+    .await
+    .with_context(|| b.log())?;
+
+    // Seat 1001's phone registers with A and answers every call, echoing its audio.
+    let loopback = "127.0.0.1".parse()?;
+    let phone = free_udp_port(loopback)?.to_string();
+    let seat = |scenario: &str| {
+        Sipp::new(a.sip_udp, scenario)
+            .key("domain", "localhost")
+            .key("ext", "1001")
+            .args(["-au", "1001", "-ap", "practice-1001"])
+            .args(["-i", "127.0.0.1", "-p", phone.as_str()])
+    };
+    seat("seat-register.xml").spawn().await?.finish().await?;
+    let callee_media = free_udp_port(loopback)?.to_string();
+    let answering = seat("takeover-seat-uas.xml")
+        .calls(CALLS)
+        .limit(WAIT)
+        .args([
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            callee_media.as_str(),
+            "-rtp_echo",
+        ])
+        .spawn()
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let caller_media = free_udp_port(loopback)?.to_string();
+    let calling = Sipp::new(a.sip_udp, "takeover-seat-uac.xml")
+        .calls(CALLS)
+        .limit(WAIT)
+        .key("domain", "localhost")
+        .key("ext", "1002")
+        .key("pcap", "/usr/share/sip-tester/g711a.pcap")
+        .args(["-au", "1002", "-ap", "practice-1002", "-s", "1001"])
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            caller_media.as_str(),
+        ])
+        .args(["-l", &CALLS.to_string(), "-r", "10", "-d", "3000"])
+        .spawn()
+        .await?;
+
+    // Every call established at A and held by B.
+    wait_for(WAIT, "every call replicated to B", || async {
+        (metric(&b, "switchboard_replication_records{kind=\"calls\"}").await == f64::from(CALLS))
+            .then_some(())
+    })
+    .await
+    .with_context(|| format!("A:\n{}\nB:\n{}", a.log(), b.log()))?;
+    let killed = Instant::now();
+    a.kill();
+    let active = wait_for(WAIT, "B active", || async {
+        role_is(&b, "active").await.then(|| killed.elapsed())
+    })
+    .await
+    .with_context(|| b.log())?;
+    let resumed = wait_for(WAIT, "every call taken over", || async {
+        let resumed = metric(
+            &b,
+            "switchboard_calls_taken_over_total{outcome=\"resumed\"}",
+        )
+        .await;
+        let lost = metric(&b, "switchboard_calls_taken_over_total{outcome=\"lost\"}").await;
+        (resumed + lost >= f64::from(CALLS)).then(|| (killed.elapsed(), resumed, lost))
+    })
+    .await
+    .with_context(|| b.log())?;
+    let rtp_after = (
+        metric(
+            &b,
+            "switchboard_rtp_packets_total{direction=\"caller_to_callee\"}",
+        )
+        .await,
+        metric(
+            &b,
+            "switchboard_rtp_packets_total{direction=\"callee_to_caller\"}",
+        )
+        .await,
+    );
+
+    // Both phones complete their scenarios: re-INVITE accepted, the BYE relayed by B.
+    calling
+        .finish()
+        .await
+        .with_context(|| format!("the calling phone\nB:\n{}", b.log()))?;
+    answering
+        .finish()
+        .await
+        .with_context(|| format!("the answering phone\nB:\n{}", b.log()))?;
+    ensure!(
+        resumed.1 == f64::from(CALLS) && resumed.2 == 0.0,
+        "{} calls resumed and {} lost of {CALLS}",
+        resumed.1,
+        resumed.2
+    );
+    ensure!(
+        rtp_after.0 > 0.0 && rtp_after.1 > 0.0,
+        "B relayed {rtp_after:?} RTP packets (caller to callee, callee to caller)"
+    );
+    let answered = metric(&b, "switchboard_calls_total{outcome=\"answered\"}").await;
+    ensure!(
+        answered == f64::from(CALLS),
+        "B ended {answered} answered calls of {CALLS}"
+    );
+    ensure!(
+        metric(&b, "switchboard_registered_seats").await >= 1.0,
+        "seat 1001 is not registered with B"
+    );
+
+    // B's recording segments: each linked to A's first segment, audio in both channels.
+    let mut segments = 0;
+    for entry in std::fs::read_dir(b.recordings())? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "json") || path.ends_with("cdr.json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let Ok(sidecar) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let Some(parts) = sidecar["segments"].as_array() else {
+            continue;
+        };
+        ensure!(
+            parts.len() == 2
+                && parts[0]["node"] == "minimal-media-0"
+                && parts[1]["node"] == "minimal-media-1"
+                && sidecar["file"] == parts[0]["file"],
+            "sidecar {} does not link A's segment and B's: {text}",
+            path.display()
+        );
+        let file = parts[1]["file"].as_str().context("segment file")?;
+        let (left, right) = voiced_samples(&b.recordings().join(file))?;
+        ensure!(
+            left > 800 && right > 800,
+            "{file}: {left} voiced samples from the caller, {right} from the callee"
+        );
+        segments += 1;
+    }
+    ensure!(
+        segments == CALLS,
+        "{segments} recording segments on B for {CALLS} calls"
+    );
+    eprintln!(
+        "takeover: A killed with {CALLS} calls up; B active after {:.1} s, every call's media moved to B after {:.1} s (Lease 6 s, renew 2 s)",
+        active.as_secs_f64(),
+        resumed.0.as_secs_f64()
+    );
+    drop(b);
+    ns.delete().await?;
+    Ok(())
+}
