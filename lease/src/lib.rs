@@ -73,6 +73,29 @@ pub fn claim(
     }
 }
 
+/// How long a candidate that did not get the Lease waits before trying again: until the
+/// holder's Lease expires (a moment after, against rounding), so a failed holder is replaced
+/// as soon as that is safe, but never longer than `timing.renew_every` (the holder may give
+/// the Lease up or renew it meanwhile).
+pub fn retry_in(current: Option<&LeaseSpec>, now: Timestamp, timing: &LeaseTiming) -> Duration {
+    const AFTER_EXPIRY: Duration = Duration::from_millis(20);
+    let expires = current.and_then(|spec| {
+        let renewed = spec.renew_time.as_ref()?.0;
+        let valid = spec.lease_duration_seconds?;
+        renewed
+            .checked_add(SignedDuration::from_secs(i64::from(valid)))
+            .ok()
+    });
+    let Some(expires) = expires else {
+        return timing.renew_every;
+    };
+    let left = now
+        .duration_until(expires)
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    (left + AFTER_EXPIRY).min(timing.renew_every)
+}
+
 /// The Lease as `me` holds it after taking or renewing it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holding {
@@ -135,15 +158,29 @@ pub async fn try_acquire(
     }
 }
 
-/// Waits until this replica leads.
+/// Waits until this replica leads: tries again when the holder's Lease expires, or after a
+/// renew interval, whichever comes first ([`retry_in`]).
 pub async fn acquire(api: &Api<Lease>, name: &str, me: &str, timing: &LeaseTiming) -> Holding {
     loop {
-        match try_acquire(api, name, me, timing).await {
+        let wait = match try_acquire(api, name, me, timing).await {
             Ok(Some(held)) => return held,
-            Ok(None) => tracing::debug!(lease = name, "another replica leads; waiting"),
-            Err(e) => tracing::warn!(lease = name, error = %e, "cannot read the leader Lease"),
-        }
-        tokio::time::sleep(timing.renew_every).await;
+            Ok(None) => {
+                tracing::debug!(lease = name, "another replica leads; waiting");
+                match api.get_opt(name).await {
+                    Ok(lease) => retry_in(
+                        lease.as_ref().and_then(|l| l.spec.as_ref()),
+                        Timestamp::now(),
+                        timing,
+                    ),
+                    Err(_) => timing.renew_every,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(lease = name, error = %e, "cannot read the leader Lease");
+                timing.renew_every
+            }
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -235,6 +272,35 @@ pub fn lease_api(client: Client, namespace: &str) -> Api<Lease> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiting_candidate_tries_again_when_the_lease_expires_or_after_a_renew_interval() {
+        let timing = LeaseTiming {
+            duration: Duration::from_secs(3),
+            renew_every: Duration::from_secs(1),
+        };
+        let lease = |renewed: i64, valid: i32| LeaseSpec {
+            holder_identity: Some("a".into()),
+            lease_duration_seconds: Some(valid),
+            renew_time: Some(MicroTime(at(renewed))),
+            ..LeaseSpec::default()
+        };
+        let ms = Duration::from_millis;
+        // Renewed 2.5 s ago, valid 3 s: expires in 0.5 s.
+        let now = at(10)
+            .checked_add(SignedDuration::from_millis(2500))
+            .expect("time");
+        assert_eq!(retry_in(Some(&lease(10, 3)), now, &timing), ms(520));
+        // Just renewed: not before the next renew interval.
+        assert_eq!(retry_in(Some(&lease(10, 3)), at(10), &timing), ms(1000));
+        // Expired already, or no Lease, or nobody renewed it: at once, or a renew interval.
+        assert_eq!(retry_in(Some(&lease(0, 3)), at(10), &timing), ms(20));
+        assert_eq!(retry_in(None, at(10), &timing), ms(1000));
+        assert_eq!(
+            retry_in(Some(&LeaseSpec::default()), at(10), &timing),
+            ms(1000)
+        );
+    }
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).expect("valid")

@@ -261,3 +261,50 @@ pub async fn sample(node: &NodeProcess, series: &str) -> Option<f64> {
 pub async fn role_is(node: &NodeProcess, role: &str) -> bool {
     sample(node, &format!("switchboard_node_role{{role=\"{role}\"}}")).await == Some(1.0)
 }
+
+/// Lease of the `minimal` center's HotStandby pair.
+pub const MINIMAL_LEASE: &str = "minimal-media-active";
+
+/// Gets `namespace` ready for the `minimal` center's HotStandby nodes: the center's
+/// ServiceAccount, which the stand-in pods run as (the operator would create it).
+pub async fn prepare_hot_standby(client: &Client, namespace: &str) -> Result<()> {
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), namespace);
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "minimal-media"}}))?,
+        )
+        .await
+        .context("creating the center's ServiceAccount")?;
+    Ok(())
+}
+
+/// Starts pod `pod` of the `minimal` HotStandby center in `namespace` (after
+/// [`prepare_hot_standby`]): a node process on `config_yaml` electing through the control
+/// plane's Lease, and its stand-in pod (replaced, when one is left from an earlier process).
+pub async fn start_hot_standby_node(
+    client: &Client,
+    namespace: &str,
+    config_yaml: &str,
+    pod: &str,
+) -> Result<NodeProcess> {
+    let kubeconfig = crate::control_plane_kubeconfig()?.display().to_string();
+    let env = [
+        ("POD_NAMESPACE", namespace),
+        ("SWITCHBOARD_LEASE_NAME", MINIMAL_LEASE),
+        ("KUBECONFIG", kubeconfig.as_str()),
+    ];
+    let node = NodeProcess::start_with_env(config_yaml, pod, &env)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    if pods.get_opt(pod).await?.is_some() {
+        pods.delete(pod, &kube::api::DeleteParams::default().grace_period(0))
+            .await?;
+        crate::wait_for(STARTUP_LIMIT, "the old stand-in pod gone", || async {
+            matches!(pods.get_opt(pod).await, Ok(None)).then_some(())
+        })
+        .await?;
+    }
+    create_node_pod(client, namespace, "minimal", pod, node.control.port()).await?;
+    Ok(node)
+}

@@ -10,16 +10,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use switchboard_crds::callcenter::RecordingMode;
+use switchboard_crds::callcenter::{HaMode, HighAvailabilitySpec, RecordingMode};
 use switchboard_tests::cluster::{Sipp, free_udp_port};
 use switchboard_tests::node_process::{
-    NodeProcess, create_node_pod, hot_standby_config, role_is, sample,
+    NodeProcess, hot_standby_config, prepare_hot_standby, role_is, sample, start_hot_standby_node,
 };
-use switchboard_tests::{TestNamespace, control_plane, control_plane_kubeconfig, wait_for};
+use switchboard_tests::{TestNamespace, control_plane, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
-const LEASE: &str = "minimal-media-active";
 /// Calls up at once when the active node dies.
 const CALLS: u32 = 10;
 
@@ -51,48 +49,22 @@ async fn metric(node: &NodeProcess, series: &str) -> f64 {
 async fn the_standby_takes_over_live_calls_when_the_active_node_is_killed() -> Result<()> {
     let client = control_plane().await?;
     let ns = TestNamespace::create(&client, "takeover").await?;
+    // The default Lease timing (3 s, renewed every second).
     let yaml = hot_standby_config(&ns.name, |center| {
         center.spec.recording.mode = RecordingMode::Always;
+        center.spec.high_availability = HighAvailabilitySpec {
+            mode: HaMode::HotStandby,
+            ..HighAvailabilitySpec::default()
+        };
     })?;
-    let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), &ns.name);
-    accounts
-        .create(
-            &kube::api::PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": "minimal-media"}}))?,
-        )
-        .await?;
-    let kubeconfig = control_plane_kubeconfig()?.display().to_string();
-    let start = |pod: &str| {
-        let env = [
-            ("POD_NAMESPACE", ns.name.as_str()),
-            ("SWITCHBOARD_LEASE_NAME", LEASE),
-            ("KUBECONFIG", kubeconfig.as_str()),
-        ];
-        NodeProcess::start_with_env(&yaml, pod, &env)
-    };
-    let mut a = start("minimal-media-0")?;
-    create_node_pod(
-        &client,
-        &ns.name,
-        "minimal",
-        "minimal-media-0",
-        a.control.port(),
-    )
-    .await?;
+    prepare_hot_standby(&client, &ns.name).await?;
+    let mut a = start_hot_standby_node(&client, &ns.name, &yaml, "minimal-media-0").await?;
     wait_for(WAIT, "node A active", || async {
         role_is(&a, "active").await.then_some(())
     })
     .await
     .with_context(|| a.log())?;
-    let b = start("minimal-media-1")?;
-    create_node_pod(
-        &client,
-        &ns.name,
-        "minimal",
-        "minimal-media-1",
-        b.control.port(),
-    )
-    .await?;
+    let b = start_hot_standby_node(&client, &ns.name, &yaml, "minimal-media-1").await?;
     wait_for(WAIT, "node B a ready standby", || async {
         (role_is(&b, "standby").await && metric(&b, "switchboard_standby_ready").await == 1.0)
             .then_some(())
@@ -115,6 +87,7 @@ async fn the_standby_takes_over_live_calls_when_the_active_node_is_killed() -> R
     let answering = seat("takeover-seat-uas.xml")
         .calls(CALLS)
         .limit(WAIT)
+        .key("rtp_port", &callee_media)
         .args([
             "-mi",
             "127.0.0.1",
@@ -247,7 +220,7 @@ async fn the_standby_takes_over_live_calls_when_the_active_node_is_killed() -> R
         "{segments} recording segments on B for {CALLS} calls"
     );
     eprintln!(
-        "takeover: A killed with {CALLS} calls up; B active after {:.1} s, every call's media moved to B after {:.1} s (Lease 6 s, renew 2 s)",
+        "takeover: A killed with {CALLS} calls up; B active after {:.1} s, every call's media moved to B after {:.1} s (Lease 3 s, renewed every second)",
         active.as_secs_f64(),
         resumed.0.as_secs_f64()
     );

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use std::sync::Mutex;
-use switchboard_tests::node_process::{NodeProcess, create_node_pod, hot_standby_config, role_is};
+use switchboard_tests::node_process::{
+    MINIMAL_LEASE, NodeProcess, create_node_pod, hot_standby_config, prepare_hot_standby, role_is,
+};
 use switchboard_tests::{TestNamespace, control_plane, control_plane_kubeconfig, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(60);
-const LEASE: &str = "minimal-media-active";
 
 /// A TCP forwarder to the API server that can be cut: every connection through it ends.
 struct Proxy {
@@ -72,15 +73,7 @@ async fn an_active_cut_off_from_the_api_server_stops_serving_before_the_standby_
     let client = control_plane().await?;
     let ns = TestNamespace::create(&client, "fence").await?;
     let yaml = hot_standby_config(&ns.name, |_| {})?;
-    // The stand-in pods run as the center's ServiceAccount (the operator would create it).
-    let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        kube::Api::namespaced(client.clone(), &ns.name);
-    accounts
-        .create(
-            &kube::api::PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": "minimal-media"}}))?,
-        )
-        .await?;
+    prepare_hot_standby(&client, &ns.name).await?;
 
     // The API server's address, and a kubeconfig for node A that goes through the proxy.
     let kubeconfig = control_plane_kubeconfig()?;
@@ -106,7 +99,7 @@ async fn an_active_cut_off_from_the_api_server_stops_serving_before_the_standby_
     let env = |kubeconfig: &std::path::Path, pod: &str| -> Vec<(String, String)> {
         vec![
             ("POD_NAMESPACE".into(), ns.name.clone()),
-            ("SWITCHBOARD_LEASE_NAME".into(), LEASE.into()),
+            ("SWITCHBOARD_LEASE_NAME".into(), MINIMAL_LEASE.into()),
             ("KUBECONFIG".into(), kubeconfig.display().to_string()),
             ("POD_NAME".into(), pod.into()),
         ]
