@@ -40,7 +40,8 @@ use switchboard_proto::node::v1::{
     AgentState, ApplyConfigReply, ConfigSnapshot, DrainReply, DrainRequest, FetchVoicemailRequest,
     ListCallRecordsReply, ListCallRecordsRequest, ListVoicemailReply, ListVoicemailRequest,
     NodeRole, NodeState, QueueState, SeatState, SetAgentStateReply, SetAgentStateRequest,
-    TrunkState, VoicemailChunk, VoicemailMessage as WireVoicemail, WatchStateRequest,
+    StandbyReadiness, TrunkState, VoicemailChunk, VoicemailMessage as WireVoicemail,
+    WatchStateRequest,
 };
 use switchboard_proto::node_config::NodeConfig;
 use tokio::net::TcpListener;
@@ -143,6 +144,8 @@ struct Inner {
     center: Arc<CallCenterRuntime>,
     /// Set to drain the node (no new calls; see `Drain`).
     drain: std::sync::OnceLock<watch::Sender<bool>>,
+    /// What a standby follows of the active node (HotStandby).
+    follower: std::sync::OnceLock<Arc<Mutex<crate::replication::Follower>>>,
 }
 
 /// The `NodeControl` service. Cheap to clone.
@@ -175,6 +178,7 @@ impl Control {
                 role,
                 center,
                 drain: std::sync::OnceLock::new(),
+                follower: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -183,6 +187,40 @@ impl Control {
     pub fn with_drain(self, drain: watch::Sender<bool>) -> Self {
         let _ = self.inner.drain.set(drain);
         self
+    }
+
+    /// Reports the replication a standby follows in `WatchState` (HotStandby).
+    pub fn with_follower(self, follower: Arc<Mutex<crate::replication::Follower>>) -> Self {
+        let _ = self.inner.follower.set(follower);
+        self
+    }
+
+    /// While standing by: whether the replicated state would let this node take over now.
+    fn standby_readiness(&self) -> Option<StandbyReadiness> {
+        if *self.inner.role.borrow() != Role::Standby {
+            return None;
+        }
+        let follower = self.inner.follower.get()?;
+        let now = crate::replication::WallClock::now().unix_ms(Instant::now());
+        Some(
+            match follower
+                .lock()
+                .readiness(now, crate::replication::stream::MAX_LAG)
+            {
+                crate::replication::Readiness::Ready => StandbyReadiness {
+                    ready: true,
+                    reason: "InSync".to_string(),
+                    message: "follows the active node's registrations, agent states, queued \
+                              callers and established calls"
+                        .to_string(),
+                },
+                crate::replication::Readiness::NotReady { reason, detail } => StandbyReadiness {
+                    ready: false,
+                    reason: reason.to_string(),
+                    message: detail,
+                },
+            },
+        )
     }
 
     /// The running config.
@@ -280,6 +318,7 @@ impl Control {
                 Role::Standby => NodeRole::Standby,
             } as i32,
             config_generation: config.generation,
+            standby: self.standby_readiness(),
             seats: config
                 .seats
                 .iter()

@@ -380,7 +380,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
         tokio::spawn(replication::stream::follow(
             active_rx,
             node_name.clone(),
-            follower,
+            Arc::clone(&follower),
             replication_metrics.clone(),
             role_metrics.standby_ready.clone(),
         ));
@@ -398,7 +398,8 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
                 role_rx,
                 center,
             )
-            .with_drain(drain_tx.clone()),
+            .with_drain(drain_tx.clone())
+            .with_follower(follower),
             replication_service,
         ),
     );

@@ -639,10 +639,9 @@ fn failover(
     Some(Failover { count, message })
 }
 
-/// `StandbyReady`: whether a standby could take over. A standby that runs the current config
-/// would take new calls after the active node's Lease expires with the seats' registrations
-/// and agent states, but live calls are not replicated to it yet, so it is never reported
-/// ready to take them.
+/// `StandbyReady`: whether a standby could take over: it runs the current config and
+/// follows the active node's live state in sync (registrations, agent states, queued callers,
+/// established calls), as it reports itself.
 fn standby_readiness(
     center: &CallCenter,
     live: &CenterView,
@@ -673,15 +672,30 @@ fn standby_readiness(
             format!("standby {standby} does not run the current config yet"),
         );
     }
-    (
-        "False",
-        "NoReplication",
-        format!(
-            "{standby} stands by on the current config and follows the active node's \
-             registrations and agent states, but live calls are not replicated to it yet: a \
-             takeover would drop the calls in progress"
+    match &live.standby_readiness {
+        Some(r) if r.ready => (
+            "True",
+            "InSync",
+            format!(
+                "{standby} stands by on the current config and {}",
+                r.message
+            ),
         ),
-    )
+        Some(r) => (
+            "False",
+            match r.reason.as_str() {
+                "ReplicationLost" => "ReplicationLost",
+                "ReplicationLagging" => "ReplicationLagging",
+                _ => "NoReplication",
+            },
+            format!("{standby}: {}", r.message),
+        ),
+        None => (
+            "False",
+            "NoReplication",
+            format!("{standby} does not report following the active node"),
+        ),
+    }
 }
 
 /// The key of a center in the operator's in-memory indexes.
@@ -1163,6 +1177,31 @@ mod tests {
         );
         assert_eq!(
             reason(&hot, &standby, &[line(NodeConfigState::Current)]),
+            ("False", "NoReplication")
+        );
+        let reporting = |ready: bool, why: &str| CenterView {
+            standby_readiness: Some(switchboard_proto::node::v1::StandbyReadiness {
+                ready,
+                reason: why.into(),
+                message: "detail".into(),
+            }),
+            ..standby.clone()
+        };
+        let current = [line(NodeConfigState::Current)];
+        assert_eq!(
+            reason(&hot, &reporting(true, "InSync"), &current),
+            ("True", "InSync")
+        );
+        assert_eq!(
+            reason(&hot, &reporting(false, "ReplicationLagging"), &current),
+            ("False", "ReplicationLagging")
+        );
+        assert_eq!(
+            reason(&hot, &reporting(false, "ReplicationLost"), &current),
+            ("False", "ReplicationLost")
+        );
+        assert_eq!(
+            reason(&hot, &reporting(false, "anything else"), &current),
             ("False", "NoReplication")
         );
     }

@@ -86,6 +86,8 @@ pub struct CenterView {
     /// The node (pod) that says it serves, and the one that says it stands by.
     pub active_node: Option<String>,
     pub standby_node: Option<String>,
+    /// The standby's replication as it reports it (`None`: it does not report any).
+    pub standby_readiness: Option<proto::StandbyReadiness>,
 }
 
 impl CenterView {
@@ -137,6 +139,7 @@ pub fn merge<'a>(states: impl IntoIterator<Item = &'a NodeState>) -> CenterView 
             }
             proto::NodeRole::Standby if view.standby_node.is_none() => {
                 view.standby_node = Some(state.node.clone());
+                view.standby_readiness = state.standby.clone();
             }
             _ => {}
         }

@@ -67,7 +67,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn run_setting(lease: u32, renew: u32, rounds: u32, calls: u32) -> Result<Vec<Round>> {
     let client = control_plane().await?;
     let ns = TestNamespace::create(&client, "failover-bench").await?;
-    let yaml = hot_standby_config(&ns.name, |center| {
+    let yaml = hot_standby_config(&ns.name, |center, _| {
         center.spec.high_availability = HighAvailabilitySpec {
             mode: HaMode::HotStandby,
             lease_duration_seconds: lease,
@@ -134,6 +134,7 @@ async fn run_setting(lease: u32, renew: u32, rounds: u32, calls: u32) -> Result<
     let mut results = Vec::new();
     for round in 0..rounds {
         let standby = 1 - active;
+        arrivals.take();
         let sipp_media = free_udp_port(loopback)?.to_string();
         let answering = seat(nodes[active].sip_udp, "takeover-seat-uas.xml")
             .calls(calls)
@@ -168,14 +169,18 @@ async fn run_setting(lease: u32, renew: u32, rounds: u32, calls: u32) -> Result<
         })
         .await
         .with_context(|| nodes[active].log())?;
-        // Audio flowing, then the kill.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Audio flowing, then the kill, at a random moment of the renew interval (the gap
+        // depends on how long before the kill the Lease was last renewed).
+        let jitter = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            % (renew * 1000);
+        tokio::time::sleep(Duration::from_millis(300 + u64::from(jitter))).await;
         let resumed_before = metric(
             &nodes[standby],
             "switchboard_calls_taken_over_total{outcome=\"resumed\"}",
         )
         .await;
-        arrivals.take();
         let killed = Instant::now();
         nodes[active].kill();
         let active_after = wait_for(WAIT, "the standby active", || async {
@@ -199,8 +204,10 @@ async fn run_setting(lease: u32, renew: u32, rounds: u32, calls: u32) -> Result<
             .map(|(t, _)| *t)
             .max()
             .context("no RTP reached the phone before the kill")?;
+        // Packets the dead node sent just before it died may still arrive just after.
+        let after = killed + Duration::from_millis(100);
         let mut first_after: BTreeMap<SocketAddr, Instant> = BTreeMap::new();
-        for (t, source) in packets.iter().filter(|(t, _)| *t > killed) {
+        for (t, source) in packets.iter().filter(|(t, _)| *t > after) {
             first_after.entry(*source).or_insert(*t);
         }
         let gaps: Vec<Duration> = first_after

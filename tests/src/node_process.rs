@@ -216,8 +216,11 @@ pub async fn create_node_pod(
 }
 
 /// `examples/minimal.yaml` as a HotStandby center's node config in `namespace` (Lease 6 s,
-/// renewed every 2 s), after `tweak` changed the center.
-pub fn hot_standby_config(namespace: &str, tweak: impl FnOnce(&mut CallCenter)) -> Result<String> {
+/// renewed every 2 s), after `tweak` changed the center and its queues.
+pub fn hot_standby_config(
+    namespace: &str,
+    tweak: impl FnOnce(&mut CallCenter, &mut [Queue]),
+) -> Result<String> {
     let text = std::fs::read_to_string(repo_root().join("examples/minimal.yaml"))?;
     let mut center: Option<CallCenter> = None;
     let (mut queues, mut seats) = (Vec::<Queue>::new(), Vec::<Seat>::new());
@@ -244,7 +247,7 @@ pub fn hot_standby_config(namespace: &str, tweak: impl FnOnce(&mut CallCenter)) 
     center.spec.high_availability.mode = HaMode::HotStandby;
     center.spec.high_availability.lease_duration_seconds = 6;
     center.spec.high_availability.renew_interval_seconds = 2;
-    tweak(&mut center);
+    tweak(&mut center, &mut queues);
     let (config, _) = build_node_config(&center, &queues, &seats, &secrets, 1)?;
     Ok(config.to_yaml()?)
 }

@@ -6,6 +6,7 @@
 //! recording segment linked to A's in its sidecar, and relay the caller's BYE at the end:
 //! every SIPp call completes its scenario. The times are printed, not asserted.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -50,7 +51,7 @@ async fn the_standby_takes_over_live_calls_when_the_active_node_is_killed() -> R
     let client = control_plane().await?;
     let ns = TestNamespace::create(&client, "takeover").await?;
     // The default Lease timing (3 s, renewed every second).
-    let yaml = hot_standby_config(&ns.name, |center| {
+    let yaml = hot_standby_config(&ns.name, |center, _| {
         center.spec.recording.mode = RecordingMode::Always;
         center.spec.high_availability = HighAvailabilitySpec {
             mode: HaMode::HotStandby,
@@ -223,6 +224,174 @@ async fn the_standby_takes_over_live_calls_when_the_active_node_is_killed() -> R
         "takeover: A killed with {CALLS} calls up; B active after {:.1} s, every call's media moved to B after {:.1} s (Lease 3 s, renewed every second)",
         active.as_secs_f64(),
         resumed.0.as_secs_f64()
+    );
+    drop(b);
+    ns.delete().await?;
+    Ok(())
+}
+
+/// Callers waiting in a queue when the active node dies: the new active queues them again in
+/// the order they called (with their original enqueue time, so their wait goes on) after
+/// re-INVITEing them, and the agent answers them in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_callers_keep_their_order_across_a_takeover() -> Result<()> {
+    use switchboard_proto::node::v1::node_control_client::NodeControlClient;
+    use switchboard_proto::node::v1::{AgentState, SetAgentStateRequest};
+
+    const CALLERS: usize = 3;
+    let client = control_plane().await?;
+    let ns = TestNamespace::create(&client, "takeover-queue").await?;
+    // No wrap-up, so the agent takes the callers one after the other at once.
+    let yaml = hot_standby_config(&ns.name, |center, queues| {
+        center.spec.high_availability = HighAvailabilitySpec {
+            mode: HaMode::HotStandby,
+            ..HighAvailabilitySpec::default()
+        };
+        for queue in queues {
+            queue.spec.wrap_up_seconds = 0;
+        }
+    })?;
+    prepare_hot_standby(&client, &ns.name).await?;
+    let mut a = start_hot_standby_node(&client, &ns.name, &yaml, "minimal-media-0").await?;
+    wait_for(WAIT, "node A active", || async {
+        role_is(&a, "active").await.then_some(())
+    })
+    .await
+    .with_context(|| a.log())?;
+    let b = start_hot_standby_node(&client, &ns.name, &yaml, "minimal-media-1").await?;
+    wait_for(WAIT, "node B a ready standby", || async {
+        (role_is(&b, "standby").await && metric(&b, "switchboard_standby_ready").await == 1.0)
+            .then_some(())
+    })
+    .await
+    .with_context(|| b.log())?;
+
+    // Agent 1001's phone registers with A; the agent stays logged out, so callers wait.
+    let loopback = "127.0.0.1".parse()?;
+    let phone = free_udp_port(loopback)?.to_string();
+    let agent_phone = |node: SocketAddr, scenario: &str| {
+        Sipp::new(node, scenario)
+            .key("domain", "localhost")
+            .key("ext", "1001")
+            .args(["-au", "1001", "-ap", "practice-1001"])
+            .args(["-i", "127.0.0.1", "-p", phone.as_str()])
+    };
+    agent_phone(a.sip_udp, "seat-register.xml")
+        .spawn()
+        .await?
+        .finish()
+        .await?;
+    let mut callers = Vec::new();
+    let mut queued_at = Vec::new();
+    for i in 0..CALLERS {
+        let media = free_udp_port(loopback)?.to_string();
+        callers.push(
+            Sipp::new(a.sip_udp, "takeover-queued-caller.xml")
+                .limit(WAIT)
+                .key("domain", "localhost")
+                .key("ext", "1002")
+                .key("pcap", "/usr/share/sip-tester/g711a.pcap")
+                .args(["-au", "1002", "-ap", "practice-1002", "-s", "100"])
+                .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp", media.as_str()])
+                .args(["-cid_str", &format!("caller{i}-%u-%p@%s")])
+                .spawn()
+                .await?,
+        );
+        // Each caller queued before the next calls: their order is certain.
+        wait_for(WAIT, "the caller replicated as queued", || async {
+            (metric(&b, "switchboard_replication_records{kind=\"calls\"}").await == (i + 1) as f64)
+                .then_some(())
+        })
+        .await
+        .with_context(|| a.log())?;
+        queued_at.push(Instant::now());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Long enough in the queue that a wait counted afresh on B would be shorter.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = Instant::now();
+    a.kill();
+    wait_for(WAIT, "every caller taken over", || async {
+        (metric(
+            &b,
+            "switchboard_calls_taken_over_total{outcome=\"resumed\"}",
+        )
+        .await
+            == CALLERS as f64)
+            .then_some(())
+    })
+    .await
+    .with_context(|| b.log())?;
+
+    // The agent's phone answers each offer from B and hangs up after a while; the agent
+    // logs in on B, where the registration was taken over.
+    let answering = agent_phone(b.sip_udp, "call-uas-hangup.xml")
+        .calls(CALLERS as u32)
+        .limit(WAIT)
+        .spawn()
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut control = NodeControlClient::connect(format!("http://{}", b.control)).await?;
+    control
+        .set_agent_state(SetAgentStateRequest {
+            seat: "agent-1001".into(),
+            state: AgentState::Ready as i32,
+            not_ready_reason: String::new(),
+        })
+        .await
+        .context("logging the agent in on B")?;
+    answering
+        .finish()
+        .await
+        .with_context(|| format!("the agent's phone\nB:\n{}", b.log()))?;
+    for (i, caller) in callers.into_iter().enumerate() {
+        caller
+            .finish()
+            .await
+            .with_context(|| format!("caller {i}\nB:\n{}", b.log()))?;
+    }
+
+    // B's CDRs: answered in the order they called, each wait counted from its first
+    // enqueue on A (before the kill).
+    let cdrs = std::fs::read_to_string(b.recordings().join("cdr.jsonl"))?;
+    let mut answered: Vec<(String, String, f64)> = cdrs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|c| {
+            c["callId"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("caller"))
+        })
+        .map(|c| {
+            (
+                c["answeredAt"].as_str().unwrap_or_default().to_string(),
+                c["callId"].as_str().unwrap_or_default().to_string(),
+                c["waitSeconds"].as_f64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    answered.sort_by(|x, y| x.0.cmp(&y.0));
+    let order: Vec<String> = answered
+        .iter()
+        .map(|(_, id, _)| id.split('-').next().unwrap_or_default().to_string())
+        .collect();
+    ensure!(
+        order == ["caller0", "caller1", "caller2"],
+        "answered in the order {order:?}:\n{cdrs}"
+    );
+    for ((at, id, wait), queued) in answered.iter().zip(&queued_at) {
+        let before_kill = killed.duration_since(*queued).as_secs_f64();
+        ensure!(
+            !at.is_empty() && *wait >= before_kill,
+            "{id} waited {wait} s by B's count, {before_kill:.1} s of it before the kill:\n{cdrs}"
+        );
+    }
+    eprintln!(
+        "takeover of queued callers: answered in their order, waits {:?} s",
+        answered
+            .iter()
+            .map(|(_, _, w)| (w * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
     );
     drop(b);
     ns.delete().await?;

@@ -72,7 +72,7 @@ async fn an_active_cut_off_from_the_api_server_stops_serving_before_the_standby_
 -> Result<()> {
     let client = control_plane().await?;
     let ns = TestNamespace::create(&client, "fence").await?;
-    let yaml = hot_standby_config(&ns.name, |_| {})?;
+    let yaml = hot_standby_config(&ns.name, |_, _| {})?;
     prepare_hot_standby(&client, &ns.name).await?;
 
     // The API server's address, and a kubeconfig for node A that goes through the proxy.
