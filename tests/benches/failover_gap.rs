@@ -23,6 +23,7 @@ use switchboard_crds::callcenter::{HaMode, HighAvailabilitySpec};
 use switchboard_tests::cluster::{Sipp, free_udp_port};
 use switchboard_tests::node_process::{
     NodeProcess, hot_standby_config, prepare_hot_standby, role_is, sample, start_hot_standby_node,
+    start_hot_standby_pair,
 };
 use switchboard_tests::{TestNamespace, control_plane, wait_for};
 
@@ -76,25 +77,9 @@ async fn run_setting(lease: u32, renew: u32, rounds: u32, calls: u32) -> Result<
         };
     })?;
     prepare_hot_standby(&client, &ns.name).await?;
-    let mut nodes: Vec<NodeProcess> = Vec::new();
-    for pod in PODS {
-        nodes.push(start_hot_standby_node(&client, &ns.name, &yaml, pod).await?);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    let mut active = wait_for(WAIT, "an active node", || async {
-        for (i, node) in nodes.iter().enumerate() {
-            if role_is(node, "active").await {
-                return Some(i);
-            }
-        }
-        None
-    })
-    .await?;
-    let standby = 1 - active;
-    wait_for(WAIT, "a ready standby", || async {
-        (metric(&nodes[standby], "switchboard_standby_ready").await == 1.0).then_some(())
-    })
-    .await?;
+    let (a, b) = start_hot_standby_pair(&client, &ns.name, &yaml).await?;
+    let mut nodes = vec![a, b];
+    let mut active = 0;
 
     // Seat 1001's phone: SIPp for its signalling, this program's socket for its media.
     let loopback = "127.0.0.1".parse()?;

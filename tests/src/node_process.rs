@@ -311,3 +311,28 @@ pub async fn start_hot_standby_node(
     create_node_pod(client, namespace, "minimal", pod, node.control.port()).await?;
     Ok(node)
 }
+
+/// Starts the `minimal` center's HotStandby pair in `namespace` (after
+/// [`prepare_hot_standby`]): pod 0 until it is active, then pod 1 until it is a standby in
+/// sync with it. Returns (active, standby).
+pub async fn start_hot_standby_pair(
+    client: &Client,
+    namespace: &str,
+    config_yaml: &str,
+) -> Result<(NodeProcess, NodeProcess)> {
+    let limit = Duration::from_secs(60);
+    let a = start_hot_standby_node(client, namespace, config_yaml, "minimal-media-0").await?;
+    crate::wait_for(limit, "node A active", || async {
+        role_is(&a, "active").await.then_some(())
+    })
+    .await
+    .with_context(|| a.log())?;
+    let b = start_hot_standby_node(client, namespace, config_yaml, "minimal-media-1").await?;
+    crate::wait_for(limit, "node B a ready standby", || async {
+        (role_is(&b, "standby").await && sample(&b, "switchboard_standby_ready").await == Some(1.0))
+            .then_some(())
+    })
+    .await
+    .with_context(|| b.log())?;
+    Ok((a, b))
+}

@@ -663,8 +663,8 @@ async fn campus(
         "campus: seat 2002 called seat 2001 through {sip}:{SIP_PORT}/udp, served by {active}"
     );
 
-    // Status: the active and standby nodes, the registered seat, the trunk's channels as the
-    // active node counts them, both nodes on the config.
+    // Status: the active and standby nodes, the standby in sync, the registered seat, the
+    // trunk's channels as the active node counts them, both nodes on the config.
     let centers: Api<CallCenter> = Api::namespaced(client.clone(), cc_ns);
     let status = wait_for(NODE_LIMIT, "campus status naming both nodes", || async {
         let status = centers.get(CAMPUS).await.ok()?.status?;
@@ -678,7 +678,7 @@ async fn campus(
             && status
                 .conditions
                 .iter()
-                .any(|c| c.type_ == "StandbyReady" && c.reason == "NoReplication")
+                .any(|c| c.type_ == "StandbyReady" && c.status == "True" && c.reason == "InSync")
             && status.nodes.len() == 2
             && status
                 .nodes

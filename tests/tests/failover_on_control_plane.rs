@@ -14,7 +14,7 @@ use anyhow::{Context, Result, ensure};
 use switchboard_crds::callcenter::{HaMode, HighAvailabilitySpec, RecordingMode};
 use switchboard_tests::cluster::{Sipp, free_udp_port};
 use switchboard_tests::node_process::{
-    NodeProcess, hot_standby_config, prepare_hot_standby, role_is, sample, start_hot_standby_node,
+    NodeProcess, hot_standby_config, prepare_hot_standby, role_is, sample, start_hot_standby_pair,
 };
 use switchboard_tests::{TestNamespace, control_plane, wait_for};
 
@@ -59,19 +59,7 @@ async fn the_standby_takes_over_live_calls_when_the_active_node_is_killed() -> R
         };
     })?;
     prepare_hot_standby(&client, &ns.name).await?;
-    let mut a = start_hot_standby_node(&client, &ns.name, &yaml, "minimal-media-0").await?;
-    wait_for(WAIT, "node A active", || async {
-        role_is(&a, "active").await.then_some(())
-    })
-    .await
-    .with_context(|| a.log())?;
-    let b = start_hot_standby_node(&client, &ns.name, &yaml, "minimal-media-1").await?;
-    wait_for(WAIT, "node B a ready standby", || async {
-        (role_is(&b, "standby").await && metric(&b, "switchboard_standby_ready").await == 1.0)
-            .then_some(())
-    })
-    .await
-    .with_context(|| b.log())?;
+    let (mut a, b) = start_hot_standby_pair(&client, &ns.name, &yaml).await?;
 
     // Seat 1001's phone registers with A and answers every call, echoing its audio.
     let loopback = "127.0.0.1".parse()?;
@@ -252,19 +240,7 @@ async fn queued_callers_keep_their_order_across_a_takeover() -> Result<()> {
         }
     })?;
     prepare_hot_standby(&client, &ns.name).await?;
-    let mut a = start_hot_standby_node(&client, &ns.name, &yaml, "minimal-media-0").await?;
-    wait_for(WAIT, "node A active", || async {
-        role_is(&a, "active").await.then_some(())
-    })
-    .await
-    .with_context(|| a.log())?;
-    let b = start_hot_standby_node(&client, &ns.name, &yaml, "minimal-media-1").await?;
-    wait_for(WAIT, "node B a ready standby", || async {
-        (role_is(&b, "standby").await && metric(&b, "switchboard_standby_ready").await == 1.0)
-            .then_some(())
-    })
-    .await
-    .with_context(|| b.log())?;
+    let (mut a, b) = start_hot_standby_pair(&client, &ns.name, &yaml).await?;
 
     // Agent 1001's phone registers with A; the agent stays logged out, so callers wait.
     let loopback = "127.0.0.1".parse()?;

@@ -233,6 +233,22 @@ struct DialogSide {
 }
 
 impl DialogSide {
+    /// The callee leg of a call the node answered itself, until an agent answers and their
+    /// leg replaces it (see `promote_fork`).
+    fn placeholder(destination: SocketAddr, transport: Transport) -> Self {
+        Self {
+            call_id: String::new(),
+            local: String::new(),
+            remote: String::new(),
+            remote_target: String::new(),
+            route: Vec::new(),
+            destination,
+            transport,
+            local_cseq: 1,
+            remote_cseq: 0,
+        }
+    }
+
     /// The caller's leg of a new INVITE, where the node is the UAS: our tag added to To,
     /// the Contact (else From) as remote target, the Record-Route set. Returns it with our
     /// tag and where responses go (Via received/rport over UDP, RFC 3581).
@@ -555,6 +571,14 @@ enum Start {
 }
 
 impl CallEngine {
+    /// A call task begins: counted up here, down in [`CallSession::end`].
+    fn call_started(&self) {
+        self.counters.started.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.calls_active.inc();
+        }
+    }
+
     /// The caller's SDP offer, if the INVITE has one, and the node's media for the caller's
     /// leg before a port is taken (a new session id, version 1, sendrecv). The offer is
     /// negotiated here, so a bad one is refused before any port is taken.
@@ -689,10 +713,7 @@ impl CallEngine {
             [(&a.call_id, Leg::Caller), (&b.call_id, Leg::Callee)],
             &sender,
         );
-        self.counters.started.fetch_add(1, Ordering::Relaxed);
-        if let Some(m) = &self.metrics {
-            m.calls_active.inc();
-        }
+        self.call_started();
         info!(
             call_id = a.call_id,
             caller = setup.caller,
@@ -703,58 +724,24 @@ impl CallEngine {
             "call: ringing"
         );
         let mut session = CallSession {
-            engine: Arc::clone(self),
-            rx,
             caller_ext: setup.caller,
             callee_ext: setup.callee,
             direction: setup.direction,
             seat,
-            direct_seats: Vec::new(),
             trunk,
-            trunk_auth_sent: false,
             channel: setup.channel,
-            offered_at: Utc::now(),
-            answered_at: None,
             a_invite: Some(invite.clone()),
             a_source: setup.source,
             a_response_to,
             a_tag,
-            a,
-            a_state: CallerState::Proceeding,
             a_answer: answer,
             a_last_response: trying.clone(),
-            a_final: None,
-            b,
             b_state: CalleeState::Calling,
             b_invite_branch: branch(),
             b_invite_uri: remote_target,
-            b_invite_cseq: 1,
-            b_invite_auth: None,
             b_offer: b_offer.clone().into_bytes(),
-            b_challenged: None,
             b_remote_initial: remote,
-            b_invite: None,
-            timer_b: None,
-            b_ack: None,
-            cancel_pending: false,
-            b_codec_known: false,
-            a_sdp,
-            b_sdp,
-            caller_answer_due: false,
-            media_failed: false,
-            reinvite_in: None,
-            reinvite_out: None,
-            pending: Vec::new(),
-            media: Some(media),
-            stats,
-            ring_deadline: None,
-            ending: None,
-            linger_until: None,
-            recording: None,
-            recording_started_at: None,
-            segments_before: Vec::new(),
-            center: None,
-            takeover: None,
+            ..CallSession::blank(Arc::clone(self), rx, (a, a_sdp), (b, b_sdp), media, stats)
         };
         if session.direction != CallDirection::Inbound {
             // The calling seat's phone is busy from the moment it dials.
@@ -778,6 +765,73 @@ fn branch() -> String {
 }
 
 impl CallSession {
+    /// A call task's state with its two legs (the callee's may be a placeholder until an
+    /// agent answers) and its media; everything else starts empty, for each kind of call to
+    /// set what it knows.
+    fn blank(
+        engine: Arc<CallEngine>,
+        rx: mpsc::Receiver<CallEvent>,
+        (a, a_sdp): (DialogSide, LegSdp),
+        (b, b_sdp): (DialogSide, LegSdp),
+        media: MediaSession,
+        stats: Arc<RelayStats>,
+    ) -> Self {
+        Self {
+            engine,
+            rx,
+            caller_ext: String::new(),
+            callee_ext: String::new(),
+            direction: CallDirection::Inbound,
+            seat: None,
+            direct_seats: Vec::new(),
+            trunk: None,
+            trunk_auth_sent: false,
+            channel: None,
+            offered_at: Utc::now(),
+            answered_at: None,
+            a_invite: None,
+            a_source: a.destination,
+            a_response_to: a.destination,
+            a_tag: String::new(),
+            a,
+            a_state: CallerState::Proceeding,
+            a_answer: Vec::new(),
+            a_last_response: Vec::new(),
+            a_final: None,
+            b,
+            b_state: CalleeState::Idle,
+            b_invite_branch: String::new(),
+            b_invite_uri: String::new(),
+            b_invite_cseq: 1,
+            b_invite_auth: None,
+            b_offer: Vec::new(),
+            b_challenged: None,
+            b_remote_initial: String::new(),
+            b_invite: None,
+            timer_b: None,
+            b_ack: None,
+            cancel_pending: false,
+            b_codec_known: false,
+            a_sdp,
+            b_sdp,
+            caller_answer_due: false,
+            media_failed: false,
+            reinvite_in: None,
+            reinvite_out: None,
+            pending: Vec::new(),
+            media: Some(media),
+            stats,
+            ring_deadline: None,
+            ending: None,
+            linger_until: None,
+            recording: None,
+            recording_started_at: None,
+            segments_before: Vec::new(),
+            center: None,
+            takeover: None,
+        }
+    }
+
     /// Runs the call from `start` until it is over.
     async fn run(mut self, start: Start) {
         let now = Instant::now();

@@ -426,27 +426,11 @@ impl CallEngine {
         };
         let (a, a_tag, a_response_to) =
             DialogSide::of_caller(invite, setup.source, setup.transport);
-        // The callee leg is the agent's once one answers (see `promote_fork`).
-        let b = DialogSide {
-            call_id: String::new(),
-            local: String::new(),
-            remote: String::new(),
-            remote_target: String::new(),
-            route: Vec::new(),
-            destination: setup.source,
-            transport: setup.transport,
-            local_cseq: 1,
-            remote_cseq: 0,
-        };
+        let b = DialogSide::placeholder(setup.source, setup.transport);
         let trying = build_response_with_body(invite, 100, "Trying", setup.source, None, &[], None);
         let (sender, rx) = mpsc::channel(CALL_QUEUE);
         self.register_leg(&a.call_id, Leg::Caller, &sender);
-        self.counters
-            .started
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(m) = &self.metrics {
-            m.calls_active.inc();
-        }
+        self.call_started();
         info!(
             call_id = a.call_id,
             caller = setup.caller,
@@ -457,58 +441,20 @@ impl CallEngine {
         let trunk = channel.as_ref().map(|c| Arc::clone(c.trunk()));
         let center = CenterCall::new(setup.center, sender, events, Some(setup.route));
         let session = CallSession {
-            engine: Arc::clone(self),
-            rx,
             caller_ext: setup.caller,
             callee_ext: setup.dialed,
             direction: setup.direction,
-            seat: None,
-            direct_seats: Vec::new(),
             trunk,
-            trunk_auth_sent: false,
             channel,
-            offered_at: Utc::now(),
-            answered_at: None,
             a_invite: Some(invite.clone()),
             a_source: setup.source,
             a_response_to,
             a_tag,
-            a,
-            a_state: CallerState::Proceeding,
             a_answer: answer,
             a_last_response: trying.clone(),
-            a_final: None,
-            b,
-            b_state: CalleeState::Idle,
-            b_invite_branch: String::new(),
-            b_invite_uri: String::new(),
-            b_invite_cseq: 1,
-            b_invite_auth: None,
-            b_offer: Vec::new(),
-            b_challenged: None,
-            b_remote_initial: String::new(),
-            b_invite: None,
-            timer_b: None,
-            b_ack: None,
-            cancel_pending: false,
-            b_codec_known: false,
-            a_sdp,
-            b_sdp,
             caller_answer_due: negotiated.is_none(),
-            media_failed: false,
-            reinvite_in: None,
-            reinvite_out: None,
-            pending: Vec::new(),
-            media: Some(media),
-            stats,
-            ring_deadline: None,
-            ending: None,
-            linger_until: None,
-            recording: None,
-            recording_started_at: None,
-            segments_before: Vec::new(),
             center: Some(Box::new(center)),
-            takeover: None,
+            ..CallSession::blank(Arc::clone(self), rx, (a, a_sdp), (b, b_sdp), media, stats)
         };
         tokio::spawn(session.run(super::Start::Answer));
         Ok(trying)

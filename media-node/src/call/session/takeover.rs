@@ -277,18 +277,7 @@ impl CallEngine {
                     Arc::clone(&self.relay_stats),
                     metrics,
                 );
-                // No callee leg (yet): an agent's answer replaces it.
-                let b = DialogSide {
-                    call_id: String::new(),
-                    local: String::new(),
-                    remote: String::new(),
-                    remote_target: String::new(),
-                    route: Vec::new(),
-                    destination: caller_dialog.destination,
-                    transport: caller_dialog.transport,
-                    local_cseq: 1,
-                    remote_cseq: 0,
-                };
+                let b = DialogSide::placeholder(caller_dialog.destination, caller_dialog.transport);
                 let b_sdp = LegSdp {
                     local: LocalMedia {
                         session_id: caller_media.session_id + 1,
@@ -315,12 +304,7 @@ impl CallEngine {
         } else {
             self.register_leg(&caller_dialog.call_id, Leg::Caller, &sender);
         }
-        self.counters
-            .started
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(m) = &self.metrics {
-            m.calls_active.inc();
-        }
+        self.call_started();
         let routing = self.routing();
         let trunk = (!record.trunk.is_empty())
             .then(|| routing.trunks.get(&record.trunk).cloned())
@@ -336,58 +320,30 @@ impl CallEngine {
             began,
         };
         let mut session = CallSession {
-            engine: Arc::clone(self),
-            rx,
             caller_ext: record.from.clone(),
             callee_ext: record.to.clone(),
             direction: call.direction,
             seat: (!record.seat.is_empty()).then(|| record.seat.clone()),
-            direct_seats: Vec::new(),
             trunk,
-            trunk_auth_sent: false,
             channel,
             offered_at: call.offered_at,
             answered_at: call.answered_at,
-            a_invite: None,
-            a_source: caller_dialog.destination,
-            a_response_to: caller_dialog.destination,
-            a_tag: String::new(),
-            a: caller_dialog,
             a_state: CallerState::Confirmed,
-            a_answer: Vec::new(),
-            a_last_response: Vec::new(),
-            a_final: None,
+            b_state,
             b_invite_branch: branch(),
             b_invite_uri: b.remote_target.clone(),
             b_invite_cseq: b.local_cseq,
-            b,
-            b_state,
-            b_invite_auth: None,
-            b_offer: Vec::new(),
-            b_challenged: None,
-            b_remote_initial: String::new(),
-            b_invite: None,
-            timer_b: None,
-            b_ack: None,
-            cancel_pending: false,
             b_codec_known: true,
-            a_sdp,
-            b_sdp,
-            caller_answer_due: false,
-            media_failed: false,
-            reinvite_in: None,
-            reinvite_out: None,
-            pending: Vec::new(),
-            media: Some(media),
-            stats,
-            ring_deadline: None,
-            ending: None,
-            linger_until: None,
-            recording: None,
-            recording_started_at: None,
             segments_before: call.segments,
-            center: None,
             takeover: Some(takeover),
+            ..CallSession::blank(
+                Arc::clone(self),
+                rx,
+                (caller_dialog, a_sdp),
+                (b, b_sdp),
+                media,
+                stats,
+            )
         };
         match runtime {
             Some(runtime) => {
