@@ -2381,14 +2381,32 @@ impl CallSession {
         }
     }
 
-    fn sidecar(&self, ending: Option<&Ending>) -> RecordingSidecar {
-        let file = self
+    /// The recording's segments so far: other nodes' before a takeover, then this node's
+    /// (while it records), ending at `ended_at`.
+    fn recording_segments(&self, ended_at: Option<DateTime<Utc>>) -> Vec<RecordingSegment> {
+        let current = self
             .recording
             .as_ref()
             .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+            .map(|file| RecordingSegment {
+                file: file.to_string_lossy().into_owned(),
+                node: self.engine.settings.node_name.clone(),
+                started_at: self
+                    .recording_started_at
+                    .or(self.answered_at)
+                    .unwrap_or(self.offered_at),
+                ended_at,
+            });
+        self.segments_before
+            .iter()
+            .cloned()
+            .chain(current)
+            .collect()
+    }
+
+    fn sidecar(&self, ending: Option<&Ending>) -> RecordingSidecar {
         let ended_at = ending.map(|_| Utc::now());
+        let segments = self.recording_segments(ended_at);
         RecordingSidecar {
             call_id: self.a.call_id.clone(),
             from: self.caller_ext.clone(),
@@ -2401,24 +2419,8 @@ impl CallSession {
             hangup_cause: ending.map(|e| e.cause.clone()),
             hangup_side: ending.map(|e| e.side),
             // The first segment's file names the recording (the one a takeover continues).
-            file: self
-                .segments_before
-                .first()
-                .map_or_else(|| file.clone(), |s| s.file.clone()),
-            segments: self
-                .segments_before
-                .iter()
-                .cloned()
-                .chain(std::iter::once(RecordingSegment {
-                    file,
-                    node: self.engine.settings.node_name.clone(),
-                    started_at: self
-                        .recording_started_at
-                        .or(self.answered_at)
-                        .unwrap_or(self.offered_at),
-                    ended_at,
-                }))
-                .collect(),
+            file: segments.first().map(|s| s.file.clone()).unwrap_or_default(),
+            segments,
         }
     }
 

@@ -74,32 +74,16 @@ impl CallSession {
             ivr_path: center.map(|c| c.ivr_path()).unwrap_or_default(),
             center: center.is_some(),
             direct_seats: self.direct_seats.clone(),
-            recording_segments: self.recording_segments(),
+            recording_segments: self
+                .recording_segments(None)
+                .into_iter()
+                .map(|s| RecordingSegment {
+                    file: s.file,
+                    node: s.node,
+                    started_at_unix_ms: s.started_at.timestamp_millis(),
+                })
+                .collect(),
         })
-    }
-
-    /// The recording's segments so far: other nodes' before a takeover, then this node's.
-    fn recording_segments(&self) -> Vec<RecordingSegment> {
-        let current = self
-            .recording
-            .as_ref()
-            .and_then(|p| p.file_name())
-            .map(|file| RecordingSegment {
-                file: file.to_string_lossy().into_owned(),
-                node: self.engine.settings.node_name.clone(),
-                started_at_unix_ms: self
-                    .recording_started_at
-                    .map_or(0, |t| t.timestamp_millis()),
-            });
-        self.segments_before
-            .iter()
-            .map(|s| RecordingSegment {
-                file: s.file.clone(),
-                node: s.node.clone(),
-                started_at_unix_ms: s.started_at.timestamp_millis(),
-            })
-            .chain(current)
-            .collect()
     }
 
     /// Reports the call as it is now: its record, or its removal when it is no longer a
