@@ -545,18 +545,7 @@ async fn the_node_runs_the_operators_config_and_serves_probes_metrics_and_contro
         .expect("Drain")
         .into_inner();
     assert_eq!(drained.calls_remaining, 0);
-    let deadline = Instant::now() + STARTUP_LIMIT;
-    loop {
-        let answer = tokio::task::block_in_place(|| first_answer(node.sip_udp, "REGISTER"));
-        if answer.starts_with("SIP/2.0 503") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a drained node registers: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    registrations_refused(node.sip_udp, "a drained node registers").await;
 
     let (_, metrics) = tokio::task::block_in_place(|| node.get("/metrics")).expect("metrics");
     assert!(
@@ -1350,18 +1339,7 @@ async fn sigterm_drains_new_work_away_and_lets_the_call_up_finish() {
         .status()
         .expect("run kill");
     assert!(status.success());
-    let deadline = Instant::now() + STARTUP_LIMIT;
-    loop {
-        let answer = tokio::task::block_in_place(|| first_answer(node.sip_udp, "REGISTER"));
-        if answer.starts_with("SIP/2.0 503") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still taking registrations: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    registrations_refused(node.sip_udp, "still taking registrations").await;
     // ...the call up goes on to its end (the caller's BYE passes through)...
     tokio::task::block_in_place(|| {
         caller.assert_ok("the call finishes during the drain");
@@ -1385,4 +1363,18 @@ async fn sigterm_drains_new_work_away_and_lets_the_call_up_finish() {
         "{}",
         node.log()
     );
+}
+
+/// Waits (bounded) until the node at `sip` answers a REGISTER with 503 (draining); fails with
+/// `what` and the last answer otherwise.
+async fn registrations_refused(sip: SocketAddr, what: &str) {
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    loop {
+        let answer = tokio::task::block_in_place(|| first_answer(sip, "REGISTER"));
+        if answer.starts_with("SIP/2.0 503") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use switchboard_crds::callcenter::{HaMode, HighAvailabilitySpec};
-use switchboard_tests::cluster::{Sipp, free_udp_port};
+use switchboard_tests::cluster::free_udp_port;
 use switchboard_tests::node_process::{
-    NodeProcess, hot_standby_config, prepare_hot_standby, role_is, sample, start_hot_standby_node,
-    start_hot_standby_pair,
+    NodeProcess, hot_standby_config, minimal_seat_1001, minimal_seat_1002_calls,
+    prepare_hot_standby, role_is, sample, start_hot_standby_node, start_hot_standby_pair,
 };
 use switchboard_tests::{TestNamespace, control_plane, wait_for};
 
@@ -103,13 +103,7 @@ async fn run_setting(lease: u32, renew: u32, rounds: u32, calls: u32) -> Result<
             }
         })
     };
-    let seat = |target: SocketAddr, scenario: &str| {
-        Sipp::new(target, scenario)
-            .key("domain", "localhost")
-            .key("ext", "1001")
-            .args(["-au", "1001", "-ap", "practice-1001"])
-            .args(["-i", "127.0.0.1", "-p", phone.as_str()])
-    };
+    let seat = |node: SocketAddr, scenario: &str| minimal_seat_1001(node, &phone, scenario);
     seat(nodes[active].sip_udp, "seat-register.xml")
         .spawn()
         .await?
@@ -130,24 +124,17 @@ async fn run_setting(lease: u32, renew: u32, rounds: u32, calls: u32) -> Result<
             .await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let caller_media = free_udp_port(loopback)?.to_string();
-        let calling = Sipp::new(nodes[active].sip_udp, "takeover-seat-uac.xml")
-            .calls(calls)
-            .limit(WAIT)
-            .key("domain", "localhost")
-            .key("ext", "1002")
-            .key("pcap", "/usr/share/sip-tester/g711a.pcap")
-            .args(["-au", "1002", "-ap", "practice-1002", "-s", "1001"])
-            .args([
-                "-i",
-                "127.0.0.1",
-                "-mi",
-                "127.0.0.1",
-                "-mp",
-                caller_media.as_str(),
-            ])
-            .args(["-l", &calls.to_string(), "-r", "50", "-d", "1000"])
-            .spawn()
-            .await?;
+        let calling = minimal_seat_1002_calls(
+            nodes[active].sip_udp,
+            "takeover-seat-uac.xml",
+            "1001",
+            &caller_media,
+        )
+        .calls(calls)
+        .limit(WAIT)
+        .args(["-l", &calls.to_string(), "-r", "50", "-d", "1000"])
+        .spawn()
+        .await?;
         let records = "switchboard_replication_records{kind=\"calls\"}";
         wait_for(WAIT, "every call held by the standby", || async {
             (metric(&nodes[standby], records).await == f64::from(calls)).then_some(())

@@ -336,3 +336,29 @@ pub async fn start_hot_standby_pair(
     .with_context(|| b.log())?;
     Ok((a, b))
 }
+
+/// Seat 1001's phone of the `minimal` center: SIPp on 127.0.0.1:`phone` (the port its
+/// registration names) running `scenario` against the node at `node`, with its credentials.
+pub fn minimal_seat_1001(node: SocketAddr, phone: &str, scenario: &str) -> crate::cluster::Sipp {
+    crate::cluster::Sipp::new(node, scenario)
+        .key("domain", "localhost")
+        .key("ext", "1001")
+        .args(["-au", "1001", "-ap", "practice-1001"])
+        .args(["-i", "127.0.0.1", "-p", phone])
+}
+
+/// Seat 1002 of the `minimal` center calling `dialed` through the node at `node` with
+/// `scenario`, playing A-law audio from SIPp's media port `media` on 127.0.0.1.
+pub fn minimal_seat_1002_calls(
+    node: SocketAddr,
+    scenario: &str,
+    dialed: &str,
+    media: &str,
+) -> crate::cluster::Sipp {
+    crate::cluster::Sipp::new(node, scenario)
+        .key("domain", "localhost")
+        .key("ext", "1002")
+        .key("pcap", "/usr/share/sip-tester/g711a.pcap")
+        .args(["-au", "1002", "-ap", "practice-1002", "-s", dialed])
+        .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp", media])
+}

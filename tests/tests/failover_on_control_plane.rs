@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use switchboard_crds::callcenter::{HaMode, HighAvailabilitySpec, RecordingMode};
-use switchboard_tests::cluster::{Sipp, free_udp_port};
+use switchboard_tests::cluster::free_udp_port;
 use switchboard_tests::node_process::{
-    NodeProcess, hot_standby_config, prepare_hot_standby, role_is, sample, start_hot_standby_pair,
+    NodeProcess, hot_standby_config, minimal_seat_1001, minimal_seat_1002_calls,
+    prepare_hot_standby, role_is, sample, start_hot_standby_pair,
 };
 use switchboard_tests::{TestNamespace, control_plane, wait_for};
 
@@ -64,13 +65,7 @@ async fn the_standby_takes_over_live_calls_when_the_active_node_is_killed() -> R
     // Seat 1001's phone registers with A and answers every call, echoing its audio.
     let loopback = "127.0.0.1".parse()?;
     let phone = free_udp_port(loopback)?.to_string();
-    let seat = |scenario: &str| {
-        Sipp::new(a.sip_udp, scenario)
-            .key("domain", "localhost")
-            .key("ext", "1001")
-            .args(["-au", "1001", "-ap", "practice-1001"])
-            .args(["-i", "127.0.0.1", "-p", phone.as_str()])
-    };
+    let seat = |scenario: &str| minimal_seat_1001(a.sip_udp, &phone, scenario);
     seat("seat-register.xml").spawn().await?.finish().await?;
     let callee_media = free_udp_port(loopback)?.to_string();
     let answering = seat("takeover-seat-uas.xml")
@@ -88,24 +83,13 @@ async fn the_standby_takes_over_live_calls_when_the_active_node_is_killed() -> R
         .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let caller_media = free_udp_port(loopback)?.to_string();
-    let calling = Sipp::new(a.sip_udp, "takeover-seat-uac.xml")
-        .calls(CALLS)
-        .limit(WAIT)
-        .key("domain", "localhost")
-        .key("ext", "1002")
-        .key("pcap", "/usr/share/sip-tester/g711a.pcap")
-        .args(["-au", "1002", "-ap", "practice-1002", "-s", "1001"])
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            caller_media.as_str(),
-        ])
-        .args(["-l", &CALLS.to_string(), "-r", "10", "-d", "3000"])
-        .spawn()
-        .await?;
+    let calling =
+        minimal_seat_1002_calls(a.sip_udp, "takeover-seat-uac.xml", "1001", &caller_media)
+            .calls(CALLS)
+            .limit(WAIT)
+            .args(["-l", &CALLS.to_string(), "-r", "10", "-d", "3000"])
+            .spawn()
+            .await?;
 
     // Every call established at A and held by B.
     wait_for(WAIT, "every call replicated to B", || async {
@@ -245,13 +229,7 @@ async fn queued_callers_keep_their_order_across_a_takeover() -> Result<()> {
     // Agent 1001's phone registers with A; the agent stays logged out, so callers wait.
     let loopback = "127.0.0.1".parse()?;
     let phone = free_udp_port(loopback)?.to_string();
-    let agent_phone = |node: SocketAddr, scenario: &str| {
-        Sipp::new(node, scenario)
-            .key("domain", "localhost")
-            .key("ext", "1001")
-            .args(["-au", "1001", "-ap", "practice-1001"])
-            .args(["-i", "127.0.0.1", "-p", phone.as_str()])
-    };
+    let agent_phone = |node: SocketAddr, scenario: &str| minimal_seat_1001(node, &phone, scenario);
     agent_phone(a.sip_udp, "seat-register.xml")
         .spawn()
         .await?
@@ -262,13 +240,8 @@ async fn queued_callers_keep_their_order_across_a_takeover() -> Result<()> {
     for i in 0..CALLERS {
         let media = free_udp_port(loopback)?.to_string();
         callers.push(
-            Sipp::new(a.sip_udp, "takeover-queued-caller.xml")
+            minimal_seat_1002_calls(a.sip_udp, "takeover-queued-caller.xml", "100", &media)
                 .limit(WAIT)
-                .key("domain", "localhost")
-                .key("ext", "1002")
-                .key("pcap", "/usr/share/sip-tester/g711a.pcap")
-                .args(["-au", "1002", "-ap", "practice-1002", "-s", "100"])
-                .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp", media.as_str()])
                 .args(["-cid_str", &format!("caller{i}-%u-%p@%s")])
                 .spawn()
                 .await?,
