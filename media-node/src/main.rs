@@ -361,6 +361,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     let election = role::election(&env, &config.spec.high_availability);
     let drain_timeout = config.spec.high_availability.drain_timeout_seconds;
     let follower = Arc::new(parking_lot::Mutex::new(Follower::new()));
+    let (predecessor_tx, _) = tokio::sync::watch::channel(None);
     if let Some(active) = &cli.follow {
         role_tx.send_replace(Role::Standby);
         info!(active, "standby: following the active node (no election)");
@@ -371,7 +372,10 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
             role_tx,
             role_metrics.clone(),
             Arc::clone(&replication),
-            active_tx,
+            role::Following {
+                active: active_tx,
+                predecessor: predecessor_tx.clone(),
+            },
             take_over(Arc::clone(&follower), Arc::clone(&sip), Arc::clone(&center)),
             drain_rx.clone(),
         ));
@@ -383,11 +387,23 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
             Arc::clone(&follower),
             replication_metrics.clone(),
             role_metrics.standby_ready.clone(),
+            on_predecessor_lost(
+                Arc::clone(&follower),
+                Arc::clone(&sip),
+                role_rx.clone(),
+                predecessor_tx,
+                Arc::clone(&replication),
+                role_metrics.failovers.clone(),
+            ),
         ));
     }
     tokio::spawn(center::run(Arc::clone(&center), Arc::clone(&sip)));
-    let replication_service =
-        ReplicationService::new(replication, role_rx.clone(), replication_metrics);
+    let replication_service = ReplicationService::new(
+        replication,
+        role_rx.clone(),
+        drain_rx.clone(),
+        replication_metrics,
+    );
     let control = tokio::spawn(
         control.serve(
             Control::new(
@@ -427,6 +443,9 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
             tokio::select! {
                 left = drained(sip.calls().cloned(), timeout) => {
                     info!(calls_left = left, "drained; shutting down");
+                    // The node that took the Lease over follows this one until it ends: let
+                    // the last call's end reach it, or it takes that call for one still up.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     Ok(())
                 }
                 again = shutdown_signal() => {
@@ -457,8 +476,7 @@ async fn drained(calls: Option<Arc<media_node::call::CallEngine>>, timeout: Dura
 /// previous active's registrations and agent states, if that state is of the term just
 /// before (older state is dropped: a term in between may have changed it), and, when the
 /// previous active failed (`failover`; not a Lease handed over by a draining node, which
-/// still serves its calls), its live calls: established calls first (their agents Busy
-/// again), then queued callers in the order they entered their first queue.
+/// still serves its calls), its live calls (see [`take_over_calls`]).
 fn take_over(
     follower: Arc<parking_lot::Mutex<Follower>>,
     sip: Arc<SipServer>,
@@ -475,31 +493,75 @@ fn take_over(
         let registrations = sip.restore_registrations(&records, clock, now);
         let agents: Vec<_> = state.agents.values().cloned().collect();
         let agents = center.restore_agents(&replication::takeover::agents(&agents, clock));
-        let (mut calls, mut lost) = (0, 0);
-        if failover && let Some(engine) = sip.calls() {
-            // The serving task follows the role a moment later; the re-INVITEs moving the
-            // calls here must not wait for it (nor their first retransmission).
-            sip.set_mode(ServingMode::Active);
-            for record in replication::takeover::calls_in_order(state.calls.values()) {
-                match engine.take_over_call(record, clock) {
-                    Ok(()) => calls += 1,
-                    Err(error) => {
-                        lost += 1;
-                        warn!(call_id = record.id, %error, "call not taken over");
-                    }
-                }
-            }
-        }
         info!(
             term,
             failover,
             registrations,
             agents,
-            calls,
-            lost,
             draining_node_calls = if failover { 0 } else { state.calls.len() },
-            "took over the previous active node's state"
+            "took over the previous active node's registrations and agent states"
         );
+        if failover {
+            take_over_calls(&state, &sip, term);
+        }
+    }
+}
+
+/// Takes over the live calls of `state` (established calls first, their agents Busy again,
+/// then queued callers in the order they entered their first queue).
+fn take_over_calls(state: &replication::ReplicatedState, sip: &SipServer, term: i64) {
+    let Some(engine) = sip.calls() else {
+        return;
+    };
+    // The serving task follows the role a moment later; the re-INVITEs moving the calls here
+    // must not wait for it (nor their first retransmission).
+    sip.set_mode(ServingMode::Active);
+    let clock = replication::WallClock::now();
+    let (mut calls, mut lost) = (0, 0);
+    for record in replication::takeover::calls_in_order(state.calls.values()) {
+        match engine.take_over_call(record, clock) {
+            Ok(()) => calls += 1,
+            Err(error) => {
+                lost += 1;
+                warn!(call_id = record.id, %error, "call not taken over");
+            }
+        }
+    }
+    info!(
+        term,
+        calls, lost, "took over the previous active node's calls"
+    );
+}
+
+/// When the stream from the draining node this active took the Lease from ends: its calls
+/// still up in the replicated state are taken over (it was killed before they ended, or its
+/// drain timed out), which counts as a failover; none are left when it finished them all.
+fn on_predecessor_lost(
+    follower: Arc<parking_lot::Mutex<Follower>>,
+    sip: Arc<SipServer>,
+    role: tokio::sync::watch::Receiver<Role>,
+    predecessor: tokio::sync::watch::Sender<Option<String>>,
+    hub: Arc<ReplicationHub>,
+    failovers: prometheus::IntCounter,
+) -> impl Fn() + Send + 'static {
+    move || {
+        if *role.borrow() != Role::Active || predecessor.borrow().is_none() {
+            return;
+        }
+        predecessor.send_replace(None);
+        let term = hub.term();
+        let Some(state) = follower.lock().takeover(term).cloned() else {
+            return;
+        };
+        if state.calls.is_empty() {
+            return;
+        }
+        failovers.inc();
+        warn!(
+            calls = state.calls.len(),
+            "the draining node's stream ended: taking over its calls still up"
+        );
+        take_over_calls(&state, &sip, term);
     }
 }
 

@@ -70,7 +70,8 @@ pub struct RoleMetrics {
     /// replication runs it stays 0, as the CallCenter's `StandbyReady=False` says.
     pub standby_ready: IntGauge,
     /// `switchboard_failovers_total`: times this node took the Lease over from another
-    /// holder (not counting the first election or a Lease handed over on drain).
+    /// holder, or took over the calls of a draining node that died before they ended (not
+    /// counting the first election or a Lease handed over on drain).
     pub failovers: IntCounter,
 }
 
@@ -90,7 +91,7 @@ impl RoleMetrics {
             )?,
             failovers: IntCounter::new(
                 "switchboard_failovers_total",
-                "Times this node took the active Lease over from another node.",
+                "Times this node took over from a failed active node: its expired Lease, or the calls of a draining node that died before they ended.",
             )?,
         };
         registry.register(Box::new(metrics.role.clone()))?;
@@ -117,13 +118,24 @@ pub async fn export(mut role: watch::Receiver<Role>, metrics: RoleMetrics) {
     }
 }
 
+/// Whom a node follows: the Lease holder while it stands by (`active`, the replication
+/// follower's endpoint), and while it is active the draining node it took a handed-over
+/// Lease from (`predecessor`), until that one's calls are over.
+pub struct Following {
+    pub active: watch::Sender<Option<String>>,
+    pub predecessor: watch::Sender<Option<String>>,
+}
+
 /// Runs the election for the life of the node, publishing the role on `role`.
 pub async fn run(
     election: Election,
     role: watch::Sender<Role>,
     metrics: RoleMetrics,
     replication: std::sync::Arc<crate::replication::ReplicationHub>,
-    active: watch::Sender<Option<String>>,
+    Following {
+        active,
+        predecessor,
+    }: Following,
     take_over: impl Fn(i64, bool),
     mut drain: watch::Receiver<bool>,
 ) {
@@ -144,12 +156,14 @@ pub async fn run(
     // none of the state that Lease stands for); it waits for the Lease to expire and takes
     // it over like any standby.
     let me = holder_identity(&election.pod, rand::random());
+    let following = active.subscribe();
     tokio::spawn(track_active(
         leases.clone(),
         pods.clone(),
         election.clone(),
         role.subscribe(),
         active,
+        predecessor.subscribe(),
     ));
     // A container restarted in the same pod keeps the pod's labels: drop a stale mark first.
     mark(&pods, &election.pod, false).await;
@@ -176,7 +190,7 @@ pub async fn run(
             held = acquire(&leases, &election.lease, &me, &election.timing) => held,
             () = draining(&mut drain) => {
                 info!("draining: no longer competing for the Lease");
-                return;
+                return hold_role(role).await;
             }
         };
         if let Some(previous) = &held.taken_from {
@@ -186,6 +200,14 @@ pub async fn run(
         info!(lease = %election.lease, transitions = held.transitions, "active: holding the Lease");
         // What this node replicates from now on belongs to its term.
         replication.set_term(i64::from(held.transitions));
+        // A Lease handed over by a draining node: it still serves its calls. Follow it on
+        // until they ended; the calls still up if its stream breaks first are taken over then.
+        predecessor.send_replace(
+            held.taken_from
+                .is_none()
+                .then(|| following.borrow().clone())
+                .flatten(),
+        );
         // Active before the takeover, so the calls taken over can send their re-INVITEs at
         // once; new calls arrive only once the pod is marked, after the previous active's
         // live state is installed.
@@ -208,10 +230,18 @@ pub async fn run(
                     Ok(false) => warn!(lease = %election.lease, "draining: the Lease was not ours any more"),
                     Err(error) => warn!(%error, "draining: cannot hand the Lease over; it expires"),
                 }
-                return;
+                return hold_role(role).await;
             }
         }
     }
+}
+
+/// A draining node's role stays as it is until the process ends: the role's sender is kept,
+/// so what watches the role (the replication stream a draining node still feeds) does not
+/// take its closing for a change.
+async fn hold_role(role: watch::Sender<Role>) {
+    std::future::pending::<()>().await;
+    drop(role);
 }
 
 /// Returns once a drain was asked for (never, if the drain switch is gone).
@@ -222,20 +252,27 @@ async fn draining(drain: &mut watch::Receiver<bool>) {
 }
 
 /// While this node stands by, keeps `active` naming the control URL of the node that holds
-/// the Lease (its pod's IP and control port), so the standby follows it; `None` while
-/// this node is active or nobody holds the Lease.
+/// the Lease (its pod's IP and control port), so the standby follows it; while it is active,
+/// the draining node it took a handed-over Lease from (`predecessor`), else `None`.
 async fn track_active(
     leases: Api<k8s_openapi::api::coordination::v1::Lease>,
     pods: Api<Pod>,
     election: Election,
     mut role: watch::Receiver<Role>,
     active: watch::Sender<Option<String>>,
+    mut predecessor: watch::Receiver<Option<String>>,
 ) {
     loop {
         let url = if *role.borrow_and_update() == Role::Standby {
-            holder_url(&leases, &pods, &election).await
+            // A Lease without a holder (handed over, or never taken) changes nothing: the
+            // node followed until now may be the draining one this node is about to relieve.
+            match holder_url(&leases, &pods, &election).await {
+                Some(url) => Some(url),
+                None => active.borrow().clone(),
+            }
         } else {
-            None
+            // Active: the draining node it took the Lease from, while that one has calls.
+            predecessor.borrow_and_update().clone()
         };
         active.send_if_modified(|now| {
             let changed = *now != url;
@@ -249,6 +286,7 @@ async fn track_active(
         tokio::select! {
             () = tokio::time::sleep(election.timing.renew_every) => {}
             changed = role.changed() => if changed.is_err() { return },
+            changed = predecessor.changed() => if changed.is_err() { return },
         }
     }
 }

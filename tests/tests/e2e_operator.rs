@@ -771,10 +771,69 @@ async fn campus(
         }
     };
 
-    // Failover: the active pod is deleted with no grace. The standby takes the Lease, becomes
-    // the SIP Service's endpoint and rings seat 2001 at the contact it registered with the
-    // old active (it does not register again); the deleted pod comes back as the standby and
-    // follows the new active.
+    // Failover: with 50 calls up (seat 2002 calling seat 2001, audio both ways, recorded),
+    // the active pod is deleted with no grace (its container killed). The standby takes the
+    // Lease and moves every call to itself (re-INVITE on both legs): both phones complete
+    // every call, the caller's BYE going to the new node; it relays audio both ways and
+    // records each call on in a segment linked to the dead node's. It becomes the SIP
+    // Service's endpoint and rings seat 2001 at the contact it registered with the old active
+    // (it does not register again); the deleted pod comes back as the standby and follows the
+    // new active.
+    const CALLS: u32 = 50;
+    let with_login = |seat: &SeatLogin<'_>, more: &[&str]| -> Vec<String> {
+        login(seat)
+            .into_iter()
+            .chain(more.iter().map(ToString::to_string))
+            .collect()
+    };
+    let (ip, phone) = (host.to_string(), phone_2001.to_string());
+    let callee_media = free_udp_port(host)?.to_string();
+    let caller_media = free_udp_port(host)?.to_string();
+    let target = SocketAddr::new(sip, SIP_PORT);
+    let answering = Sipp::new(target, "takeover-seat-uas.xml")
+        .calls(CALLS)
+        .limit(SIPP_LIMIT * 2)
+        .key("domain", "callcenter.campus.example.edu")
+        .key("rtp_port", &callee_media)
+        .args(with_login(
+            &seat_2001,
+            &[
+                "-i",
+                &ip,
+                "-p",
+                &phone,
+                "-mi",
+                &ip,
+                "-mp",
+                &callee_media,
+                "-rtp_echo",
+            ],
+        ))
+        .spawn()
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calling = Sipp::new(target, "takeover-seat-uac.xml")
+        .calls(CALLS)
+        .limit(SIPP_LIMIT * 2)
+        .key("domain", "callcenter.campus.example.edu")
+        .key("pcap", "/usr/share/sip-tester/g711a.pcap")
+        .args(with_login(
+            &seat_2002,
+            &["-i", &ip, "-s", "2001", "-mi", &ip, "-mp", &caller_media],
+        ))
+        .args(["-l", &CALLS.to_string(), "-r", "25", "-d", "3000"])
+        .spawn()
+        .await?;
+    wait_for(NODE_LIMIT, "the standby holding every call", || {
+        let fetch = pod_metrics(standby.clone());
+        async move {
+            let text = fetch.await?;
+            (metric_value(&text, "switchboard_replication_records", "kind=\"calls\"")
+                == Some(f64::from(CALLS)))
+            .then_some(())
+        }
+    })
+    .await?;
     let killed_at = Instant::now();
     pods.delete(
         &active,
@@ -796,6 +855,69 @@ async fn campus(
     })
     .await?;
     let took_over = killed_at.elapsed();
+    calling
+        .finish()
+        .await
+        .context("the calling phone across the failover")?;
+    answering
+        .finish()
+        .await
+        .context("the answering phone across the failover")?;
+    let moved = killed_at.elapsed();
+    let text = pod_metrics(new_active.clone())
+        .await
+        .ok_or_else(|| anyhow!("no metrics from the new active {new_active}"))?;
+    let resumed = metric_value(
+        &text,
+        "switchboard_calls_taken_over_total",
+        "outcome=\"resumed\"",
+    );
+    ensure!(
+        resumed == Some(f64::from(CALLS)),
+        "{new_active} resumed {resumed:?} of {CALLS} calls"
+    );
+    for direction in ["caller_to_callee", "callee_to_caller"] {
+        let relayed = metric_value(
+            &text,
+            "switchboard_rtp_packets_total",
+            &format!("direction=\"{direction}\""),
+        );
+        ensure!(
+            relayed.is_some_and(|n| n > 0.0),
+            "{new_active} relayed {relayed:?} RTP packets {direction}"
+        );
+    }
+    let ordinal: usize = new_active
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .context("the new active's ordinal")?;
+    let mut linked = 0;
+    for entry in std::fs::read_dir(dirs[ordinal].path())? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let Ok(sidecar) =
+            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&path)?)
+        else {
+            continue;
+        };
+        let segments = sidecar["segments"].as_array().map_or(0, Vec::len);
+        if segments == 2 && sidecar["segments"][0]["node"] == active.as_str() {
+            linked += 1;
+        }
+    }
+    ensure!(
+        linked == CALLS,
+        "{linked} recordings on {new_active} continue one of {active}'s ({CALLS} calls)"
+    );
+    eprintln!(
+        "campus: {CALLS} calls up when {active} was deleted: every one moved to {new_active} \
+         (re-INVITEs answered, audio both ways, recordings linked) and ended normally {:.1} s \
+         after the kill",
+        moved.as_secs_f64()
+    );
     only_endpoint(
         new_active.clone(),
         "the SIP Service following the new active",

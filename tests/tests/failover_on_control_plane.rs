@@ -47,8 +47,28 @@ async fn metric(node: &NodeProcess, series: &str) -> f64 {
     sample(node, series).await.unwrap_or(0.0)
 }
 
+/// How the active node goes in [`calls_survive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Death {
+    /// SIGKILL: the standby takes the Lease when it expires.
+    Killed,
+    /// SIGTERM, then SIGKILL a second after it handed the Lease over (a pod deleted with no
+    /// grace: the kubelet still sends SIGTERM first): the new active follows the draining
+    /// node and takes its calls over when its stream breaks.
+    KilledWhileDraining,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_live_calls_when_the_active_node_is_killed() -> Result<()> {
+    calls_survive(Death::Killed).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_survive_an_active_killed_while_it_drains() -> Result<()> {
+    calls_survive(Death::KilledWhileDraining).await
+}
+
+async fn calls_survive(death: Death) -> Result<()> {
     let client = control_plane().await?;
     let ns = TestNamespace::create(&client, "takeover").await?;
     // The default Lease timing (3 s, renewed every second).
@@ -99,6 +119,18 @@ async fn the_standby_takes_over_live_calls_when_the_active_node_is_killed() -> R
     .await
     .with_context(|| format!("A:\n{}\nB:\n{}", a.log(), b.log()))?;
     let killed = Instant::now();
+    if death == Death::KilledWhileDraining {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &a.pid().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM {}: {status}", a.pid());
+        wait_for(WAIT, "B active after A handed the Lease over", || async {
+            role_is(&b, "active").await.then_some(())
+        })
+        .await
+        .with_context(|| format!("A:\n{}\nB:\n{}", a.log(), b.log()))?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     a.kill();
     let active = wait_for(WAIT, "B active", || async {
         role_is(&b, "active").await.then(|| killed.elapsed())
@@ -193,7 +225,7 @@ async fn the_standby_takes_over_live_calls_when_the_active_node_is_killed() -> R
         "{segments} recording segments on B for {CALLS} calls"
     );
     eprintln!(
-        "takeover: A killed with {CALLS} calls up; B active after {:.1} s, every call's media moved to B after {:.1} s (Lease 3 s, renewed every second)",
+        "takeover ({death:?}): {CALLS} calls up; B active after {:.1} s, every call's media moved to B after {:.1} s (Lease 3 s, renewed every second)",
         active.as_secs_f64(),
         resumed.0.as_secs_f64()
     );

@@ -73,10 +73,12 @@ impl ReplicationMetrics {
     }
 }
 
-/// The active's side of `Replication/Follow`.
+/// The active's side of `Replication/Follow`, served while the node is active and while it
+/// drains (the node that took the Lease over follows it until its last call ended).
 pub struct ReplicationService {
     hub: Arc<ReplicationHub>,
     role: watch::Receiver<Role>,
+    drain: watch::Receiver<bool>,
     metrics: ReplicationMetrics,
 }
 
@@ -84,10 +86,21 @@ impl ReplicationService {
     pub fn new(
         hub: Arc<ReplicationHub>,
         role: watch::Receiver<Role>,
+        drain: watch::Receiver<bool>,
         metrics: ReplicationMetrics,
     ) -> Self {
-        Self { hub, role, metrics }
+        Self {
+            hub,
+            role,
+            drain,
+            metrics,
+        }
     }
+}
+
+/// Whether a node may feed followers: while active, and while it drains its calls.
+fn feeds(role: &watch::Receiver<Role>, drain: &watch::Receiver<bool>) -> bool {
+    *role.borrow() == Role::Active || *drain.borrow()
 }
 
 type MessageStream =
@@ -101,7 +114,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<FollowRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
-        if *self.role.borrow() != Role::Active {
+        if !feeds(&self.role, &self.drain) {
             return Err(Status::failed_precondition(
                 "this node is not active: follow the active node",
             ));
@@ -111,6 +124,7 @@ impl Replication for ReplicationService {
         let (mut stream, first) = FollowerStream::open(snapshot, self.hub.term(), unix_now_ms());
         let (tx, rx) = mpsc::channel(64);
         let mut role = self.role.clone();
+        let drain = self.drain.clone();
         let followers = self.metrics.followers.clone();
         info!(standby, "standby following");
         tokio::spawn(async move {
@@ -139,7 +153,7 @@ impl Replication for ReplicationService {
                     },
                     _ = heartbeat.tick() => next = Some(stream.heartbeat(unix_now_ms())),
                     changed = role.changed() => {
-                        if changed.is_err() || *role.borrow() != Role::Active {
+                        if changed.is_err() || !feeds(&role, &drain) {
                             // A node that is no longer active must not feed a standby.
                             break "no longer active".to_string();
                         }
@@ -156,13 +170,15 @@ impl Replication for ReplicationService {
 /// The standby's side, for the life of the node: follows the active whose control URL
 /// `active` names (none: nothing to follow, e.g. while this node is the active one),
 /// reconnecting for a fresh snapshot when the stream breaks or the active changes, and keeps
-/// `follower` current and the readiness and lag metrics true.
+/// `follower` current and the readiness and lag metrics true. `stream_lost` hears of every
+/// stream that ended or could not be opened, before the reconnection.
 pub async fn follow(
     mut active: watch::Receiver<Option<String>>,
     me: String,
     follower: Arc<Mutex<Follower>>,
     metrics: ReplicationMetrics,
     standby_ready: IntGauge,
+    stream_lost: impl Fn() + Send + 'static,
 ) {
     {
         let follower = Arc::clone(&follower);
@@ -188,6 +204,7 @@ pub async fn follow(
             result = follow_once(&endpoint, &me, &follower, &metrics) => {
                 let reason = result.err().unwrap_or("disconnected");
                 metrics.resyncs.with_label_values(&[reason]).inc();
+                stream_lost();
                 tokio::time::sleep(RECONNECT_AFTER).await;
             }
             changed = active.changed() => {
