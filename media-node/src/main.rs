@@ -517,16 +517,21 @@ fn take_over_calls(state: &replication::ReplicatedState, sip: &SipServer, term: 
     // must not wait for it (nor their first retransmission).
     sip.set_mode(ServingMode::Active);
     let clock = replication::WallClock::now();
-    let (mut calls, mut lost) = (0, 0);
-    for record in replication::takeover::calls_in_order(state.calls.values()) {
-        match engine.take_over_call(record, clock) {
-            Ok(()) => calls += 1,
-            Err(error) => {
-                lost += 1;
-                warn!(call_id = record.id, %error, "call not taken over");
+    // Many calls at once mean many sockets and recording files (written with fsync): off the
+    // async workers, so the Lease renewals never wait for them (a late renewal fences).
+    let (calls, lost) = tokio::task::block_in_place(|| {
+        let (mut calls, mut lost) = (0, 0);
+        for record in replication::takeover::calls_in_order(state.calls.values()) {
+            match engine.take_over_call(record, clock) {
+                Ok(()) => calls += 1,
+                Err(error) => {
+                    lost += 1;
+                    warn!(call_id = record.id, %error, "call not taken over");
+                }
             }
         }
-    }
+        (calls, lost)
+    });
     info!(
         term,
         calls, lost, "took over the previous active node's calls"
