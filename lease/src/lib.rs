@@ -216,12 +216,39 @@ pub async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kub
         return Ok(false);
     }
     spec.holder_identity = None;
+    // The moment it was given up: a node starting now sees that a standby may be about to
+    // take it ([`in_use`]).
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
     // Compare-and-swap on the resourceVersion, like a renewal.
     match api.replace(name, &PostParams::default(), &lease).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Whether the Lease has a holder, or was given up less than a Lease duration ago: either
+/// way a standby that follows the node which held it may be about to take it, and a node that
+/// just started (and follows nobody yet) should leave it the first claim.
+pub fn in_use(current: Option<&LeaseSpec>, now: Timestamp) -> bool {
+    let Some(spec) = current else {
+        return false;
+    };
+    if spec
+        .holder_identity
+        .as_deref()
+        .is_some_and(|h| !h.is_empty())
+    {
+        return true;
+    }
+    let (Some(renewed), Some(valid)) = (spec.renew_time.as_ref(), spec.lease_duration_seconds)
+    else {
+        return false;
+    };
+    renewed
+        .0
+        .checked_add(SignedDuration::from_secs(i64::from(valid)))
+        .is_ok_and(|end| now < end)
 }
 
 /// The holder identity of one process in `pod`: the pod's name and an instance number, so a
@@ -394,6 +421,29 @@ mod tests {
         assert_eq!(spec.holder_identity.as_deref(), Some("b"));
         assert_eq!(spec.lease_transitions, Some(4));
         assert_eq!(spec.acquire_time, Some(MicroTime(at(16))));
+    }
+
+    #[test]
+    fn a_lease_is_in_use_while_held_or_just_given_up() {
+        let held = held_by("a", 0);
+        assert!(in_use(Some(&held), at(5)));
+        assert!(in_use(Some(&held), at(100)), "held, even if expired");
+        let released = LeaseSpec {
+            holder_identity: None,
+            ..held.clone()
+        };
+        assert!(
+            in_use(Some(&released), at(14)),
+            "given up 14 s ago, valid 15 s"
+        );
+        assert!(!in_use(Some(&released), at(15)));
+        let emptied = LeaseSpec {
+            holder_identity: Some(String::new()),
+            ..held
+        };
+        assert!(!in_use(Some(&emptied), at(20)));
+        assert!(!in_use(None, at(0)));
+        assert!(!in_use(Some(&LeaseSpec::default()), at(0)));
     }
 
     #[test]

@@ -48,7 +48,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::acd::{AgentError, AgentRequest};
 use crate::center::{AgentRequestError, CallCenterRuntime};
@@ -201,12 +201,8 @@ impl Control {
             return None;
         }
         let follower = self.inner.follower.get()?;
-        let now = crate::replication::WallClock::now().unix_ms(Instant::now());
         Some(
-            match follower
-                .lock()
-                .readiness(now, crate::replication::stream::MAX_LAG)
-            {
+            match crate::replication::stream::readiness_now(&follower.lock()) {
                 crate::replication::Readiness::Ready => StandbyReadiness {
                     ready: true,
                     reason: "InSync".to_string(),
@@ -255,10 +251,16 @@ impl Control {
             message,
         };
         match outcome {
-            Outcome::Applied | Outcome::Unchanged => info!(
+            Outcome::Applied => info!(
                 generation = snapshot.generation,
                 outcome = %label,
                 note = %reply.message,
+                "config snapshot"
+            ),
+            // The operator pushes on every reconcile (each node report wakes one).
+            Outcome::Unchanged => debug!(
+                generation = snapshot.generation,
+                outcome = %label,
                 "config snapshot"
             ),
             _ => warn!(

@@ -375,6 +375,13 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
             role::Following {
                 active: active_tx,
                 predecessor: predecessor_tx.clone(),
+                in_sync: {
+                    let follower = Arc::clone(&follower);
+                    Box::new(move || {
+                        replication::stream::readiness_now(&follower.lock())
+                            == replication::Readiness::Ready
+                    })
+                },
             },
             take_over(Arc::clone(&follower), Arc::clone(&sip), Arc::clone(&center)),
             drain_rx.clone(),

@@ -20,7 +20,7 @@ use switchboard_lease::{
 };
 use switchboard_proto::{CONTROL_PORT, ROLE_ACTIVE, ROLE_LABEL};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::node::PodEnv;
 
@@ -124,7 +124,12 @@ pub async fn export(mut role: watch::Receiver<Role>, metrics: RoleMetrics) {
 pub struct Following {
     pub active: watch::Sender<Option<String>>,
     pub predecessor: watch::Sender<Option<String>>,
+    /// Whether this node follows the active in sync (it could take over now).
+    pub in_sync: Box<dyn Fn() -> bool + Send + Sync>,
 }
+
+/// How often a node that defers its first claim looks whether it follows the active in sync.
+const SYNC_POLL: Duration = Duration::from_millis(100);
 
 /// Runs the election for the life of the node, publishing the role on `role`.
 pub async fn run(
@@ -135,6 +140,7 @@ pub async fn run(
     Following {
         active,
         predecessor,
+        in_sync,
     }: Following,
     take_over: impl Fn(i64, bool),
     mut drain: watch::Receiver<bool>,
@@ -168,21 +174,23 @@ pub async fn run(
     // A container restarted in the same pod keeps the pod's labels: drop a stale mark first.
     mark(&pods, &election.pod, false).await;
     role.send_replace(Role::Standby);
-    // A node that starts while the Lease has a holder (its own dead predecessor, or the
-    // other node) has followed nobody yet (it starts following now): a standby that has should win an expired Lease.
-    // So it waits past the Lease's expiry before its first claim.
+    // A node that starts while the Lease is in use (held by its own dead predecessor or the
+    // other node, or just handed over by a draining one) has followed nobody yet: the standby
+    // that has must win the Lease (a pod deleted with no grace drains, hands over, and is back
+    // under its old name within a second). So it waits past the Lease's expiry first, unless
+    // it is in sync with a live active before that (then it is that following standby).
     if let Ok(Some(lease)) = leases.get_opt(&election.lease).await
-        && lease
-            .spec
-            .and_then(|s| s.holder_identity)
-            .is_some_and(|h| !h.is_empty())
+        && switchboard_lease::in_use(lease.spec.as_ref(), k8s_openapi::jiff::Timestamp::now())
     {
         let defer = election.timing.duration + election.timing.renew_every * 2;
         info!(
             ?defer,
-            "the Lease has a holder: leaving the first claim to a following standby"
+            "the Lease is in use: leaving the first claim to a following standby"
         );
-        tokio::time::sleep(defer).await;
+        let until = tokio::time::Instant::now() + defer;
+        while !in_sync() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(SYNC_POLL).await;
+        }
     }
     loop {
         info!(lease = %election.lease, "standby: waiting for the Lease");
@@ -213,9 +221,17 @@ pub async fn run(
         // live state is installed.
         role.send_replace(Role::Active);
         take_over(i64::from(held.transitions), held.taken_from.is_some());
-        mark(&pods, &election.pod, true).await;
+        // Renewals start while the pod is being marked: a slow API server must not let the
+        // Lease lapse under a node that serves.
+        let holding = async {
+            let (lost, ()) = tokio::join!(
+                keep(&leases, &election.lease, &me, &election.timing),
+                mark(&pods, &election.pod, true)
+            );
+            lost
+        };
         tokio::select! {
-            lost = keep(&leases, &election.lease, &me, &election.timing) => {
+            lost = holding => {
                 warn!(lease = %election.lease, reason = %lost, "lost the Lease: standby");
                 role.send_replace(Role::Standby);
                 mark(&pods, &election.pod, false).await;
@@ -334,6 +350,12 @@ async fn mark(pods: &Api<Pod>, pod: &str, active: bool) {
             .await
         {
             Ok(_) => return,
+            // A deleted pod (a node draining after its pod was deleted) carries no mark, nor
+            // does the node run in one (a node process on its own).
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                debug!(pod, active, "no pod to mark");
+                return;
+            }
             Err(error) => {
                 warn!(pod, active, attempt, %error, "cannot mark the pod");
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;

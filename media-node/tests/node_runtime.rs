@@ -85,6 +85,15 @@ fn snapshot(config: &NodeConfig) -> ConfigSnapshot {
     )
 }
 
+/// Sends `signal` (as `kill` spells it) to the node's process.
+fn signal(node: &Node, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &node.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal}");
+}
+
 /// The running node; killed when dropped, also when an assertion fails.
 struct Node {
     child: Child,
@@ -1029,19 +1038,25 @@ async fn a_standby_follows_the_actives_registrations_and_agent_states() {
             .starts_with("SIP/2.0 401"),
         "the active one challenges it"
     );
-    // Nor does it serve SIP: new calls and registrations go to the active node.
-    for method in ["REGISTER", "INVITE"] {
-        let answer = tokio::task::block_in_place(|| first_answer(standby.sip_udp, method));
-        assert!(
-            answer.starts_with("SIP/2.0 503"),
-            "a standby answers {method} with 503: {answer}"
-        );
-    }
-    assert!(
-        tokio::task::block_in_place(|| first_answer(active.sip_udp, "REGISTER"))
-            .starts_with("SIP/2.0 401"),
-        "the active one challenges it"
-    );
+
+    // The active hangs (stopped: its sockets stay open, nothing is sent, no reset): the
+    // standby takes the silent stream for broken; once the active runs again, the standby
+    // follows it anew and is ready again.
+    signal(&active, "-STOP");
+    metrics_reach(&standby, "the standby not ready with a hung active", |n| {
+        sample(n, "switchboard_standby_ready") == Some(0.0)
+            && sample(
+                n,
+                "switchboard_replication_resyncs_total{reason=\"disconnected\"}",
+            )
+            .is_some_and(|r| r >= 1.0)
+    })
+    .await;
+    signal(&active, "-CONT");
+    metrics_reach(&standby, "the standby ready again", |n| {
+        sample(n, "switchboard_standby_ready") == Some(1.0)
+    })
+    .await;
 
     // The active dies: the standby is not ready any more and says why in its metrics.
     drop(stream);
@@ -1334,11 +1349,7 @@ async fn sigterm_drains_new_work_away_and_lets_the_call_up_finish() {
     .await;
 
     // SIGTERM (a rolling update): the node takes nothing new...
-    let status = Command::new("kill")
-        .args(["-TERM", &node.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    signal(&node, "-TERM");
     registrations_refused(node.sip_udp, "still taking registrations").await;
     // ...the call up goes on to its end (the caller's BYE passes through)...
     tokio::task::block_in_place(|| {

@@ -56,6 +56,9 @@ enum Death {
     /// grace: the kubelet still sends SIGTERM first): the new active follows the draining
     /// node and takes its calls over when its stream breaks.
     KilledWhileDraining,
+    /// SIGTERM, then SIGKILL 200 ms later, mostly before B's next try saw the handed-over
+    /// Lease: B takes it from a node already dead and must not wait for its calls to end.
+    KilledRightAfterSigterm,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,6 +69,11 @@ async fn the_standby_takes_over_live_calls_when_the_active_node_is_killed() -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_survive_an_active_killed_while_it_drains() -> Result<()> {
     calls_survive(Death::KilledWhileDraining).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_survive_an_active_killed_right_after_sigterm() -> Result<()> {
+    calls_survive(Death::KilledRightAfterSigterm).await
 }
 
 async fn calls_survive(death: Death) -> Result<()> {
@@ -119,17 +127,22 @@ async fn calls_survive(death: Death) -> Result<()> {
     .await
     .with_context(|| format!("A:\n{}\nB:\n{}", a.log(), b.log()))?;
     let killed = Instant::now();
-    if death == Death::KilledWhileDraining {
+    if death != Death::Killed {
         let status = std::process::Command::new("kill")
             .args(["-TERM", &a.pid().to_string()])
             .status()?;
         ensure!(status.success(), "kill -TERM {}: {status}", a.pid());
+    }
+    if death == Death::KilledWhileDraining {
         wait_for(WAIT, "B active after A handed the Lease over", || async {
             role_is(&b, "active").await.then_some(())
         })
         .await
         .with_context(|| format!("A:\n{}\nB:\n{}", a.log(), b.log()))?;
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if death == Death::KilledRightAfterSigterm {
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     a.kill();
     let active = wait_for(WAIT, "B active", || async {

@@ -25,6 +25,13 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 pub const MAX_LAG: Duration = Duration::from_secs(5);
 /// How long a standby waits before reconnecting after the stream broke.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+/// How long a connection to the active may take: pods reach each other in milliseconds, and a
+/// dead pod's address does not answer at all (without a bound the attempt hangs for half a
+/// minute, and a node following a killed draining node would take its calls over that late).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A stream silent this long (three heartbeats) is broken: an active whose pod vanished sends
+/// no reset.
+const SILENCE_LIMIT: Duration = HEARTBEAT_EVERY.saturating_mul(3);
 
 /// Replication metrics of both sides.
 #[derive(Clone)]
@@ -224,8 +231,12 @@ async fn follow_once(
     follower: &Mutex<Follower>,
     metrics: &ReplicationMetrics,
 ) -> Result<(), &'static str> {
-    let mut client = match ReplicationClient::connect(endpoint.to_string()).await {
-        Ok(c) => c,
+    let channel = match tonic::transport::Endpoint::from_shared(endpoint.to_string()) {
+        Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).connect().await,
+        Err(error) => Err(error),
+    };
+    let mut client = match channel {
+        Ok(c) => ReplicationClient::new(c),
         Err(error) => {
             warn!(endpoint, %error, "cannot reach the active node to follow it");
             follower
@@ -237,7 +248,13 @@ async fn follow_once(
     let request = FollowRequest {
         standby: me.to_string(),
     };
-    let mut stream = match client.follow(request).await {
+    // A hung active accepts the connection (its kernel does) and never answers.
+    let Ok(opened) = tokio::time::timeout(SILENCE_LIMIT, client.follow(request)).await else {
+        warn!(endpoint, "the active did not open the replication stream");
+        follower.lock().resync("the active does not answer");
+        return Ok(());
+    };
+    let mut stream = match opened {
         Ok(r) => r.into_inner(),
         Err(status) => {
             warn!(endpoint, %status, "the active refused the replication stream");
@@ -249,7 +266,12 @@ async fn follow_once(
     };
     follower.lock().resync("connecting");
     loop {
-        match stream.message().await {
+        let Ok(next) = tokio::time::timeout(SILENCE_LIMIT, stream.message()).await else {
+            warn!(endpoint, silent = ?SILENCE_LIMIT, "replication stream silent: broken");
+            follower.lock().resync("the stream went silent");
+            return Ok(());
+        };
+        match next {
             Ok(Some(message)) => {
                 let mut f = follower.lock();
                 if let Err(error) = f.receive(&message) {
@@ -288,11 +310,13 @@ async fn follow_once(
 }
 
 fn show(follower: &Follower, metrics: &ReplicationMetrics, standby_ready: &IntGauge) {
-    let now = unix_now_ms();
-    if let Some(lag) = follower.lag(now) {
+    if let Some(lag) = follower.lag(unix_now_ms()) {
         metrics.lag_seconds.set(lag.as_secs_f64());
     }
-    standby_ready.set(i64::from(
-        follower.readiness(now, MAX_LAG) == Readiness::Ready,
-    ));
+    standby_ready.set(i64::from(readiness_now(follower) == Readiness::Ready));
+}
+
+/// Whether the standby could take over now (its stream live, at most [`MAX_LAG`] behind).
+pub fn readiness_now(follower: &Follower) -> Readiness {
+    follower.readiness(unix_now_ms(), MAX_LAG)
 }
