@@ -2,9 +2,10 @@
 //! StatefulSet probes):
 //! - `/metrics`: Prometheus text from the node's one registry (SIP, recording, node metrics);
 //! - `/healthz`: the process is alive and its runtime answers (the liveness probe);
-//! - `/readyz`: 200 once the config is loaded and the SIP listeners are bound, otherwise 503
-//!   with the reason (the readiness probe, which decides whether the SIP Service sends
-//!   traffic here).
+//! - `/readyz`: 200 once the config is loaded and the SIP listeners are bound and, for a
+//!   HotStandby node standing by, while it follows the active in sync; otherwise 503 with the
+//!   reason (the readiness probe: the SIP Service sends traffic only to ready pods, and a
+//!   rolling update waits for each new pod to be ready before it stops the next).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,11 +20,15 @@ use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
 /// What readiness waits for. Each flag is set once, by the step that achieves it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Readiness {
     config_loaded: AtomicBool,
     sip_bound: AtomicBool,
+    standby: std::sync::OnceLock<StandbyCheck>,
 }
+
+/// Why a standby could not take over now (`None`: it could, or the node is not a standby).
+type StandbyCheck = Box<dyn Fn() -> Option<String> + Send + Sync>;
 
 impl Readiness {
     pub fn config_loaded(&self) {
@@ -34,14 +39,21 @@ impl Readiness {
         self.sip_bound.store(true, Ordering::Release);
     }
 
+    /// A HotStandby node: while it stands by it is ready only when it could take over, so a
+    /// rolling update (which waits for each new pod to be ready) never stops the active
+    /// before the new standby follows it in sync.
+    pub fn standby_must_follow(&self, check: impl Fn() -> Option<String> + Send + Sync + 'static) {
+        let _ = self.standby.set(Box::new(check));
+    }
+
     /// `None` when ready, else why not.
-    pub fn not_ready_reason(&self) -> Option<&'static str> {
+    pub fn not_ready_reason(&self) -> Option<String> {
         if !self.config_loaded.load(Ordering::Acquire) {
-            Some("the configuration is not loaded yet")
+            Some("the configuration is not loaded yet".to_string())
         } else if !self.sip_bound.load(Ordering::Acquire) {
-            Some("the SIP listeners are not bound yet")
+            Some("the SIP listeners are not bound yet".to_string())
         } else {
-            None
+            self.standby.get().and_then(|check| check())
         }
     }
 }
@@ -229,6 +241,18 @@ mod tests {
         assert_eq!(code, 503);
         assert!(body.contains("SIP listeners"), "{body}");
         readiness.sip_bound();
+        assert_eq!(get(addr, "/readyz").await, (200, "ready\n".into()));
+        // A standby is ready only while it could take over.
+        let in_sync = Arc::new(AtomicBool::new(false));
+        let check = Arc::clone(&in_sync);
+        readiness.standby_must_follow(move || {
+            (!check.load(Ordering::Acquire)).then(|| "standing by, lagging".to_string())
+        });
+        assert_eq!(
+            get(addr, "/readyz").await,
+            (503, "not ready: standing by, lagging\n".into())
+        );
+        in_sync.store(true, Ordering::Release);
         assert_eq!(get(addr, "/readyz").await, (200, "ready\n".into()));
 
         let (code, body) = get(addr, "/metrics").await;

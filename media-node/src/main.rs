@@ -328,13 +328,20 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     // (fenced), refuses new calls and registrations and sends no in-dialog request; a
     // draining node takes nothing new but lets its calls finish.
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let election = role::election(&env, &config.spec.high_availability);
     {
         let sip = Arc::clone(&sip);
         let (mut role, mut drain) = (role_rx.clone(), drain_rx.clone());
+        // A HotStandby node hands over when it drains (another node serves what it leaves).
+        let hands_over = election.is_some();
         tokio::spawn(async move {
             loop {
                 let mode = if *drain.borrow_and_update() {
-                    ServingMode::Draining
+                    if hands_over {
+                        ServingMode::HandingOver
+                    } else {
+                        ServingMode::Draining
+                    }
                 } else if *role.borrow_and_update() == Role::Active {
                     ServingMode::Active
                 } else {
@@ -358,7 +365,6 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     }
     // The active node a standby follows: given (`--follow`), or the Lease holder's pod.
     let (active_tx, active_rx) = tokio::sync::watch::channel(cli.follow.clone());
-    let election = role::election(&env, &config.spec.high_availability);
     let drain_timeout = config.spec.high_availability.drain_timeout_seconds;
     let follower = Arc::new(parking_lot::Mutex::new(Follower::new()));
     let (predecessor_tx, _) = tokio::sync::watch::channel(None);
@@ -403,6 +409,18 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
                 role_metrics.failovers.clone(),
             ),
         ));
+        let (follower, role) = (Arc::clone(&follower), role_rx.clone());
+        readiness.standby_must_follow(move || {
+            if *role.borrow() != Role::Standby {
+                return None;
+            }
+            match replication::stream::readiness_now(&follower.lock()) {
+                replication::Readiness::Ready => None,
+                replication::Readiness::NotReady { reason, detail } => Some(format!(
+                    "standing by, not able to take over ({reason}): {detail}"
+                )),
+            }
+        });
     }
     tokio::spawn(center::run(Arc::clone(&center), Arc::clone(&sip)));
     let replication_service = ReplicationService::new(

@@ -224,9 +224,10 @@ pub async fn run(
         // Renewals start while the pod is being marked: a slow API server must not let the
         // Lease lapse under a node that serves.
         let holding = async {
-            let (lost, ()) = tokio::join!(
+            let (lost, (), ()) = tokio::join!(
                 keep(&leases, &election.lease, &me, &election.timing),
-                mark(&pods, &election.pod, true)
+                mark(&pods, &election.pod, true),
+                unmark_predecessor(&pods, &election.pod, held.taken_from.as_deref()),
             );
             lost
         };
@@ -237,15 +238,22 @@ pub async fn run(
                 mark(&pods, &election.pod, false).await;
             }
             () = draining(&mut drain) => {
-                // Hand over: unmark the pod first (the SIP Service moves its new calls to the
-                // other node), then clear the Lease so the standby takes it at once.
-                mark(&pods, &election.pod, false).await;
+                // Hand over: clear the Lease so the standby takes it at once, and keep the
+                // pod's mark until the standby's pod carries it, so the SIP Service always
+                // has a node (new calls reaching this one meanwhile get no answer and their
+                // retransmissions reach the other).
                 role.send_replace(Role::Standby);
                 match release(&leases, &election.lease, &me).await {
                     Ok(true) => info!(lease = %election.lease, "draining: Lease handed over"),
                     Ok(false) => warn!(lease = %election.lease, "draining: the Lease was not ours any more"),
                     Err(error) => warn!(%error, "draining: cannot hand the Lease over; it expires"),
                 }
+                let limit = election.timing.duration + election.timing.renew_every * 2;
+                match successor_marked(&leases, &pods, &election.lease, &me, limit).await {
+                    Some(successor) => info!(%successor, "draining: the SIP Service reaches the new active"),
+                    None => warn!(?limit, "draining: no new active marked in time"),
+                }
+                mark(&pods, &election.pod, false).await;
                 return hold_role(role).await;
             }
         }
@@ -335,8 +343,56 @@ async fn holder_url(
     switchboard_lease::control_url(&pod, CONTROL_PORT)
 }
 
-/// Sets or removes the active mark on the node's own pod, retrying a few times: a pod that
-/// keeps a stale mark would draw calls it no longer serves.
+/// How often a draining node looks whether the node it handed the Lease to is marked.
+const SUCCESSOR_POLL: Duration = Duration::from_millis(100);
+
+/// After a handover: waits (at most `limit`) until another node holds the Lease and its pod
+/// carries the active mark; returns that pod.
+async fn successor_marked(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    pods: &Api<Pod>,
+    lease: &str,
+    me: &str,
+    limit: Duration,
+) -> Option<String> {
+    let until = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < until {
+        let holder = leases
+            .get_opt(lease)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| !h.is_empty() && h != me);
+        if let Some(holder) = holder {
+            let pod = holder_pod(&holder);
+            let marked = pods.get_opt(pod).await.ok().flatten().is_some_and(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(ROLE_LABEL))
+                    .is_some_and(|v| v == ROLE_ACTIVE)
+            });
+            if marked {
+                return Some(pod.to_string());
+            }
+        }
+        tokio::time::sleep(SUCCESSOR_POLL).await;
+    }
+    None
+}
+
+/// After a failover: removes the active mark from the failed holder's pod, which could not
+/// (its container killed while the pod stays, or cut off from the API server), so the SIP
+/// Service sends nothing more there.
+async fn unmark_predecessor(pods: &Api<Pod>, me: &str, predecessor: Option<&str>) {
+    if let Some(pod) = predecessor.map(holder_pod).filter(|p| *p != me) {
+        mark(pods, pod, false).await;
+    }
+}
+
+/// Sets or removes the active mark on `pod` (the node's own, or its failed predecessor's),
+/// retrying a few times: a pod that keeps a stale mark would draw calls it no longer serves.
 async fn mark(pods: &Api<Pod>, pod: &str, active: bool) {
     let value = if active {
         serde_json::Value::from(ROLE_ACTIVE)

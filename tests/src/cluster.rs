@@ -540,11 +540,27 @@ impl SippRun {
         bail!("{} failed with {status}:\n{output}", self.what)
     }
 
+    /// Makes SIPp place no new call and exit once the calls up have ended (SIGUSR1, its soft
+    /// exit): a load that lasts as long as something else does.
+    pub fn stop_placing_calls(&self) -> Result<()> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| anyhow!("{} has exited already", self.what))?;
+        let status = std::process::Command::new("kill")
+            .args(["-USR1", &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        ensure!(status.success(), "kill -USR1 {pid}: {status}");
+        Ok(())
+    }
+
     /// Waits (bounded) for SIPp and returns its call counts. A run in which some calls failed
-    /// (exit status 1) is an answer, not an error; SIPp failing as a whole is an error.
+    /// (exit status 1) or one ended by [`SippRun::stop_placing_calls`] (97) is an answer, not
+    /// an error; SIPp failing as a whole is an error.
     pub async fn finish_with_stats(mut self) -> Result<SippStats> {
         let status = self.wait_exit().await?;
-        if !matches!(status.code(), Some(0 | 1)) {
+        if !matches!(status.code(), Some(0 | 1 | 97)) {
             let output = self.output().await;
             bail!("{} failed with {status}:\n{output}", self.what);
         }

@@ -1032,6 +1032,141 @@ async fn campus(
     .await?;
     call_2001("after the drain").await?;
 
+    // A rolling update under load: seat 2002 calls seat 2001 twice a second, each call 6 s
+    // long, for as long as the update takes, while a change of the CallCenter's pod
+    // annotations makes the operator update the StatefulSet's pod template. The StatefulSet
+    // replaces both pods, one after the other, each stopped with its grace period; the active
+    // one drains (hands the Lease over, its calls go on to their end) and each new pod comes
+    // back as the standby. Every call completes: none dropped, none refused.
+    wait_for(
+        NODE_LIMIT,
+        "the drained pod back as the standby in sync",
+        || async {
+            let status = centers.get(CAMPUS).await.ok()?.status?;
+            (status.active_node.as_deref() == Some(active.as_str())
+                && status.standby_node.as_deref() == Some(new_active.as_str())
+                && status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "StandbyReady" && c.status == "True"))
+            .then_some(())
+        },
+    )
+    .await?;
+    // More than the load places: it is stopped once the update is over.
+    const LOAD_CALLS: u32 = 10_000;
+    let stateful_sets: Api<StatefulSet> = Api::namespaced(client.clone(), cc_ns);
+    let revision = |set: &StatefulSet| {
+        let status = set.status.clone().unwrap_or_default();
+        (status.current_revision, status.update_revision)
+    };
+    let (before, _) = revision(&stateful_sets.get(&names.stateful_set).await?);
+    let callee_media = free_udp_port(host)?.to_string();
+    let caller_media = free_udp_port(host)?.to_string();
+    let answering = Sipp::new(target, "seat-uas-answer.xml")
+        .calls(LOAD_CALLS)
+        .limit(NODE_LIMIT * 2)
+        .args(with_login(
+            &seat_2001,
+            &[
+                "-i",
+                &ip,
+                "-p",
+                &phone,
+                "-mi",
+                &ip,
+                "-mp",
+                &callee_media,
+                "-rtp_echo",
+            ],
+        ))
+        .spawn()
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calling = Sipp::new(target, "seat-uac-hold-bye.xml")
+        .calls(LOAD_CALLS)
+        .limit(NODE_LIMIT * 2)
+        .key("domain", "callcenter.campus.example.edu")
+        .key("pcap", "/usr/share/sip-tester/g711a.pcap")
+        .args(with_login(
+            &seat_2002,
+            &["-i", &ip, "-s", "2001", "-mi", &ip, "-mp", &caller_media],
+        ))
+        .args(["-r", "2", "-l", "30", "-d", "6000"])
+        .spawn()
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rolling_at = Instant::now();
+    centers
+        .patch(
+            CAMPUS,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({
+                "spec": {"nodes": {"podAnnotations": {"campus.example.edu/rollout": "1"}}}
+            })),
+        )
+        .await?;
+    let rolled = wait_for(
+        NODE_LIMIT,
+        "the StatefulSet rolled to the new template",
+        || async {
+            let set = stateful_sets.get(&names.stateful_set).await.ok()?;
+            let (current, update) = revision(&set);
+            let status = set.status?;
+            (update.is_some()
+                && update != before
+                && current == update
+                && status.updated_replicas == Some(2)
+                && status.ready_replicas == Some(2))
+            .then(|| rolling_at.elapsed())
+        },
+    )
+    .await?;
+    // A few calls more on the updated pair, then the load stops.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    calling.stop_placing_calls()?;
+    let placed = calling
+        .finish_with_stats()
+        .await
+        .context("the calling phone across the rolling update")?;
+    answering.stop_placing_calls()?;
+    let answered = answering
+        .finish_with_stats()
+        .await
+        .context("the answering phone across the rolling update")?;
+    ensure!(
+        placed.successful > 0
+            && placed.failed == 0
+            && answered.failed == 0
+            && answered.successful == placed.successful,
+        "calls across the rolling update: placed {placed:?}, answered {answered:?}"
+    );
+    let status = wait_for(
+        NODE_LIMIT,
+        "one active, one standby in sync after the update",
+        || async {
+            let status = centers.get(CAMPUS).await.ok()?.status?;
+            (status.active_node.is_some()
+                && status.standby_node.is_some()
+                && status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "StandbyReady" && c.status == "True"))
+            .then_some(status)
+        },
+    )
+    .await?;
+    eprintln!(
+        "campus: rolling update under load: both pods replaced {:.1} s after the template \
+         changed; all {} calls (2 per second, 6 s each) completed; active {}, standby {} in \
+         sync, {} failover(s) counted",
+        rolled.as_secs_f64(),
+        placed.successful,
+        status.active_node.unwrap_or_default(),
+        status.standby_node.unwrap_or_default(),
+        status.failover_count,
+    );
+
     // `kubectl get queues` shows the live columns.
     let kubeconfig = switchboard_tests::cluster_kubeconfig()?;
     let out = std::process::Command::new(switchboard_tests::kubectl()?)

@@ -302,6 +302,8 @@ pub struct SipServer {
     /// Whether this node takes new calls and registrations (it is the active one, not
     /// draining).
     serving: Arc<std::sync::atomic::AtomicBool>,
+    /// [`ServingMode::HandingOver`]: new calls and registrations are left unanswered.
+    handing_over: std::sync::atomic::AtomicBool,
     /// Whether its calls may send in-dialog requests (active or draining; not a standby or
     /// a fenced active).
     sending: Arc<std::sync::atomic::AtomicBool>,
@@ -314,6 +316,11 @@ pub enum ServingMode {
     Active,
     /// Stopping: no new call or registration, its established calls go on to their end.
     Draining,
+    /// Stopping after handing the Lease over (HotStandby): as `Draining`, but new calls and
+    /// registrations get no answer at all. A 503 would end the phone's attempt; unanswered, it
+    /// retransmits, and the retransmission reaches the node that took over once the SIP
+    /// Service has moved to it.
+    HandingOver,
     /// A standby or a fenced active: nothing new, and no request of its own either (another
     /// node may serve these dialogs now).
     Standby,
@@ -338,6 +345,7 @@ impl SipServer {
             replication: std::sync::OnceLock::new(),
             serving: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             sending: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            handing_over: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -345,6 +353,8 @@ impl SipServer {
         use std::sync::atomic::Ordering::Relaxed;
         self.serving.store(mode == ServingMode::Active, Relaxed);
         self.sending.store(mode != ServingMode::Standby, Relaxed);
+        self.handing_over
+            .store(mode == ServingMode::HandingOver, Relaxed);
     }
 
     fn serving(&self) -> bool {
@@ -535,6 +545,18 @@ impl SipServer {
             && calls.deliver_request(&request, source, transport)
         {
             // A retransmitted INVITE or a re-INVITE: its call answers it.
+            return None;
+        }
+        if matches!(
+            request.method,
+            rsip::Method::Invite | rsip::Method::Register
+        ) && self.handing_over.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            debug!(%source, method = %request.method, "handed over: left to the new active");
+            self.metrics
+                .dropped
+                .with_label_values(&["handing_over"])
+                .inc();
             return None;
         }
 

@@ -93,7 +93,8 @@ pub fn headless_service(center: &Center<'_>) -> Service {
 /// The SIP Service `<cc>-sip`: only the active pod with `HotStandby`.
 pub fn sip_service(center: &Center<'_>) -> Service {
     let mut selector = center.selector();
-    if center.spec.high_availability.mode == HaMode::HotStandby {
+    let hot_standby = center.spec.high_availability.mode == HaMode::HotStandby;
+    if hot_standby {
         selector.insert(ROLE_LABEL.to_string(), ROLE_ACTIVE.to_string());
     }
     Service {
@@ -102,6 +103,10 @@ pub fn sip_service(center: &Center<'_>) -> Service {
             type_: Some("ClusterIP".to_string()),
             selector: Some(selector),
             ports: Some(sip_ports(center)),
+            // With HotStandby the active mark alone decides: a draining active keeps it (and
+            // stays reachable though its pod is terminating) until the node it handed the
+            // Lease to carries it too, so the Service is never without a node.
+            publish_not_ready_addresses: hot_standby.then_some(true),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -176,6 +181,11 @@ mod tests {
         let mut expected = media_selector();
         expected.insert("switchboard.dev/role".into(), "active".into());
         assert_eq!(selector(&svc), expected);
+        assert_eq!(
+            svc.spec.and_then(|s| s.publish_not_ready_addresses),
+            Some(true),
+            "the mark decides, not readiness nor termination"
+        );
     }
 
     #[test]
@@ -183,6 +193,7 @@ mod tests {
         let cc = center("campus", HaMode::None);
         let svc = sip_service(&Center::new(&cc).expect("center"));
         assert_eq!(selector(&svc), media_selector());
+        assert_eq!(svc.spec.and_then(|s| s.publish_not_ready_addresses), None);
     }
 
     #[test]

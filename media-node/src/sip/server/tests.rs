@@ -655,6 +655,43 @@ fn methods_not_served_yet_get_honest_answers() {
 }
 
 #[test]
+fn each_serving_mode_answers_new_calls_and_registrations_its_way() {
+    use crate::sip::ServingMode;
+    let h = harness();
+    let outcome = |method: &str| {
+        // A new transaction each time (the answer to a repeated one is the cached answer).
+        let fresh = request(method, "")
+            .replace("branch=z9hG4bK", &format!("branch=z9hG4bK{}", random_tag()));
+        h.server
+            .handle(fresh.as_bytes(), source(), Transport::Udp, h.epoch)
+            .map(|out| status(&String::from_utf8(out.bytes).unwrap()))
+    };
+    // Not serving (a standby, a fenced active, a node draining on its own): 503, try again.
+    for mode in [ServingMode::Standby, ServingMode::Draining] {
+        h.server.set_mode(mode);
+        assert_eq!(outcome("REGISTER"), Some(503), "{mode:?}");
+        assert_eq!(outcome("INVITE"), Some(503), "{mode:?}");
+    }
+    // Handed over: no answer, so the phone's retransmission reaches the new active; what is
+    // not new business is still answered.
+    h.server.set_mode(ServingMode::HandingOver);
+    assert_eq!(outcome("REGISTER"), None);
+    assert_eq!(outcome("INVITE"), None);
+    assert_eq!(outcome("OPTIONS"), Some(200));
+    assert_eq!(outcome("BYE"), Some(481));
+    assert_eq!(
+        h.server
+            .metrics()
+            .dropped
+            .with_label_values(&["handing_over"])
+            .get(),
+        2
+    );
+    h.server.set_mode(ServingMode::Active);
+    assert_eq!(outcome("REGISTER"), Some(401));
+}
+
+#[test]
 fn udp_response_without_rport_goes_to_sent_by_port() {
     let h = harness();
     let text = "OPTIONS sip:localhost SIP/2.0\r\n\
