@@ -105,6 +105,73 @@ async fn sipp<S: AsRef<str>>(
         .await
 }
 
+/// The campus seats' phones on this machine: 2001's (registered from `phone_2001`) answers
+/// and echoes the audio, 2002's calls 2001 through the SIP Service.
+struct CampusPhones<'a> {
+    target: SocketAddr,
+    host: IpAddr,
+    phone_2001: u16,
+    seat_2001: &'a SeatLogin<'a>,
+    seat_2002: &'a SeatLogin<'a>,
+}
+
+impl CampusPhones<'_> {
+    /// Starts 2001's phone with the `answering` scenario, then 2002's placing `calls` calls
+    /// with the `calling` one (and `load`: rate, limit, hold time).
+    async fn calls(
+        &self,
+        (answering, calling): (&str, &str),
+        calls: u32,
+        limit: Duration,
+        load: &[&str],
+    ) -> Result<(SippRun, SippRun)> {
+        let ip = self.host.to_string();
+        let callee_media = free_udp_port(self.host)?.to_string();
+        let caller_media = free_udp_port(self.host)?.to_string();
+        let with_login = |seat: &SeatLogin<'_>, more: &[&str]| -> Vec<String> {
+            login(seat)
+                .into_iter()
+                .chain(more.iter().map(ToString::to_string))
+                .collect()
+        };
+        let answer = Sipp::new(self.target, answering)
+            .calls(calls)
+            .limit(limit)
+            .key("domain", "callcenter.campus.example.edu")
+            .key("rtp_port", &callee_media)
+            .args(with_login(
+                self.seat_2001,
+                &[
+                    "-i",
+                    &ip,
+                    "-p",
+                    &self.phone_2001.to_string(),
+                    "-mi",
+                    &ip,
+                    "-mp",
+                    &callee_media,
+                    "-rtp_echo",
+                ],
+            ))
+            .spawn()
+            .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let call = Sipp::new(self.target, calling)
+            .calls(calls)
+            .limit(limit)
+            .key("domain", "callcenter.campus.example.edu")
+            .key("pcap", "/usr/share/sip-tester/g711a.pcap")
+            .args(with_login(
+                self.seat_2002,
+                &["-i", &ip, "-s", "2001", "-mi", &ip, "-mp", &caller_media],
+            ))
+            .args(load)
+            .spawn()
+            .await?;
+        Ok((answer, call))
+    }
+}
+
 /// A seat: extension and password.
 struct SeatLogin<'a> {
     extension: &'a str,
@@ -780,49 +847,21 @@ async fn campus(
     // (it does not register again); the deleted pod comes back as the standby and follows the
     // new active.
     const CALLS: u32 = 50;
-    let with_login = |seat: &SeatLogin<'_>, more: &[&str]| -> Vec<String> {
-        login(seat)
-            .into_iter()
-            .chain(more.iter().map(ToString::to_string))
-            .collect()
-    };
-    let (ip, phone) = (host.to_string(), phone_2001.to_string());
-    let callee_media = free_udp_port(host)?.to_string();
-    let caller_media = free_udp_port(host)?.to_string();
     let target = SocketAddr::new(sip, SIP_PORT);
-    let answering = Sipp::new(target, "takeover-seat-uas.xml")
-        .calls(CALLS)
-        .limit(SIPP_LIMIT * 2)
-        .key("domain", "callcenter.campus.example.edu")
-        .key("rtp_port", &callee_media)
-        .args(with_login(
-            &seat_2001,
-            &[
-                "-i",
-                &ip,
-                "-p",
-                &phone,
-                "-mi",
-                &ip,
-                "-mp",
-                &callee_media,
-                "-rtp_echo",
-            ],
-        ))
-        .spawn()
-        .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let calling = Sipp::new(target, "takeover-seat-uac.xml")
-        .calls(CALLS)
-        .limit(SIPP_LIMIT * 2)
-        .key("domain", "callcenter.campus.example.edu")
-        .key("pcap", "/usr/share/sip-tester/g711a.pcap")
-        .args(with_login(
-            &seat_2002,
-            &["-i", &ip, "-s", "2001", "-mi", &ip, "-mp", &caller_media],
-        ))
-        .args(["-l", &CALLS.to_string(), "-r", "25", "-d", "3000"])
-        .spawn()
+    let phones = CampusPhones {
+        target,
+        host,
+        phone_2001,
+        seat_2001: &seat_2001,
+        seat_2002: &seat_2002,
+    };
+    let (answering, calling) = phones
+        .calls(
+            ("takeover-seat-uas.xml", "takeover-seat-uac.xml"),
+            CALLS,
+            SIPP_LIMIT * 2,
+            &["-l", &CALLS.to_string(), "-r", "25", "-d", "3000"],
+        )
         .await?;
     wait_for(NODE_LIMIT, "the standby holding every call", || {
         let fetch = pod_metrics(standby.clone());
@@ -1061,39 +1100,13 @@ async fn campus(
         (status.current_revision, status.update_revision)
     };
     let (before, _) = revision(&stateful_sets.get(&names.stateful_set).await?);
-    let callee_media = free_udp_port(host)?.to_string();
-    let caller_media = free_udp_port(host)?.to_string();
-    let answering = Sipp::new(target, "seat-uas-answer.xml")
-        .calls(LOAD_CALLS)
-        .limit(NODE_LIMIT * 2)
-        .args(with_login(
-            &seat_2001,
-            &[
-                "-i",
-                &ip,
-                "-p",
-                &phone,
-                "-mi",
-                &ip,
-                "-mp",
-                &callee_media,
-                "-rtp_echo",
-            ],
-        ))
-        .spawn()
-        .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let calling = Sipp::new(target, "seat-uac-hold-bye.xml")
-        .calls(LOAD_CALLS)
-        .limit(NODE_LIMIT * 2)
-        .key("domain", "callcenter.campus.example.edu")
-        .key("pcap", "/usr/share/sip-tester/g711a.pcap")
-        .args(with_login(
-            &seat_2002,
-            &["-i", &ip, "-s", "2001", "-mi", &ip, "-mp", &caller_media],
-        ))
-        .args(["-r", "2", "-l", "30", "-d", "6000"])
-        .spawn()
+    let (answering, calling) = phones
+        .calls(
+            ("seat-uas-answer.xml", "seat-uac-hold-bye.xml"),
+            LOAD_CALLS,
+            NODE_LIMIT * 2,
+            &["-r", "2", "-l", "30", "-d", "6000"],
+        )
         .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rolling_at = Instant::now();
