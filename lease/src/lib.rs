@@ -73,6 +73,24 @@ pub fn claim(
     }
 }
 
+/// What the Lease becomes when `me` takes it from `dead`, a holder known to have died (its
+/// process is gone), before it expires; `None` unless `dead` still holds it. Pure.
+pub fn claim_from_dead(
+    current: &LeaseSpec,
+    me: &str,
+    dead: &str,
+    now: Timestamp,
+    timing: &LeaseTiming,
+) -> Option<LeaseSpec> {
+    if current.holder_identity.as_deref() != Some(dead) || dead == me {
+        return None;
+    }
+    let transitions = current.lease_transitions.unwrap_or(0);
+    let mut taken = claim(None, me, now, timing)?;
+    taken.lease_transitions = Some(transitions + 1);
+    Some(taken)
+}
+
 /// How long a candidate that did not get the Lease waits before trying again: until the
 /// holder's Lease expires (a moment after, against rounding), so a failed holder is replaced
 /// as soon as that is safe, but never longer than `timing.renew_every` (the holder may give
@@ -155,6 +173,35 @@ pub async fn try_acquire(
                 }
             }
         },
+    }
+}
+
+/// Takes the Lease from `dead`, a holder whose process is known to be gone, without waiting
+/// for its Lease to expire ([`claim_from_dead`]). A compare-and-swap on the Lease read: a
+/// holder that renewed meanwhile (so was not dead) keeps it (`Ok(None)`).
+pub async fn take_from_dead(
+    api: &Api<Lease>,
+    name: &str,
+    me: &str,
+    dead: &str,
+    timing: &LeaseTiming,
+) -> Result<Option<Holding>, kube::Error> {
+    let Some(mut lease) = api.get_opt(name).await? else {
+        return Ok(None);
+    };
+    let Some(spec) = lease
+        .spec
+        .as_ref()
+        .and_then(|s| claim_from_dead(s, me, dead, Timestamp::now(), timing))
+    else {
+        return Ok(None);
+    };
+    let held = holding(lease.spec.as_ref(), &spec, me);
+    lease.spec = Some(spec);
+    match api.replace(name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(Some(held)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -444,6 +491,37 @@ mod tests {
         assert!(!in_use(Some(&emptied), at(20)));
         assert!(!in_use(None, at(0)));
         assert!(!in_use(Some(&LeaseSpec::default()), at(0)));
+    }
+
+    #[test]
+    fn only_the_dead_holder_s_lease_is_taken_before_it_expires() {
+        let timing = LeaseTiming::default();
+        let held = held_by("a_1", 10);
+        let taken = claim_from_dead(&held, "b_2", "a_1", at(11), &timing).expect("a is dead");
+        assert_eq!(taken.holder_identity.as_deref(), Some("b_2"));
+        assert_eq!(taken.lease_transitions, Some(4));
+        assert_eq!(taken.renew_time, Some(MicroTime(at(11))));
+        assert_eq!(
+            holding(Some(&held), &taken, "b_2").taken_from.as_deref(),
+            Some("a_1")
+        );
+        // Another holder by now (a restarted process of the same pod included), nobody, or me.
+        assert_eq!(
+            claim_from_dead(&held_by("a_3", 10), "b_2", "a_1", at(11), &timing),
+            None
+        );
+        let released = LeaseSpec {
+            holder_identity: None,
+            ..held.clone()
+        };
+        assert_eq!(
+            claim_from_dead(&released, "b_2", "a_1", at(11), &timing),
+            None
+        );
+        assert_eq!(
+            claim_from_dead(&held_by("b_2", 10), "b_2", "b_2", at(11), &timing),
+            None
+        );
     }
 
     #[test]

@@ -368,6 +368,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     let drain_timeout = config.spec.high_availability.drain_timeout_seconds;
     let follower = Arc::new(parking_lot::Mutex::new(Follower::new()));
     let (predecessor_tx, _) = tokio::sync::watch::channel(None);
+    let stream_lost = Arc::new(tokio::sync::Notify::new());
     if let Some(active) = &cli.follow {
         role_tx.send_replace(Role::Standby);
         info!(active, "standby: following the active node (no election)");
@@ -388,6 +389,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
                             == replication::Readiness::Ready
                     })
                 },
+                stream_lost: Arc::clone(&stream_lost),
             },
             take_over(Arc::clone(&follower), Arc::clone(&sip), Arc::clone(&center)),
             drain_rx.clone(),
@@ -400,14 +402,20 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
             Arc::clone(&follower),
             replication_metrics.clone(),
             role_metrics.standby_ready.clone(),
-            on_predecessor_lost(
-                Arc::clone(&follower),
-                Arc::clone(&sip),
-                role_rx.clone(),
-                predecessor_tx,
-                Arc::clone(&replication),
-                role_metrics.failovers.clone(),
-            ),
+            {
+                let predecessor_lost = on_predecessor_lost(
+                    Arc::clone(&follower),
+                    Arc::clone(&sip),
+                    role_rx.clone(),
+                    predecessor_tx,
+                    Arc::clone(&replication),
+                    role_metrics.failovers.clone(),
+                );
+                move || {
+                    stream_lost.notify_one();
+                    predecessor_lost();
+                }
+            },
         ));
         let (follower, role) = (Arc::clone(&follower), role_rx.clone());
         readiness.standby_must_follow(move || {

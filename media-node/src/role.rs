@@ -126,6 +126,8 @@ pub struct Following {
     pub predecessor: watch::Sender<Option<String>>,
     /// Whether this node follows the active in sync (it could take over now).
     pub in_sync: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Told each time the stream from the followed node broke or could not be opened.
+    pub stream_lost: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// How often a node that defers its first claim looks whether it follows the active in sync.
@@ -141,6 +143,7 @@ pub async fn run(
         active,
         predecessor,
         in_sync,
+        stream_lost,
     }: Following,
     take_over: impl Fn(i64, bool),
     mut drain: watch::Receiver<bool>,
@@ -196,6 +199,7 @@ pub async fn run(
         info!(lease = %election.lease, "standby: waiting for the Lease");
         let held = tokio::select! {
             held = acquire(&leases, &election.lease, &me, &election.timing) => held,
+            held = take_from_dead_holder(&leases, &pods, &election, &me, &stream_lost) => held,
             () = draining(&mut drain) => {
                 info!("draining: no longer competing for the Lease");
                 return hold_role(role).await;
@@ -341,6 +345,74 @@ async fn holder_url(
         }
     };
     switchboard_lease::control_url(&pod, CONTROL_PORT)
+}
+
+/// How long a standby waits for the holder's control port to accept or refuse.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Waits for proof that the Lease holder's process is gone, and takes its Lease then, before
+/// it expires: after the stream from it broke (`stream_lost`), the holder's pod refuses
+/// connections on its control port (the pod's network answers, no process listens; the node
+/// exits when its control server stops). A holder merely out of reach (its pod deleted, a
+/// partition) gives no such proof: its Lease must expire. A holder that was not dead after
+/// all keeps its Lease: the takeover is a compare-and-swap against its renewals.
+async fn take_from_dead_holder(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    pods: &Api<Pod>,
+    election: &Election,
+    me: &str,
+    stream_lost: &tokio::sync::Notify,
+) -> switchboard_lease::Holding {
+    loop {
+        stream_lost.notified().await;
+        let Some(holder) = leases
+            .get_opt(&election.lease)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| !h.is_empty() && h != me)
+        else {
+            continue;
+        };
+        let Some(address) = pods
+            .get_opt(holder_pod(&holder))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|pod| switchboard_lease::control_url(&pod, CONTROL_PORT))
+            .and_then(|url| {
+                url.trim_start_matches("http://")
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+            })
+        else {
+            continue;
+        };
+        let refused = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(address)).await,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        );
+        if !refused {
+            continue;
+        }
+        match switchboard_lease::take_from_dead(
+            leases,
+            &election.lease,
+            me,
+            &holder,
+            &election.timing,
+        )
+        .await
+        {
+            Ok(Some(held)) => {
+                warn!(%holder, %address, "the active node's process is gone (its control port refuses): took its Lease before it expired");
+                return held;
+            }
+            Ok(None) => {}
+            Err(error) => warn!(%error, "cannot take the Lease from the dead active node"),
+        }
+    }
 }
 
 /// How often a draining node looks whether the node it handed the Lease to is marked.
