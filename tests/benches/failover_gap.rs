@@ -206,8 +206,17 @@ async fn run_setting(lease: u32, renew: u32, rounds: u32, calls: u32) -> Result<
             resync.as_secs_f64()
         );
         if gaps.len() < calls as usize - lost as usize {
+            let mut by_source: BTreeMap<SocketAddr, (usize, usize)> = BTreeMap::new();
+            for (t, source) in &packets {
+                let seen = by_source.entry(*source).or_default();
+                if *t <= killed {
+                    seen.0 += 1;
+                } else {
+                    seen.1 += 1;
+                }
+            }
             bail!(
-                "round {}: only {} calls' media reached the phone after the kill",
+                "round {}: only {} calls' media reached the phone after the kill; packets by source (before, after the kill): {by_source:?}",
                 round + 1,
                 gaps.len()
             );

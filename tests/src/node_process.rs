@@ -74,14 +74,19 @@ impl NodeProcess {
         let dir = tempfile::tempdir().context("temp dir for the node")?;
         let file = dir.path().join("node-config.yaml");
         std::fs::write(&file, config_yaml).context("writing the node config")?;
+        // SIP and media on the pod's address (`POD_IP` in `env`, else 127.0.0.1).
+        let address = env
+            .iter()
+            .find(|(name, _)| *name == "POD_IP")
+            .map_or("127.0.0.1", |(_, value)| *value);
         let mut child = Command::new(media_node_binary()?)
             .arg("--config")
             .arg(&file)
-            .args(["--sip-listen", "127.0.0.1", "--sip-port", "0"])
+            .args(["--sip-listen", address, "--sip-port", "0"])
             .args(["--metrics-listen", "127.0.0.1:0"])
             .args(["--control-listen", "127.0.0.1:0"])
             .env("POD_NAME", pod_name)
-            .env("POD_IP", "127.0.0.1")
+            .env("POD_IP", address)
             .env("SWITCHBOARD_RECORDINGS_DIR", dir.path())
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -293,10 +298,20 @@ pub async fn start_hot_standby_node(
     pod: &str,
 ) -> Result<NodeProcess> {
     let kubeconfig = crate::control_plane_kubeconfig()?.display().to_string();
+    // Each node its own address for SIP and media, as pods have their own IPs: RTP that
+    // phones still send to a dead node's ports must not reach the other node's sockets just
+    // because both share 127.0.0.1 (the control API and metrics stay on 127.0.0.1, where the
+    // stand-in pod says the node is).
+    let media = if pod.ends_with("-1") {
+        "127.0.0.2"
+    } else {
+        "127.0.0.1"
+    };
     let env = [
         ("POD_NAMESPACE", namespace),
         ("SWITCHBOARD_LEASE_NAME", MINIMAL_LEASE),
         ("KUBECONFIG", kubeconfig.as_str()),
+        ("POD_IP", media),
     ];
     let node = NodeProcess::start_with_env(config_yaml, pod, &env)?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);

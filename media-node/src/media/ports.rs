@@ -95,9 +95,15 @@ impl PortAllocator {
         })
     }
 
-    /// An allocator over a CallCenter's RTP range.
+    /// An allocator over a CallCenter's RTP range, handing out its pairs from a random one
+    /// on: a node that starts (or takes calls over from another at the same address) does
+    /// not reuse the ports the previous process used last, where stray RTP of its calls may
+    /// still arrive.
     pub fn from_spec(spec: &RtpSpec) -> Result<Self, PortError> {
-        Self::new(spec.min_port, spec.max_port)
+        let ports = Self::new(spec.min_port, spec.max_port)?;
+        let start = rand::random_range(0..ports.total);
+        ports.pool.lock().free.rotate_left(start);
+        Ok(ports)
     }
 
     /// Takes a free pair. A caller whose bind fails (port used by another program) keeps
@@ -149,6 +155,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn a_center_s_allocator_starts_anywhere_and_still_hands_out_every_pair() {
+        let spec = RtpSpec {
+            min_port: 20000,
+            max_port: 20019,
+        };
+        let ports = PortAllocator::from_spec(&spec).expect("range");
+        let leases: Vec<_> = (0..10).map(|_| ports.allocate().expect("a pair")).collect();
+        let mut taken: Vec<u16> = leases.iter().map(PortLease::rtp_port).collect();
+        taken.sort_unstable();
+        assert_eq!(taken, (20000..20020).step_by(2).collect::<Vec<_>>());
+        assert!(ports.allocate().is_err(), "all ten pairs are out");
+    }
 
     #[test]
     fn pairs_are_even_rtp_with_rtcp_above() {
