@@ -159,20 +159,29 @@ pub async fn try_acquire(
                 Err(e) => Err(e),
             }
         }
-        Some(mut lease) => match claim(lease.spec.as_ref(), me, now, timing) {
+        Some(lease) => match claim(lease.spec.as_ref(), me, now, timing) {
             None => Ok(None),
-            Some(spec) => {
-                let held = holding(lease.spec.as_ref(), &spec, me);
-                lease.spec = Some(spec);
-                // The resourceVersion in `lease` makes this a compare-and-swap: a replica that
-                // raced us gets 409 and stays a follower.
-                match api.replace(name, &PostParams::default(), &lease).await {
-                    Ok(_) => Ok(Some(held)),
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
-                    Err(e) => Err(e),
-                }
-            }
+            Some(spec) => write_claim(api, name, lease, spec, me).await,
         },
+    }
+}
+
+/// Writes `spec`, which `me` made of `lease` as read, back over it. The resourceVersion in
+/// `lease` makes this a compare-and-swap: if another replica wrote the Lease since, this one
+/// gets 409 and holds nothing (`Ok(None)`).
+async fn write_claim(
+    api: &Api<Lease>,
+    name: &str,
+    mut lease: Lease,
+    spec: LeaseSpec,
+    me: &str,
+) -> Result<Option<Holding>, kube::Error> {
+    let held = holding(lease.spec.as_ref(), &spec, me);
+    lease.spec = Some(spec);
+    match api.replace(name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(Some(held)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -186,7 +195,7 @@ pub async fn take_from_dead(
     dead: &str,
     timing: &LeaseTiming,
 ) -> Result<Option<Holding>, kube::Error> {
-    let Some(mut lease) = api.get_opt(name).await? else {
+    let Some(lease) = api.get_opt(name).await? else {
         return Ok(None);
     };
     let Some(spec) = lease
@@ -196,13 +205,7 @@ pub async fn take_from_dead(
     else {
         return Ok(None);
     };
-    let held = holding(lease.spec.as_ref(), &spec, me);
-    lease.spec = Some(spec);
-    match api.replace(name, &PostParams::default(), &lease).await {
-        Ok(_) => Ok(Some(held)),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
-        Err(e) => Err(e),
-    }
+    write_claim(api, name, lease, spec, me).await
 }
 
 /// Waits until this replica leads: tries again when the holder's Lease expires, or after a

@@ -347,6 +347,21 @@ async fn holder_url(
     switchboard_lease::control_url(&pod, CONTROL_PORT)
 }
 
+/// The Lease's holder, if it has one other than `me` (and the Lease can be read).
+async fn other_holder(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    lease: &str,
+    me: &str,
+) -> Option<String> {
+    leases
+        .get_opt(lease)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
+        .filter(|h| !h.is_empty() && h != me)
+}
+
 /// How long a standby waits for the holder's control port to accept or refuse.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -365,14 +380,7 @@ async fn take_from_dead_holder(
 ) -> switchboard_lease::Holding {
     loop {
         stream_lost.notified().await;
-        let Some(holder) = leases
-            .get_opt(&election.lease)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|l| l.spec?.holder_identity)
-            .filter(|h| !h.is_empty() && h != me)
-        else {
+        let Some(holder) = other_holder(leases, &election.lease, me).await else {
             continue;
         };
         let Some(address) = pods
@@ -429,14 +437,7 @@ async fn successor_marked(
 ) -> Option<String> {
     let until = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < until {
-        let holder = leases
-            .get_opt(lease)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|l| l.spec?.holder_identity)
-            .filter(|h| !h.is_empty() && h != me);
-        if let Some(holder) = holder {
+        if let Some(holder) = other_holder(leases, lease, me).await {
             let pod = holder_pod(&holder);
             let marked = pods.get_opt(pod).await.ok().flatten().is_some_and(|p| {
                 p.metadata
