@@ -22,6 +22,14 @@ pub struct LeaseTiming {
     pub renew_every: Duration,
 }
 
+impl LeaseTiming {
+    /// How long until a Lease nobody renews any more has surely been taken by a candidate
+    /// trying every renew interval: its duration plus two renew intervals.
+    pub fn takeover_bound(&self) -> Duration {
+        self.duration + self.renew_every * 2
+    }
+}
+
 impl Default for LeaseTiming {
     fn default() -> Self {
         Self {
@@ -316,16 +324,16 @@ pub fn holder_pod(identity: &str) -> &str {
 /// operator builds.
 pub const CONTROL_PORT_NAME: &str = "control";
 
-/// The control API URL of a media-node pod: its IP and its container port named
-/// [`CONTROL_PORT_NAME`], else `default_port`. `None` while the pod has no IP. The operator
-/// pushes config there; a standby follows the active node there.
+/// The control API URL of a media-node pod ([`control_address`]). The operator pushes config
+/// there; a standby follows the active node there.
 pub fn control_url(pod: &Pod, default_port: u16) -> Option<String> {
-    let ip = pod
-        .status
-        .as_ref()?
-        .pod_ip
-        .as_deref()
-        .filter(|ip| !ip.is_empty())?;
+    control_address(pod, default_port).map(|address| format!("http://{address}"))
+}
+
+/// The control API address of a media-node pod: its IP and its container port named
+/// [`CONTROL_PORT_NAME`], else `default_port`. `None` while the pod has no IP.
+pub fn control_address(pod: &Pod, default_port: u16) -> Option<std::net::SocketAddr> {
+    let ip: std::net::IpAddr = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
     let port = pod
         .spec
         .iter()
@@ -334,11 +342,7 @@ pub fn control_url(pod: &Pod, default_port: u16) -> Option<String> {
         .find(|p| p.name.as_deref() == Some(CONTROL_PORT_NAME))
         .and_then(|p| u16::try_from(p.container_port).ok())
         .unwrap_or(default_port);
-    Some(if ip.contains(':') {
-        format!("http://[{ip}]:{port}")
-    } else {
-        format!("http://{ip}:{port}")
-    })
+    Some(std::net::SocketAddr::new(ip, port))
 }
 
 /// The Lease API of a namespace.

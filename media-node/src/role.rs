@@ -185,7 +185,7 @@ pub async fn run(
     if let Ok(Some(lease)) = leases.get_opt(&election.lease).await
         && switchboard_lease::in_use(lease.spec.as_ref(), k8s_openapi::jiff::Timestamp::now())
     {
-        let defer = election.timing.duration + election.timing.renew_every * 2;
+        let defer = election.timing.takeover_bound();
         info!(
             ?defer,
             "the Lease is in use: leaving the first claim to a following standby"
@@ -252,7 +252,7 @@ pub async fn run(
                     Ok(false) => warn!(lease = %election.lease, "draining: the Lease was not ours any more"),
                     Err(error) => warn!(%error, "draining: cannot hand the Lease over; it expires"),
                 }
-                let limit = election.timing.duration + election.timing.renew_every * 2;
+                let limit = election.timing.takeover_bound();
                 match successor_marked(&leases, &pods, &election.lease, &me, limit).await {
                     Some(successor) => info!(%successor, "draining: the SIP Service reaches the new active"),
                     None => warn!(?limit, "draining: no new active marked in time"),
@@ -337,14 +337,18 @@ async fn holder_url(
     if holder == election.pod {
         return None;
     }
-    let pod = match pods.get_opt(holder).await {
-        Ok(p) => p?,
+    switchboard_lease::control_url(&active_pod(pods, holder).await?, CONTROL_PORT)
+}
+
+/// The pod of the (last known) active node, if it can be read.
+async fn active_pod(pods: &Api<Pod>, name: &str) -> Option<Pod> {
+    match pods.get_opt(name).await {
+        Ok(pod) => pod,
         Err(error) => {
-            warn!(%error, pod = holder, "cannot read the active node's pod");
-            return None;
+            warn!(%error, pod = name, "cannot read the active node's pod");
+            None
         }
-    };
-    switchboard_lease::control_url(&pod, CONTROL_PORT)
+    }
 }
 
 /// The Lease's holder, if it has one other than `me` (and the Lease can be read).
@@ -383,17 +387,9 @@ async fn take_from_dead_holder(
         let Some(holder) = other_holder(leases, &election.lease, me).await else {
             continue;
         };
-        let Some(address) = pods
-            .get_opt(holder_pod(&holder))
+        let Some(address) = active_pod(pods, holder_pod(&holder))
             .await
-            .ok()
-            .flatten()
-            .and_then(|pod| switchboard_lease::control_url(&pod, CONTROL_PORT))
-            .and_then(|url| {
-                url.trim_start_matches("http://")
-                    .parse::<std::net::SocketAddr>()
-                    .ok()
-            })
+            .and_then(|pod| switchboard_lease::control_address(&pod, CONTROL_PORT))
         else {
             continue;
         };
