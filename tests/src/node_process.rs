@@ -88,6 +88,11 @@ impl NodeProcess {
             .env("POD_NAME", pod_name)
             .env("POD_IP", address)
             .env("SWITCHBOARD_RECORDINGS_DIR", dir.path())
+            // The prompts a pod's image carries: music on hold, announcements.
+            .env(
+                "SWITCHBOARD_PROMPTS_DIR",
+                crate::repo_root().join("prompts"),
+            )
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

@@ -17,6 +17,7 @@ use switchboard_tests::node_process::{
     NodeProcess, hot_standby_config, minimal_seat_1001, minimal_seat_1002_calls,
     prepare_hot_standby, role_is, sample, start_hot_standby_pair,
 };
+use switchboard_tests::rtp::RtpEar;
 use switchboard_tests::{TestNamespace, control_plane, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -281,11 +282,14 @@ async fn queued_callers_keep_their_order_across_a_takeover() -> Result<()> {
         .finish()
         .await?;
     let mut callers = Vec::new();
+    let mut ears = Vec::new();
     let mut queued_at = Vec::new();
     for i in 0..CALLERS {
         let media = free_udp_port(loopback)?.to_string();
+        let ear = RtpEar::bind(loopback, WAIT).await?;
         callers.push(
             minimal_seat_1002_calls(a.sip_udp, "takeover-queued-caller.xml", "100", &media)
+                .key("rtp_port", &ear.port().to_string())
                 .limit(WAIT)
                 .args(["-cid_str", &format!("caller{i}-%u-%p@%s")])
                 .spawn()
@@ -299,6 +303,7 @@ async fn queued_callers_keep_their_order_across_a_takeover() -> Result<()> {
         .await
         .with_context(|| a.log())?;
         queued_at.push(Instant::now());
+        ears.push(ear);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // Long enough in the queue that a wait counted afresh on B would be shorter.
@@ -316,6 +321,22 @@ async fn queued_callers_keep_their_order_across_a_takeover() -> Result<()> {
     })
     .await
     .with_context(|| b.log())?;
+    // Each caller heard music on hold from A while it waited, and hears it from B again.
+    for (i, ear) in ears.iter().enumerate() {
+        ensure!(
+            ear.heard_from(a.sip_udp.ip())
+                .is_some_and(|h| h.packets > 0 && h.first < killed),
+            "caller {i} heard no music on hold from A: {:?}",
+            ear.heard()
+        );
+        wait_for(WAIT, "music on hold from B", || async {
+            ear.heard_from(b.sip_udp.ip())
+                .is_some_and(|h| h.packets >= 10)
+                .then_some(())
+        })
+        .await
+        .with_context(|| format!("caller {i} heard {:?}", ear.heard()))?;
+    }
 
     // The agent's phone answers each offer from B and hangs up after a while; the agent
     // logs in on B, where the registration was taken over.
