@@ -32,20 +32,25 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, PersistentVolumeClaim, Pod, Service, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 use switchboard_crds::CallCenter;
+use switchboard_crds::callcenter::NodeConfigState;
 use switchboard_operator::builders::ChildNames;
 use switchboard_tests::cluster::{
     Cleanup, Sipp, SippRun, apply_all, binary_dir, bridge_address, clean_up, cluster_state,
     container_started, create_recordings_volume, diagnose, free_udp_port, import_images,
-    install_operator, pod_ready,
+    install_operator, metric_value, pod_ready,
 };
+use switchboard_tests::rtp::RtpEar;
 use switchboard_tests::{TestNamespace, install_crds, names, repo_root, wait_for, yaml_documents};
 
 /// The CallCenter of `examples/minimal.yaml`.
 const CENTER: &str = "minimal";
+/// The campus example's CallCenter and its SIP domain.
+const CAMPUS: &str = "campus";
+const CAMPUS_DOMAIN: &str = "callcenter.campus.example.edu";
 /// Its SIP port (the CRD's default; minimal.yaml does not set one).
 const SIP_PORT: u16 = 5060;
 /// Image tag `tests/images/build` gives both images (the other e2e tests use their own).
@@ -137,7 +142,7 @@ impl CampusPhones<'_> {
         let answer = Sipp::new(self.target, answering)
             .calls(calls)
             .limit(limit)
-            .key("domain", "callcenter.campus.example.edu")
+            .key("domain", CAMPUS_DOMAIN)
             .key("rtp_port", &callee_media)
             .args(with_login(
                 self.seat_2001,
@@ -159,7 +164,7 @@ impl CampusPhones<'_> {
         let call = Sipp::new(self.target, calling)
             .calls(calls)
             .limit(limit)
-            .key("domain", "callcenter.campus.example.edu")
+            .key("domain", CAMPUS_DOMAIN)
             .key("pcap", "/usr/share/sip-tester/g711a.pcap")
             .args(with_login(
                 self.seat_2002,
@@ -586,7 +591,6 @@ async fn campus(
     cleanup: &mut Cleanup,
     state_dir: &Path,
 ) -> Result<()> {
-    const CAMPUS: &str = "campus";
     let names = ChildNames::new(CAMPUS);
     // Two static volumes, one per node, on a class of this test.
     let class = names::unique("sb-e2e-campus");
@@ -683,17 +687,7 @@ async fn campus(
     only_endpoint(active.clone(), "the campus SIP Service's one endpoint").await?;
 
     // Seats 2002 and 2001 of the example, with their passwords from its Secret.
-    let password = |extension: &str| -> Result<String> {
-        yaml_documents(&yaml)?
-            .into_iter()
-            .find(|d| {
-                d["kind"] == json!("Secret")
-                    && d["metadata"]["name"] == json!("campus-seat-passwords")
-            })
-            .and_then(|d| d["stringData"][extension].as_str().map(str::to_string))
-            .with_context(|| format!("no password for seat {extension} in campus.yaml"))
-    };
-    let (p2001, p2002) = (password("2001")?, password("2002")?);
+    let (p2001, p2002) = (seat_password(&yaml, "2001")?, seat_password(&yaml, "2002")?);
     let host = bridge_address(state_dir)?;
     let deadline = Instant::now() + SIPP_LIMIT * 2;
     let mut attempts = 0;
@@ -709,14 +703,7 @@ async fn campus(
     );
     let phone_2001 = loop {
         attempts += 1;
-        let call = call_through_the_cluster(
-            sip,
-            host,
-            "callcenter.campus.example.edu",
-            &seat_2002,
-            &seat_2001,
-        )
-        .await;
+        let call = call_through_the_cluster(sip, host, CAMPUS_DOMAIN, &seat_2002, &seat_2001).await;
         match call {
             Ok(port) => break port,
             // kube-proxy may not have written the Service's rules yet.
@@ -750,7 +737,7 @@ async fn campus(
             && status
                 .nodes
                 .iter()
-                .all(|n| n.config == switchboard_crds::callcenter::NodeConfigState::Current))
+                .all(|n| n.config == NodeConfigState::Current))
         .then_some(status)
     })
     .await?;
@@ -763,14 +750,8 @@ async fn campus(
     // API), holds the registered seat, and is ready; the active carries the prompt set.
     let pod_metrics = |name: String| {
         let pods = pods.clone();
-        async move {
-            let ip: std::net::IpAddr = pods.get(&name).await.ok()?.status?.pod_ip?.parse().ok()?;
-            switchboard_tests::cluster::scrape_metrics(std::net::SocketAddr::new(ip, 9090))
-                .await
-                .ok()
-        }
+        async move { node_metrics(&pods, &name).await }
     };
-    use switchboard_tests::cluster::metric_value;
     let standby_metrics = wait_for(
         NODE_LIMIT,
         "the campus standby following the active",
@@ -816,15 +797,9 @@ async fn campus(
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                let call = call_registered(
-                    sip,
-                    host,
-                    "callcenter.campus.example.edu",
-                    seat_2002,
-                    seat_2001,
-                    phone_2001,
-                )
-                .await;
+                let call =
+                    call_registered(sip, host, CAMPUS_DOMAIN, seat_2002, seat_2001, phone_2001)
+                        .await;
                 match call {
                     Ok(()) => return Ok(attempts),
                     Err(e) if Instant::now() >= deadline => {
@@ -1019,13 +994,26 @@ async fn campus(
         killed_at.elapsed().as_secs_f64()
     );
 
+    // Failovers repeat: the node that took over is killed in turn, with callers queued.
+    let campus = Campus {
+        pods: pods.clone(),
+        centers: centers.clone(),
+        target,
+        host,
+        yaml: &yaml,
+        dirs: &dirs,
+        caller: &seat_2002,
+    };
+    queued_callers_across_a_failover(&campus, &new_active, &active).await?;
+
     // A rolling update's stop: the active pod is deleted with its grace period (SIGTERM).
     // It hands the Lease over at once and takes no new call, while the call it carries goes
     // on to its end; the other node serves the next call.
+    let (drained, successor) = (active.clone(), new_active.clone());
     let (answering, calling) = start_call(
         sip,
         host,
-        "callcenter.campus.example.edu",
+        CAMPUS_DOMAIN,
         &seat_2002,
         &seat_2001,
         phone_2001,
@@ -1040,14 +1028,13 @@ async fn campus(
         }
     };
     wait_for(NODE_LIMIT, "the long call up on the active node", || {
-        calls_on(new_active.clone())
+        calls_on(drained.clone())
     })
     .await?;
     let drained_at = Instant::now();
-    pods.delete(&new_active, &DeleteParams::default()).await?;
-    let handed_to = active.clone();
+    pods.delete(&drained, &DeleteParams::default()).await?;
     wait_for(NODE_LIMIT, "the Lease handed over to the standby", || {
-        let fetch = pod_metrics(handed_to.clone());
+        let fetch = pod_metrics(successor.clone());
         async move {
             let text = fetch.await?;
             (metric_value(&text, "switchboard_node_role", "role=\"active\"") == Some(1.0))
@@ -1060,12 +1047,12 @@ async fn campus(
         .await
         .context("the call carried across the drain")?;
     eprintln!(
-        "campus: {new_active} drained (SIGTERM): {active} active {:.1} s later, the 8 s call \
-         on {new_active} completed with its BYE",
+        "campus: {drained} drained (SIGTERM): {successor} active {:.1} s later, the 8 s call \
+         on {drained} completed with its BYE",
         handed_over.as_secs_f64()
     );
     only_endpoint(
-        active.clone(),
+        successor.clone(),
         "the SIP Service on the node the Lease was handed to",
     )
     .await?;
@@ -1082,8 +1069,8 @@ async fn campus(
         "the drained pod back as the standby in sync",
         || async {
             let status = centers.get(CAMPUS).await.ok()?.status?;
-            (status.active_node.as_deref() == Some(active.as_str())
-                && status.standby_node.as_deref() == Some(new_active.as_str())
+            (status.active_node.as_deref() == Some(successor.as_str())
+                && status.standby_node.as_deref() == Some(drained.as_str())
                 && status
                     .conditions
                     .iter()
@@ -1266,4 +1253,394 @@ async fn chart_installs_the_operator_which_runs_a_call_center() -> Result<()> {
     deleted_cc?;
     deleted_op?;
     cleaned
+}
+
+/// The metrics of the node in pod `name`, scraped at its pod address; `None` while it cannot
+/// be reached.
+async fn node_metrics(pods: &Api<Pod>, name: &str) -> Option<String> {
+    let ip: IpAddr = pods.get(name).await.ok()?.status?.pod_ip?.parse().ok()?;
+    switchboard_tests::cluster::scrape_metrics(SocketAddr::new(ip, 9090))
+        .await
+        .ok()
+}
+
+/// A seat's password from the campus example's Secret.
+fn seat_password(yaml: &str, extension: &str) -> Result<String> {
+    yaml_documents(yaml)?
+        .into_iter()
+        .find(|d| {
+            d["kind"] == json!("Secret") && d["metadata"]["name"] == json!("campus-seat-passwords")
+        })
+        .and_then(|d| d["stringData"][extension].as_str().map(str::to_string))
+        .with_context(|| format!("no password for seat {extension} in campus.yaml"))
+}
+
+/// What the campus test's failover steps share.
+struct Campus<'a> {
+    pods: Api<Pod>,
+    centers: Api<CallCenter>,
+    /// The SIP Service.
+    target: SocketAddr,
+    /// This machine's address on the cluster's bridge, where the phones run.
+    host: IpAddr,
+    /// The campus example as applied (its seat passwords).
+    yaml: &'a str,
+    /// Each node's recordings directory, by ordinal.
+    dirs: &'a [tempfile::TempDir],
+    /// Seat 2002, the caller.
+    caller: &'a SeatLogin<'a>,
+}
+
+impl Campus<'_> {
+    /// A SIPp run of `scenario` through the SIP Service as `seat`'s phone, with its own media
+    /// port.
+    fn phone(&self, scenario: &str, seat: &SeatLogin<'_>) -> Result<Sipp> {
+        let ip = self.host.to_string();
+        Ok(Sipp::new(self.target, scenario)
+            .key("domain", CAMPUS_DOMAIN)
+            .args(login(seat))
+            .args(["-i", &ip, "-mi", &ip])
+            .args(["-mp", &free_udp_port(self.host)?.to_string()]))
+    }
+
+    /// `seat` dials a feature code and hears the node's confirmation.
+    async fn feature_code(&self, seat: &SeatLogin<'_>, code: &str) -> Result<()> {
+        self.phone("agent-feature-code.xml", seat)?
+            .args(["-s", code])
+            .spawn()
+            .await?
+            .finish()
+            .await
+            .with_context(|| format!("seat {} dialing {code}", seat.extension))
+    }
+
+    /// Waits until the node in pod `name` shows `metric{labels}` at `value`.
+    async fn until_metric(&self, name: &str, metric: &str, labels: &str, value: f64) -> Result<()> {
+        wait_for(
+            NODE_LIMIT,
+            &format!("{metric}{{{labels}}} = {value} on {name}"),
+            || async {
+                let text = node_metrics(&self.pods, name).await?;
+                (metric_value(&text, metric, labels) == Some(value)).then_some(())
+            },
+        )
+        .await
+    }
+
+    async fn pod_ip(&self, name: &str) -> Result<IpAddr> {
+        self.pods
+            .get(name)
+            .await?
+            .status
+            .and_then(|s| s.pod_ip)
+            .with_context(|| format!("pod {name} has no IP"))?
+            .parse()
+            .context("a pod IP")
+    }
+}
+
+/// A second failover, the other way round, with callers waiting in a queue: agent 2003 of
+/// student services is logged in but on a break, so three callers wait, in turn, hearing
+/// music on hold from `serving`. Its pod is deleted with no grace. `taking_over` takes the
+/// Lease, re-INVITEs each caller and plays them music on hold again; the agent's state and
+/// phone registration are its too. When the agent is ready again (dialed from the phone,
+/// through the Service, now to `taking_over`), the callers are answered one after the other
+/// in the order they called, each wait counted from its first enqueue. `serving` comes back
+/// as the standby.
+async fn queued_callers_across_a_failover(
+    campus: &Campus<'_>,
+    serving: &str,
+    taking_over: &str,
+) -> Result<()> {
+    const CALLERS: usize = 3;
+    const QUEUE: &str = "inbound-service";
+    const AGENT_SEAT: &str = "inbound-03";
+    // The main menu routes by the campus's business hours; a number straight to the queue
+    // keeps the test independent of the time of day. Both nodes get the new plan.
+    const QUEUE_NUMBER: &str = "7100";
+    let center = campus.centers.get(CAMPUS).await?;
+    let generation = center
+        .status
+        .as_ref()
+        .and_then(|s| s.config_generation)
+        .unwrap_or(0);
+    let mut entry_points = serde_json::to_value(&center.spec.entry_points)?;
+    entry_points
+        .as_array_mut()
+        .context("the campus entry points")?
+        .push(json!({"number": QUEUE_NUMBER, "route": {"action": "Queue", "target": QUEUE}}));
+    campus
+        .centers
+        .patch(
+            CAMPUS,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"entryPoints": entry_points}})),
+        )
+        .await?;
+    wait_for(
+        NODE_LIMIT,
+        "both campus nodes on the plan with the queue's number",
+        || async {
+            let status = campus.centers.get(CAMPUS).await.ok()?.status?;
+            (status.config_generation > Some(generation)
+                && status.nodes.len() == 2
+                && status
+                    .nodes
+                    .iter()
+                    .all(|n| n.config == NodeConfigState::Current))
+            .then_some(())
+        },
+    )
+    .await?;
+
+    // Agent 2003's phone registers; the agent logs in and takes a break (`*24` reason 1).
+    let password = seat_password(campus.yaml, "2003")?;
+    let agent = SeatLogin {
+        extension: "2003",
+        password: &password,
+    };
+    let agent_phone = free_udp_port(campus.host)?.to_string();
+    campus
+        .phone("seat-register.xml", &agent)?
+        .args(["-p", &agent_phone])
+        .spawn()
+        .await?
+        .finish()
+        .await
+        .context("seat 2003 registering")?;
+    for code in ["*21", "*241"] {
+        campus.feature_code(&agent, code).await?;
+    }
+    let agent_state = |state: &str| format!("seat=\"{AGENT_SEAT}\",state=\"{state}\"");
+    campus
+        .until_metric(
+            serving,
+            "switchboard_agent_state",
+            &agent_state("not_ready"),
+            1.0,
+        )
+        .await?;
+
+    // The callers, one after the other, each replicated as queued before the next calls.
+    let waiting = format!("queue=\"{QUEUE}\"");
+    let mut callers = Vec::new();
+    let mut ears = Vec::new();
+    let mut queued_at = Vec::new();
+    for i in 0..CALLERS {
+        let ear = RtpEar::bind(campus.host, NODE_LIMIT * 2).await?;
+        callers.push(
+            campus
+                .phone("takeover-queued-caller.xml", campus.caller)?
+                .key("rtp_port", &ear.port().to_string())
+                .args(["-s", QUEUE_NUMBER])
+                .args(["-cid_str", &format!("caller{i}-%u-%p@%s")])
+                .limit(NODE_LIMIT * 2)
+                .spawn()
+                .await?,
+        );
+        campus
+            .until_metric(
+                serving,
+                "switchboard_queue_calls_waiting",
+                &waiting,
+                (i + 1) as f64,
+            )
+            .await?;
+        campus
+            .until_metric(
+                taking_over,
+                "switchboard_replication_records",
+                "kind=\"calls\"",
+                (i + 1) as f64,
+            )
+            .await?;
+        queued_at.push(Instant::now());
+        ears.push(ear);
+    }
+    // Long enough in the queue that a wait counted afresh after the takeover would be shorter.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (old_ip, new_ip) = (
+        campus.pod_ip(serving).await?,
+        campus.pod_ip(taking_over).await?,
+    );
+    let killed = Instant::now();
+    campus
+        .pods
+        .delete(
+            serving,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+        )
+        .await?;
+    // Restarted fresh after the first failover, this is its first.
+    campus
+        .until_metric(taking_over, "switchboard_failovers_total", "", 1.0)
+        .await?;
+    let took_over = killed.elapsed();
+    campus
+        .until_metric(
+            taking_over,
+            "switchboard_calls_taken_over_total",
+            "outcome=\"resumed\"",
+            CALLERS as f64,
+        )
+        .await?;
+    for (i, ear) in ears.iter().enumerate() {
+        ensure!(
+            ear.heard_from(old_ip)
+                .is_some_and(|h| h.packets > 0 && h.first < killed),
+            "caller {i} heard no music on hold from {serving} ({old_ip}) while it waited: {:?}",
+            ear.heard()
+        );
+        wait_for(NODE_LIMIT, "music on hold from the new active", || async {
+            ear.heard_from(new_ip)
+                .is_some_and(|h| h.packets >= 10)
+                .then_some(())
+        })
+        .await
+        .with_context(|| format!("caller {i} heard {:?}", ear.heard()))?;
+    }
+    // The agent is still on a break, and still reachable, on the new active.
+    campus
+        .until_metric(
+            taking_over,
+            "switchboard_agent_state",
+            &agent_state("not_ready"),
+            1.0,
+        )
+        .await?;
+    eprintln!(
+        "campus: {serving} deleted with {CALLERS} callers queued: {taking_over} active after \
+         {:.1} s, every caller re-INVITEd and hearing music on hold from it {:.1} s after the kill",
+        took_over.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+
+    // The agent's phone answers each offer and hangs up after 3 s; the agent is ready again
+    // after each call (ending the 30 s wrap-up early).
+    let answering = Sipp::new(campus.target, "call-uas-hangup.xml")
+        .calls(CALLERS as u32)
+        .limit(NODE_LIMIT * 2)
+        .key("domain", CAMPUS_DOMAIN)
+        .args(["-i", &campus.host.to_string(), "-p", &agent_phone])
+        .args(["-mi", &campus.host.to_string()])
+        .args(["-mp", &free_udp_port(campus.host)?.to_string(), "-rtp_echo"])
+        .spawn()
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..CALLERS {
+        // The Service may still lead to the deleted pod for a moment: the code is retried.
+        let deadline = Instant::now() + SIPP_LIMIT;
+        while let Err(e) = campus.feature_code(&agent, "*23").await {
+            ensure!(Instant::now() < deadline, "{e:#}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        campus
+            .until_metric(
+                taking_over,
+                "switchboard_queue_calls_waiting",
+                &waiting,
+                (CALLERS - 1 - i) as f64,
+            )
+            .await?;
+        campus
+            .until_metric(
+                taking_over,
+                "switchboard_agent_state",
+                &agent_state("wrap_up"),
+                1.0,
+            )
+            .await?;
+    }
+    answering
+        .finish()
+        .await
+        .context("agent 2003's phone answering the queued callers")?;
+    for (i, caller) in callers.into_iter().enumerate() {
+        caller
+            .finish()
+            .await
+            .with_context(|| format!("queued caller {i}"))?;
+    }
+
+    // The new active's CDRs: answered in the order they called, each wait counted from the
+    // first enqueue (before the kill).
+    let ordinal: usize = taking_over
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .context("the new active's ordinal")?;
+    // A call's record is written once its last transaction ended, just after the caller's
+    // phone saw the end.
+    let cdr_file = campus.dirs[ordinal].path().join("cdr.jsonl");
+    let (cdrs, mut answered) = wait_for(NODE_LIMIT, "the queued callers' call records", || async {
+        let cdrs = std::fs::read_to_string(&cdr_file).ok()?;
+        let answered: Vec<(String, String, f64)> = cdrs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|c| {
+                c["callId"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("caller"))
+            })
+            .map(|c| {
+                (
+                    c["answeredAt"].as_str().unwrap_or_default().to_string(),
+                    c["callId"].as_str().unwrap_or_default().to_string(),
+                    c["waitSeconds"].as_f64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        (answered.len() == CALLERS).then_some((cdrs, answered))
+    })
+    .await?;
+    answered.sort_by(|x, y| x.0.cmp(&y.0));
+    let order: Vec<&str> = answered
+        .iter()
+        .map(|(_, id, _)| id.split('-').next().unwrap_or_default())
+        .collect();
+    ensure!(
+        order == ["caller0", "caller1", "caller2"],
+        "answered in the order {order:?}:\n{cdrs}"
+    );
+    for ((at, id, wait), queued) in answered.iter().zip(&queued_at) {
+        let before_kill = killed.duration_since(*queued).as_secs_f64();
+        ensure!(
+            !at.is_empty() && *wait >= before_kill,
+            "{id} waited {wait} s by {taking_over}'s count, {before_kill:.1} s of it before the \
+             kill:\n{cdrs}"
+        );
+    }
+    eprintln!(
+        "campus: the queued callers answered by agent 2003 on {taking_over} in the order they \
+         called, waits {:?} s",
+        answered
+            .iter()
+            .map(|(_, _, w)| (w * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
+    );
+    // The agent logs out; the deleted pod is back as the standby, in sync.
+    campus.feature_code(&agent, "*22").await?;
+    wait_for(
+        NODE_LIMIT,
+        "the restarted pod back as the standby in sync",
+        || async {
+            let status = campus.centers.get(CAMPUS).await.ok()?.status?;
+            (status.active_node.as_deref() == Some(taking_over)
+                && status.standby_node.as_deref() == Some(serving)
+                && status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "StandbyReady" && c.status == "True"))
+            .then_some(())
+        },
+    )
+    .await?;
+    eprintln!(
+        "campus: {serving} back as the standby, in sync {:.1} s after it was deleted",
+        killed.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -61,7 +61,7 @@ use crate::sip::Transport;
 use crate::sip::digest::answer_challenge;
 use crate::sip::message::{
     BRANCH_MAGIC_COOKIE, NameAddr, SipRequest, SipResponse, build_response_with_body, random_tag,
-    reason_phrase, split_list,
+    reason_phrase, request_destination, split_list,
 };
 use crate::sip::registrar::Binding;
 
@@ -273,13 +273,13 @@ impl DialogSide {
             call_id: header("Call-ID"),
             local: format!("{};tag={tag}", header("To")),
             remote: header("From"),
+            destination: request_destination(&remote_target, source),
             remote_target,
             route: invite
                 .header_values("Record-Route")
                 .flat_map(split_list)
                 .map(str::to_string)
                 .collect(),
-            destination: source,
             transport,
             local_cseq: 0,
             remote_cseq: invite.cseq().map_or(0, |(n, _)| n),
@@ -668,7 +668,7 @@ impl CallEngine {
             CallTarget::Seat(contact) => (
                 format!("<sip:{}@{realm}>", setup.callee),
                 contact.uri.clone(),
-                contact.source,
+                contact.destination(),
                 contact.transport,
                 setup.channel.as_ref().map(|c| Arc::clone(c.trunk())),
                 Some(setup.callee.clone()),

@@ -465,6 +465,34 @@ impl NameAddr {
     }
 }
 
+/// The host and port of a `sip:`/`sips:` URI (`sip:2001@10.0.0.7:5072;transport=udp` gives
+/// `10.0.0.7` and `5072`); `None` for another scheme or no host.
+pub fn uri_host_port(uri: &str) -> Option<(String, Option<u16>)> {
+    let (scheme, rest) = uri.trim().split_once(':')?;
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return None;
+    }
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let end = rest.find([';', '?', '>']).unwrap_or(rest.len());
+    split_host_port(&rest[..end])
+}
+
+/// Where requests to a user agent go that sent us a request from `source` with `contact` as
+/// its Contact URI. The Contact's address when it names the very host the request came from:
+/// the agent is not behind NAT and listens on the Contact's port (5060 by default); a
+/// different source port is a translation on the path that holds only towards the node that
+/// saw it (kube-proxy remaps a phone's port when its flow through the SIP Service clashes
+/// with a node's own flow to that phone), so a node taking the dialog over must not use it.
+/// Otherwise the source (the agent's public address behind NAT, RFC 3581-style).
+pub fn request_destination(contact: &str, source: SocketAddr) -> SocketAddr {
+    match uri_host_port(contact) {
+        Some((host, port)) if host.parse::<IpAddr>().ok() == Some(source.ip()) => {
+            SocketAddr::new(source.ip(), port.unwrap_or(5060))
+        }
+        _ => source,
+    }
+}
+
 fn find_unquoted(text: &str, needle: char) -> Option<usize> {
     let mut in_quotes = false;
     let mut escaped = false;
@@ -910,7 +938,66 @@ mod tests {
         assert!(split_list(" , ").is_empty());
     }
 
+    #[test]
+    fn uri_host_port_reads_sip_uris_only() {
+        let hp = |h: &str, p: Option<u16>| Some((h.to_string(), p));
+        assert_eq!(
+            uri_host_port("sip:2001@10.0.0.7:5072;transport=udp"),
+            hp("10.0.0.7", Some(5072))
+        );
+        assert_eq!(uri_host_port("sips:10.0.0.7"), hp("10.0.0.7", None));
+        assert_eq!(
+            uri_host_port("SIP:u:pw@[fd00::7]:5080?x=y"),
+            hp("fd00::7", Some(5080))
+        );
+        assert_eq!(
+            uri_host_port("sip:pbx.example.edu;lr"),
+            hp("pbx.example.edu", None)
+        );
+        assert_eq!(uri_host_port("tel:+862150000000"), None);
+        assert_eq!(uri_host_port("sip:2001@"), None);
+        assert_eq!(uri_host_port("sip:2001@10.0.0.7:port"), None);
+    }
+
+    #[test]
+    fn requests_go_to_the_contact_port_unless_the_agent_is_behind_nat() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        // Same host, another source port: a translation on the path (kube-proxy).
+        assert_eq!(
+            request_destination("sip:2002@10.244.0.1:5060", at("10.244.0.1:38211")),
+            at("10.244.0.1:5060")
+        );
+        assert_eq!(
+            request_destination("sip:2002@10.244.0.1", at("10.244.0.1:38211")),
+            at("10.244.0.1:5060")
+        );
+        assert_eq!(
+            request_destination("sip:2002@[fd00::5]:5072", at("[fd00::5]:4000")),
+            at("[fd00::5]:5072")
+        );
+        // Behind NAT (a private Contact, a host name, a garbled one): the source.
+        for contact in [
+            "sip:2002@192.168.1.20:5060",
+            "sip:2002@phone.example",
+            "junk",
+            "",
+        ] {
+            assert_eq!(
+                request_destination(contact, at("203.0.113.9:61000")),
+                at("203.0.113.9:61000"),
+                "{contact}"
+            );
+        }
+    }
+
     proptest! {
+        #[test]
+        fn request_destination_is_the_source_or_its_host(contact in ".{0,80}", port in 1u16..) {
+            let source = SocketAddr::from(([10, 0, 0, 5], port));
+            let to = request_destination(&contact, source);
+            prop_assert_eq!(to.ip(), source.ip());
+        }
+
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             if let Ok(Inbound::Request(r)) = parse(&bytes) {

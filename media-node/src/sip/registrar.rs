@@ -107,6 +107,11 @@ pub struct Binding {
 }
 
 impl Binding {
+    /// Where requests to this contact go ([`super::message::request_destination`]).
+    pub fn destination(&self) -> SocketAddr {
+        super::message::request_destination(&self.uri, self.source)
+    }
+
     /// Seconds left, rounded up so a live binding never reports 0.
     pub fn expires_in(&self, now: Instant) -> u32 {
         let left = self.expires_at.saturating_duration_since(now);

@@ -927,7 +927,7 @@ impl CallSession {
             remote: format!("<sip:{extension}@{realm}>"),
             remote_target: contact.uri.clone(),
             route: Vec::new(),
-            destination: contact.source,
+            destination: contact.destination(),
             transport: contact.transport,
             local_cseq: 1,
             remote_cseq: 0,
