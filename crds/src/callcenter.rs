@@ -833,16 +833,22 @@ pub struct CallCenterStatus {
     /// Pod name of the hot standby, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby_node: Option<String>,
-    /// Failovers since the call center was created.
+    /// Failovers since the call center was created: a standby took over from an active node
+    /// that failed (or took over the calls of one that died while it drained). A Lease handed
+    /// over on drain, as in a rolling update, is not a failover.
     #[serde(default)]
     pub failover_count: u32,
     /// When the last failover happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover_time: Option<Time>,
     /// The media nodes' Lease `leaseTransitions` when the operator last looked (HotStandby):
-    /// every rise is a change of the active node, counted as a failover.
+    /// every rise is a change of the active node, a failover or a handover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_lease_transitions: Option<i32>,
+    /// The media nodes' Lease failover count (its `switchboard.dev/failovers` annotation, kept
+    /// by the nodes) when the operator last looked (HotStandby): every rise is a failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_lease_failovers: Option<u32>,
     /// Generation of the node configuration the operator pushed last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_generation: Option<i64>,

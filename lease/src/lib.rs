@@ -174,18 +174,56 @@ pub async fn try_acquire(
     }
 }
 
+/// The Lease annotation that counts failovers: takeovers from a holder that failed (its
+/// Lease expired, or its process was proven dead), and the calls of a node that died while it
+/// drained taken over ([`count_failover`]). A Lease handed over on drain (released, then
+/// taken) is a change of holder, in `leaseTransitions`, but not a failover; only the holders
+/// know which was which.
+pub const FAILOVERS_ANNOTATION: &str = "switchboard.dev/failovers";
+
+/// The Lease's failover count ([`FAILOVERS_ANNOTATION`]); 0 when absent or unreadable.
+pub fn failovers(lease: &Lease) -> u32 {
+    lease
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(FAILOVERS_ANNOTATION))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Adds one to the Lease's failover count, in the object about to be written.
+fn add_failover(lease: &mut Lease) {
+    let count = failovers(lease).saturating_add(1);
+    lease
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(FAILOVERS_ANNOTATION.to_string(), count.to_string());
+}
+
+/// The Lease `me` writes to hold `spec`, made of `lease` as read, and what holding it means.
+/// A takeover from another holder counts as a failover. Pure.
+fn claimed(mut lease: Lease, spec: LeaseSpec, me: &str) -> (Lease, Holding) {
+    let held = holding(lease.spec.as_ref(), &spec, me);
+    if held.taken_from.is_some() {
+        add_failover(&mut lease);
+    }
+    lease.spec = Some(spec);
+    (lease, held)
+}
+
 /// Writes `spec`, which `me` made of `lease` as read, back over it. The resourceVersion in
 /// `lease` makes this a compare-and-swap: if another replica wrote the Lease since, this one
-/// gets 409 and holds nothing (`Ok(None)`).
+/// gets 409 and holds nothing (`Ok(None)`); a failover is counted in the same write.
 async fn write_claim(
     api: &Api<Lease>,
     name: &str,
-    mut lease: Lease,
+    lease: Lease,
     spec: LeaseSpec,
     me: &str,
 ) -> Result<Option<Holding>, kube::Error> {
-    let held = holding(lease.spec.as_ref(), &spec, me);
-    lease.spec = Some(spec);
+    let (lease, held) = claimed(lease, spec, me);
     match api.replace(name, &PostParams::default(), &lease).await {
         Ok(_) => Ok(Some(held)),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
@@ -283,6 +321,34 @@ pub async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kub
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Counts a failover the Lease's change of holder did not show: `me`, which took the Lease
+/// handed over by a draining node, took over that node's calls because it died before they
+/// ended. `Ok(false)` when `me` does not hold the Lease. Retries its compare-and-swap against
+/// `me`'s own renewals.
+pub async fn count_failover(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kube::Error> {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let Some(mut lease) = api.get_opt(name).await? else {
+            return Ok(false);
+        };
+        if lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            != Some(me)
+        {
+            return Ok(false);
+        }
+        add_failover(&mut lease);
+        match api.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
 }
 
 /// Whether the Lease has a holder, or was given up less than a Lease duration ago: either
@@ -529,6 +595,50 @@ mod tests {
             claim_from_dead(&held_by("b_2", 10), "b_2", "b_2", at(11), &timing),
             None
         );
+    }
+
+    #[test]
+    fn only_a_takeover_from_another_holder_counts_as_a_failover() {
+        let timing = LeaseTiming::default();
+        let lease = |spec: LeaseSpec| Lease {
+            metadata: ObjectMeta::default(),
+            spec: Some(spec),
+        };
+        let take = |before: Lease, me: &str, now: i64| {
+            let spec = claim(before.spec.as_ref(), me, at(now), &timing).expect("a claim");
+            claimed(before, spec, me).0
+        };
+        // b takes a's expired Lease: one failover; then b renews: still one.
+        let taken = take(lease(held_by("a", 0)), "b", 100);
+        assert_eq!(failovers(&taken), 1);
+        let renewed = take(taken, "b", 101);
+        assert_eq!(failovers(&renewed), 1);
+        // a takes it back from b, proven dead: two.
+        let spec = claim_from_dead(
+            renewed.spec.as_ref().expect("a spec"),
+            "a",
+            "b",
+            at(102),
+            &timing,
+        )
+        .expect("taken from the dead holder");
+        let (back, held) = claimed(renewed, spec, "a");
+        assert_eq!(held.taken_from.as_deref(), Some("b"));
+        assert_eq!(failovers(&back), 2);
+        // a hands it over (released: no holder); b takes it: a handover, no failover.
+        let mut released = back;
+        if let Some(spec) = released.spec.as_mut() {
+            spec.holder_identity = None;
+        }
+        let handed = take(released, "b", 103);
+        assert_eq!(failovers(&handed), 2);
+        // The first holder of a new Lease, and an unreadable count.
+        assert_eq!(failovers(&take(lease(LeaseSpec::default()), "a", 0)), 0);
+        let mut garbled = lease(held_by("a", 0));
+        garbled.metadata.annotations =
+            Some([(FAILOVERS_ANNOTATION.to_string(), "many".to_string())].into());
+        assert_eq!(failovers(&garbled), 0);
+        assert_eq!(failovers(&take(garbled, "b", 100)), 1);
     }
 
     #[test]

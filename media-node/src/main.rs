@@ -369,6 +369,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     let follower = Arc::new(parking_lot::Mutex::new(Follower::new()));
     let (predecessor_tx, _) = tokio::sync::watch::channel(None);
     let stream_lost = Arc::new(tokio::sync::Notify::new());
+    let predecessor_died = Arc::new(tokio::sync::Notify::new());
     if let Some(active) = &cli.follow {
         role_tx.send_replace(Role::Standby);
         info!(active, "standby: following the active node (no election)");
@@ -390,6 +391,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
                     })
                 },
                 stream_lost: Arc::clone(&stream_lost),
+                predecessor_died: Arc::clone(&predecessor_died),
             },
             take_over(Arc::clone(&follower), Arc::clone(&sip), Arc::clone(&center)),
             drain_rx.clone(),
@@ -410,6 +412,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
                     predecessor_tx,
                     Arc::clone(&replication),
                     role_metrics.failovers.clone(),
+                    predecessor_died,
                 );
                 move || {
                     stream_lost.notify_one();
@@ -581,6 +584,7 @@ fn on_predecessor_lost(
     predecessor: tokio::sync::watch::Sender<Option<String>>,
     hub: Arc<ReplicationHub>,
     failovers: prometheus::IntCounter,
+    counted_on_the_lease: Arc<tokio::sync::Notify>,
 ) -> impl Fn() + Send + 'static {
     move || {
         if *role.borrow() != Role::Active || predecessor.borrow().is_none() {
@@ -595,6 +599,7 @@ fn on_predecessor_lost(
             return;
         }
         failovers.inc();
+        counted_on_the_lease.notify_one();
         warn!(
             calls = state.calls.len(),
             "the draining node's stream ended: taking over its calls still up"

@@ -128,6 +128,9 @@ pub struct Following {
     pub in_sync: Box<dyn Fn() -> bool + Send + Sync>,
     /// Told each time the stream from the followed node broke or could not be opened.
     pub stream_lost: std::sync::Arc<tokio::sync::Notify>,
+    /// Told when this active took over the calls of the draining node it followed, which
+    /// died before they ended: a failover the Lease's change of holder did not show.
+    pub predecessor_died: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// How often a node that defers its first claim looks whether it follows the active in sync.
@@ -144,6 +147,7 @@ pub async fn run(
         predecessor,
         in_sync,
         stream_lost,
+        predecessor_died,
     }: Following,
     take_over: impl Fn(i64, bool),
     mut drain: watch::Receiver<bool>,
@@ -228,8 +232,14 @@ pub async fn run(
         // Renewals start while the pod is being marked: a slow API server must not let the
         // Lease lapse under a node that serves.
         let holding = async {
+            let renewing = async {
+                tokio::select! {
+                    lost = keep(&leases, &election.lease, &me, &election.timing) => lost,
+                    never = count_predecessor_deaths(&leases, &election.lease, &me, &predecessor_died) => match never {},
+                }
+            };
             let (lost, (), ()) = tokio::join!(
-                keep(&leases, &election.lease, &me, &election.timing),
+                renewing,
                 mark(&pods, &election.pod, true),
                 unmark_predecessor(&pods, &election.pod, held.taken_from.as_deref()),
             );
@@ -260,6 +270,24 @@ pub async fn run(
                 mark(&pods, &election.pod, false).await;
                 return hold_role(role).await;
             }
+        }
+    }
+}
+
+/// Counts on the Lease each failover `predecessor_died` tells of, for the operator's
+/// `status.failoverCount`, for as long as this node holds the Lease.
+async fn count_predecessor_deaths(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    lease: &str,
+    me: &str,
+    predecessor_died: &tokio::sync::Notify,
+) -> std::convert::Infallible {
+    loop {
+        predecessor_died.notified().await;
+        match switchboard_lease::count_failover(leases, lease, me).await {
+            Ok(true) => info!(%lease, "the draining node's death counted as a failover"),
+            Ok(false) => warn!(%lease, "the Lease is not ours: the failover is not counted"),
+            Err(error) => warn!(%error, "cannot count the failover on the Lease"),
         }
     }
 }

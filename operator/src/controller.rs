@@ -392,22 +392,31 @@ async fn reconcile_center(center: &CallCenter, ctx: &Context) -> Result<Action, 
             Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &namespace)
                 .get_opt(&names.lease)
                 .await?
-                .and_then(|l| l.spec)
         } else {
             None
         };
-    let failover = failover(center.status.as_ref(), lease.as_ref());
-    if let Some(f) = &failover {
-        tracing::info!(center = %key, message = %f.message, "failover");
-        publish_on(recorder, &center.object_ref(&()), FAILOVER, &f.message).await;
+    let change = active_node_change(center.status.as_ref(), lease.as_ref());
+    if let Some(change) = &change {
+        let regarding = center.object_ref(&());
+        if let Some(message) = &change.failover {
+            tracing::warn!(center = %key, %message, "failover");
+            publish(recorder, &regarding, EventType::Warning, FAILOVER, message).await;
+        }
+        if let Some(message) = &change.handover {
+            tracing::info!(center = %key, %message, "handover");
+            publish(recorder, &regarding, EventType::Normal, HANDOVER, message).await;
+        }
     }
     write_status(client, center, |status, now| {
-        if let Some(f) = &failover {
-            status.failover_count = status.failover_count.saturating_add(f.count);
+        if let Some(change) = change.as_ref().filter(|c| c.failovers > 0) {
+            status.failover_count = status.failover_count.saturating_add(change.failovers);
             status.last_failover_time = Some(now.clone());
         }
-        if let Some(transitions) = lease.as_ref().and_then(|l| l.lease_transitions) {
-            status.active_lease_transitions = Some(transitions);
+        if let Some(lease) = &lease {
+            if let Some(transitions) = lease.spec.as_ref().and_then(|l| l.lease_transitions) {
+                status.active_lease_transitions = Some(transitions);
+            }
+            status.active_lease_failovers = Some(switchboard_lease::failovers(lease));
         }
         status.config_generation = Some(generation);
         status.nodes = node_statuses.clone();
@@ -593,50 +602,82 @@ async fn publish_trunk_events(recorder: &Recorder, center: &CallCenter, plans: &
     }
 }
 
-/// The Event reason of a change of the active media node.
+/// The Event reason of a failover: a standby took over from a failed active node.
 pub const FAILOVER: &str = "Failover";
+/// The Event reason of a handover: a draining active node gave the Lease up to the standby.
+pub const HANDOVER: &str = "Handover";
 
-/// A change of the active media node the operator has not counted yet.
+/// Changes of the active media node the operator has not counted yet, with their Events'
+/// messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Failover {
-    /// Changes of holder since the operator last looked (usually 1).
-    count: u32,
-    message: String,
+struct ActiveNodeChange {
+    /// Failovers since the operator last looked (usually 0 or 1).
+    failovers: u32,
+    failover: Option<String>,
+    handover: Option<String>,
 }
 
-/// The failover the media nodes' Lease shows against what the status counted: its
-/// `leaseTransitions` grew since the status recorded it. The first sighting of a Lease only
-/// records it; a Lease recreated with fewer transitions is not a failover.
-fn failover(
+/// What the media nodes' Lease shows against what the status recorded: a rise of its
+/// `leaseTransitions` is a change of holder; a rise of its failover count (kept by the nodes,
+/// [`switchboard_lease::failovers`]) says how many were failovers, the rest were handovers.
+/// The first sighting of a Lease only records it; a Lease recreated with fewer transitions
+/// is no change.
+fn active_node_change(
     status: Option<&CallCenterStatus>,
-    lease: Option<&k8s_openapi::api::coordination::v1::LeaseSpec>,
-) -> Option<Failover> {
-    let seen = status?.active_lease_transitions?;
+    lease: Option<&k8s_openapi::api::coordination::v1::Lease>,
+) -> Option<ActiveNodeChange> {
+    let status = status?;
+    let seen = status.active_lease_transitions?;
     let lease = lease?;
-    let now = lease.lease_transitions?;
-    let count = u32::try_from(now.checked_sub(seen)?)
-        .ok()
-        .filter(|c| *c > 0)?;
-    let holder = lease
+    let spec = lease.spec.as_ref()?;
+    let changes = u32::try_from(spec.lease_transitions?.checked_sub(seen)?).ok()?;
+    // A failover need not change the holder (the calls of a draining node that died).
+    let failovers = switchboard_lease::failovers(lease)
+        .saturating_sub(status.active_lease_failovers.unwrap_or(0));
+    let handovers = changes.saturating_sub(failovers);
+    if failovers == 0 && handovers == 0 {
+        return None;
+    }
+    let holder = spec
         .holder_identity
         .as_deref()
         .map(switchboard_lease::holder_pod)
         .filter(|h| !h.is_empty());
-    let previous = status.and_then(|s| s.active_node.as_deref());
-    let message = match (previous, holder) {
-        (Some(from), Some(to)) if from != to => {
-            format!("media node {to} took over from {from} as the active node")
+    let previous = status.active_node.as_deref();
+    let since = |n: u32, what: &str| {
+        if n > 1 {
+            format!(" ({n} {what} since the last look)")
+        } else {
+            String::new()
         }
-        (Some(_), Some(to)) => format!("media node {to} became the active node again"),
-        (None, Some(to)) => format!("media node {to} became the active node"),
-        (_, None) => "the active media node gave up the Lease; none holds it yet".to_string(),
     };
-    let message = if count > 1 {
-        format!("{message} ({count} changes of the active node since the last look)")
-    } else {
-        message
-    };
-    Some(Failover { count, message })
+    let failover = (failovers > 0).then(|| {
+        let what = match (previous, holder) {
+            (Some(from), Some(to)) if from != to => {
+                format!("media node {to} took over from {from}, which failed")
+            }
+            (_, Some(to)) => {
+                format!("media node {to} took over the live calls of an active node that failed")
+            }
+            (_, None) => "the active media node failed; none holds the Lease yet".to_string(),
+        };
+        what + &since(failovers, "failovers")
+    });
+    let handover = (handovers > 0).then(|| {
+        let what = match (previous, holder) {
+            (Some(from), Some(to)) if from != to => {
+                format!("media node {from} handed the active role over to {to}")
+            }
+            (_, Some(to)) => format!("media node {to} became the active node"),
+            (_, None) => "the active media node gave up the Lease; none holds it yet".to_string(),
+        };
+        what + &since(handovers, "handovers")
+    });
+    Some(ActiveNodeChange {
+        failovers,
+        failover,
+        handover,
+    })
 }
 
 /// `StandbyReady`: whether a standby could take over: it runs the current config and
@@ -1085,54 +1126,102 @@ where
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_rise_of_the_leases_transitions_is_a_failover() {
-        use k8s_openapi::api::coordination::v1::LeaseSpec;
-        let status = |transitions: Option<i32>, active: Option<&str>| CallCenterStatus {
-            active_lease_transitions: transitions,
+    fn the_lease_tells_failovers_from_handovers() {
+        use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+        use switchboard_lease::FAILOVERS_ANNOTATION;
+        let status = |seen: Option<(i32, Option<u32>)>, active: Option<&str>| CallCenterStatus {
+            active_lease_transitions: seen.map(|s| s.0),
+            active_lease_failovers: seen.and_then(|s| s.1),
             active_node: active.map(str::to_string),
             ..CallCenterStatus::default()
         };
-        let lease = |transitions: i32, holder: &str| LeaseSpec {
-            lease_transitions: Some(transitions),
-            holder_identity: Some(holder.to_string()),
-            ..LeaseSpec::default()
+        let lease = |transitions: i32, failovers: Option<u32>, holder: &str| Lease {
+            metadata: kube::api::ObjectMeta {
+                annotations: failovers
+                    .map(|n| [(FAILOVERS_ANNOTATION.to_string(), n.to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                lease_transitions: Some(transitions),
+                holder_identity: Some(holder.to_string()),
+                ..LeaseSpec::default()
+            }),
         };
-        let took = super::failover(
-            Some(&status(Some(3), Some("campus-media-1"))),
-            Some(&lease(4, "campus-media-0_0badf00d")),
+        let change = |seen, active, lease: Lease| {
+            super::active_node_change(Some(&status(seen, active)), Some(&lease))
+        };
+        // A failover: the holder changed and the nodes counted it.
+        let took = change(
+            Some((3, Some(1))),
+            Some("campus-media-1"),
+            lease(4, Some(2), "campus-media-0_0badf00d"),
         )
         .expect("a failover");
-        assert_eq!(took.count, 1);
+        assert_eq!(took.failovers, 1);
         assert_eq!(
-            took.message,
-            "media node campus-media-0 took over from campus-media-1 as the active node"
+            took.failover.as_deref(),
+            Some("media node campus-media-0 took over from campus-media-1, which failed")
         );
-        let twice = super::failover(
-            Some(&status(Some(3), Some("campus-media-1"))),
-            Some(&lease(5, "campus-media-1_00000001")),
+        assert_eq!(took.handover, None);
+        // A handover: the holder changed, no failover counted.
+        let handed = change(
+            Some((3, Some(1))),
+            Some("campus-media-1"),
+            lease(4, Some(1), "campus-media-0_0badf00d"),
         )
-        .expect("two changes");
-        assert_eq!(twice.count, 2);
+        .expect("a handover");
+        assert_eq!((handed.failovers, handed.failover.as_deref()), (0, None));
+        assert_eq!(
+            handed.handover.as_deref(),
+            Some("media node campus-media-1 handed the active role over to campus-media-0")
+        );
+        // A draining node that died after handing over: one change, one failover.
+        let died = change(
+            Some((3, Some(1))),
+            None,
+            lease(4, Some(2), "campus-media-0_0badf00d"),
+        )
+        .expect("a failover");
+        assert_eq!((died.failovers, died.handover.as_deref()), (1, None));
+        // Its calls taken over after the handover was seen: a failover without a new holder.
+        let calls = change(
+            Some((4, Some(1))),
+            Some("campus-media-0"),
+            lease(4, Some(2), "campus-media-0_0badf00d"),
+        )
+        .expect("a failover");
+        assert_eq!(calls.failovers, 1);
+        // Several since the last look; a status written before the count existed.
+        let many = change(Some((3, None)), None, lease(6, Some(2), "b_1")).expect("changes");
+        assert_eq!(many.failovers, 2);
         assert!(
-            twice.message.contains("became the active node again"),
-            "{}",
-            twice.message
+            many.failover
+                .as_deref()
+                .is_some_and(|m| m.ends_with("(2 failovers since the last look)")),
+            "{many:?}"
         );
-        // Nothing to compare with, no change, a recreated Lease, no Lease: no failover.
         assert_eq!(
-            super::failover(Some(&status(None, None)), Some(&lease(4, "a_1"))),
+            many.handover.as_deref(),
+            Some("media node b became the active node")
+        );
+        // Nothing to compare with, no change, a recreated Lease, no Lease: nothing.
+        assert_eq!(change(None, None, lease(4, Some(9), "a_1")), None);
+        assert_eq!(
+            change(Some((4, Some(2))), None, lease(4, Some(2), "a_1")),
             None
         );
         assert_eq!(
-            super::failover(Some(&status(Some(4), None)), Some(&lease(4, "a_1"))),
+            change(Some((4, Some(2))), None, lease(0, None, "a_1")),
             None
         );
         assert_eq!(
-            super::failover(Some(&status(Some(4), None)), Some(&lease(0, "a_1"))),
+            super::active_node_change(Some(&status(Some((4, None)), None)), None),
             None
         );
-        assert_eq!(super::failover(Some(&status(Some(4), None)), None), None);
-        assert_eq!(super::failover(None, Some(&lease(4, "a_1"))), None);
+        assert_eq!(
+            super::active_node_change(None, Some(&lease(4, None, "a_1"))),
+            None
+        );
     }
 
     use super::*;

@@ -1032,6 +1032,7 @@ async fn campus(
     })
     .await?;
     let drained_at = Instant::now();
+    let drained_wall = k8s_openapi::jiff::Timestamp::now();
     pods.delete(&drained, &DeleteParams::default()).await?;
     wait_for(NODE_LIMIT, "the Lease handed over to the standby", || {
         let fetch = pod_metrics(successor.clone());
@@ -1057,6 +1058,36 @@ async fn campus(
     )
     .await?;
     call_2001("after the drain").await?;
+    // A handover, not a failover: a Handover Event (the first failover, a pod deleted with
+    // no grace, may have handed over before it died: only an Event since the drain counts),
+    // the failover count unchanged.
+    let handover = wait_for(NODE_LIMIT, "the handover's Event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                let last_seen = e
+                    .series
+                    .as_ref()
+                    .and_then(|s| s.last_observed_time.as_ref())
+                    .or(e.event_time.as_ref())
+                    .map(|t| t.0);
+                e.reason.as_deref() == Some(switchboard_operator::controller::HANDOVER)
+                    && e.involved_object.name.as_deref() == Some(CAMPUS)
+                    && last_seen.is_some_and(|t| t >= drained_wall)
+            })
+            .map(|e| e.message.unwrap_or_default())
+    })
+    .await?;
+    let counted = centers.get(CAMPUS).await?.status.map(|s| s.failover_count);
+    ensure!(
+        counted == Some(2),
+        "{counted:?} failovers counted after two failovers and a handover"
+    );
+    eprintln!("campus: Handover Event: {handover}");
 
     // A rolling update under load: seat 2002 calls seat 2001 twice a second, each call 6 s
     // long, for as long as the update takes, while a change of the CallCenter's pod
@@ -1156,15 +1187,19 @@ async fn campus(
         },
     )
     .await?;
+    ensure!(
+        status.failover_count == 2,
+        "a rolling update hands over, it does not fail over: {} failovers counted",
+        status.failover_count
+    );
     eprintln!(
         "campus: rolling update under load: both pods replaced {:.1} s after the template \
          changed; all {} calls (2 per second, 6 s each) completed; active {}, standby {} in \
-         sync, {} failover(s) counted",
+         sync, no failover counted",
         rolled.as_secs_f64(),
         placed.successful,
         status.active_node.unwrap_or_default(),
         status.standby_node.unwrap_or_default(),
-        status.failover_count,
     );
 
     // `kubectl get queues` shows the live columns.
@@ -1621,14 +1656,16 @@ async fn queued_callers_across_a_failover(
             .map(|(_, _, w)| (w * 10.0).round() / 10.0)
             .collect::<Vec<_>>()
     );
-    // The agent logs out; the deleted pod is back as the standby, in sync.
+    // The agent logs out; the deleted pod is back as the standby, in sync; the operator
+    // counted the second failover.
     campus.feature_code(&agent, "*22").await?;
     wait_for(
         NODE_LIMIT,
-        "the restarted pod back as the standby in sync",
+        "the restarted pod back as the standby in sync, two failovers counted",
         || async {
             let status = campus.centers.get(CAMPUS).await.ok()?.status?;
-            (status.active_node.as_deref() == Some(taking_over)
+            (status.failover_count == 2
+                && status.active_node.as_deref() == Some(taking_over)
                 && status.standby_node.as_deref() == Some(serving)
                 && status
                     .conditions
