@@ -370,6 +370,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
     let (predecessor_tx, _) = tokio::sync::watch::channel(None);
     let stream_lost = Arc::new(tokio::sync::Notify::new());
     let predecessor_died = Arc::new(tokio::sync::Notify::new());
+    let lease_handed_over = Arc::new(tokio::sync::Notify::new());
     if let Some(active) = &cli.follow {
         role_tx.send_replace(Role::Standby);
         info!(active, "standby: following the active node (no election)");
@@ -392,6 +393,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
                 },
                 stream_lost: Arc::clone(&stream_lost),
                 predecessor_died: Arc::clone(&predecessor_died),
+                lease_handed_over: Arc::clone(&lease_handed_over),
             },
             take_over(Arc::clone(&follower), Arc::clone(&sip), Arc::clone(&center)),
             drain_rx.clone(),
@@ -419,6 +421,7 @@ async fn serve(cli: &Cli, loaded: LoadedConfig) -> Result<(), String> {
                     predecessor_lost();
                 }
             },
+            move || lease_handed_over.notify_one(),
         ));
         let (follower, role) = (Arc::clone(&follower), role_rx.clone());
         readiness.standby_must_follow(move || {

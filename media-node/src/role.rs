@@ -16,7 +16,7 @@ use kube::{Api, Client};
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use switchboard_crds::callcenter::{HaMode, HighAvailabilitySpec};
 use switchboard_lease::{
-    LeaseTiming, acquire, holder_identity, holder_pod, keep, lease_api, release,
+    LeaseTiming, acquire, holder_identity, holder_pod, keep, lease_api, release, try_acquire,
 };
 use switchboard_proto::{CONTROL_PORT, ROLE_ACTIVE, ROLE_LABEL};
 use tokio::sync::watch;
@@ -131,6 +131,8 @@ pub struct Following {
     /// Told when this active took over the calls of the draining node it followed, which
     /// died before they ended: a failover the Lease's change of holder did not show.
     pub predecessor_died: std::sync::Arc<tokio::sync::Notify>,
+    /// Told when the followed active, draining, gave its Lease up: take it now.
+    pub lease_handed_over: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// How often a node that defers its first claim looks whether it follows the active in sync.
@@ -148,6 +150,7 @@ pub async fn run(
         in_sync,
         stream_lost,
         predecessor_died,
+        lease_handed_over,
     }: Following,
     take_over: impl Fn(i64, bool),
     mut drain: watch::Receiver<bool>,
@@ -204,6 +207,7 @@ pub async fn run(
         let held = tokio::select! {
             held = acquire(&leases, &election.lease, &me, &election.timing) => held,
             held = take_from_dead_holder(&leases, &pods, &election, &me, &stream_lost) => held,
+            held = take_handed_over(&leases, &election, &me, &lease_handed_over) => held,
             () = draining(&mut drain) => {
                 info!("draining: no longer competing for the Lease");
                 return hold_role(role).await;
@@ -258,7 +262,11 @@ pub async fn run(
                 // retransmissions reach the other).
                 role.send_replace(Role::Standby);
                 match release(&leases, &election.lease, &me).await {
-                    Ok(true) => info!(lease = %election.lease, "draining: Lease handed over"),
+                    Ok(true) => {
+                        info!(lease = %election.lease, "draining: Lease handed over");
+                        // The standby that follows takes it at once, not at its next try.
+                        replication.hand_over();
+                    }
                     Ok(false) => warn!(lease = %election.lease, "draining: the Lease was not ours any more"),
                     Err(error) => warn!(%error, "draining: cannot hand the Lease over; it expires"),
                 }
@@ -270,6 +278,24 @@ pub async fn run(
                 mark(&pods, &election.pod, false).await;
                 return hold_role(role).await;
             }
+        }
+    }
+}
+
+/// Takes the Lease each time the followed active says it handed it over (a drain), instead
+/// of at the next try; another node may have been quicker. Returns once this node holds it.
+async fn take_handed_over(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    election: &Election,
+    me: &str,
+    lease_handed_over: &tokio::sync::Notify,
+) -> switchboard_lease::Holding {
+    loop {
+        lease_handed_over.notified().await;
+        match try_acquire(leases, &election.lease, me, &election.timing).await {
+            Ok(Some(held)) => return held,
+            Ok(None) => info!(lease = %election.lease, "the handed-over Lease is taken already"),
+            Err(error) => warn!(%error, "cannot take the handed-over Lease"),
         }
     }
 }

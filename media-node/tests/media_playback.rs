@@ -3,7 +3,8 @@
 //! timestamps +160, marker at each talkspurt), relayed audio resuming with the same stream
 //! after the prompt, music on hold looping until stopped, the finished/stopped
 //! notifications and DTMF events, a call that starts with the caller leg only (IVR), and
-//! the recording holding the prompt in the channel of what the caller heard.
+//! the recording holding the prompt in the channel of what the caller heard, and a node that
+//! does not serve (a standby, a fenced active) playing nothing until it serves again.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use media_node::call::relay::{
-    Leg, LegPeer, MediaError, MediaEvent, MediaLeg, MediaSession, Playback, PlaybackEnd, RelayStats,
+    Leg, LegPeer, MediaError, MediaEvent, MediaLeg, MediaSession, NodeMedia, Playback, PlaybackEnd,
+    RelayStats,
 };
 use media_node::media::dtmf::TelephoneEvent;
 use media_node::media::g711;
@@ -123,7 +125,7 @@ async fn a_prompt_plays_into_the_caller_leg_and_the_relay_resumes_in_the_same_st
         caller_leg,
         callee_leg,
         Arc::clone(&stats),
-        Arc::new(RelayStats::default()),
+        NodeMedia::default(),
         None,
     );
     // A-law caller, µ-law agent: the prompt must be encoded for the caller's law.
@@ -320,12 +322,8 @@ async fn an_ivr_call_with_one_leg_loops_music_detects_keys_and_bridges_later() {
     let caller_leg = MediaLeg::bind(&ports, lo()).unwrap();
     let to_caller_leg = SocketAddr::new(lo(), caller_leg.rtp_port());
     let stats = Arc::new(RelayStats::default());
-    let mut session = MediaSession::start_caller_only(
-        caller_leg,
-        Arc::clone(&stats),
-        Arc::new(RelayStats::default()),
-        None,
-    );
+    let mut session =
+        MediaSession::start_caller_only(caller_leg, Arc::clone(&stats), NodeMedia::default(), None);
     assert!(session.has_leg(Leg::Caller) && !session.has_leg(Leg::Callee));
     assert_eq!(session.local_port(Leg::Callee), 0);
     session.set_peer(
@@ -506,4 +504,62 @@ async fn an_ivr_call_with_one_leg_loops_music_detects_keys_and_bridges_later() {
         0,
         "the refused extra leg's lease went back too"
     );
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_serve_plays_nothing_into_its_calls() {
+    use std::sync::atomic::AtomicBool;
+    let ports = PortAllocator::new(43_500, 43_599).unwrap();
+    let caller_phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let serving = Arc::new(AtomicBool::new(false));
+    let node = NodeMedia {
+        stats: Arc::new(RelayStats::default()),
+        serving: Some(Arc::clone(&serving)),
+    };
+    let stats = Arc::new(RelayStats::default());
+    let session = MediaSession::start_caller_only(
+        MediaLeg::bind(&ports, lo()).unwrap(),
+        Arc::clone(&stats),
+        node.clone(),
+        None,
+    );
+    session.set_peer(
+        Leg::Caller,
+        LegPeer::new(
+            Codec::Pcmu,
+            0,
+            None,
+            Some(caller_phone.local_addr().unwrap()),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let music = stored(
+        &test_prompt(3 * FRAME_SAMPLES),
+        dir.path(),
+        "moh/default.wav",
+    );
+    let frames = music.encoded_frames(Codec::Pcmu);
+    let _moh = session.play(Leg::Caller, Playback::looped(Arc::clone(&music)));
+
+    // Fenced: the music keeps time, nothing is sent.
+    let deadline = Instant::now() + PATIENCE;
+    while stats.playback_withheld.load(Ordering::Relaxed) < 5 {
+        assert!(Instant::now() < deadline, "no playback tick withheld");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut buf = [0u8; 2048];
+    assert!(
+        caller_phone.try_recv_from(&mut buf).is_err(),
+        "the phone heard a node that does not serve"
+    );
+    assert_eq!(stats.playback_packets.load(Ordering::Relaxed), 0);
+    assert!(node.stats.playback_withheld.load(Ordering::Relaxed) >= 5);
+
+    // Serving again: the music is heard, starting a talkspurt, where it has got to.
+    serving.store(true, Ordering::Relaxed);
+    let first = recv(&caller_phone).await;
+    assert!(first.marker);
+    assert!(frames.contains(&first.payload), "a frame of the music");
+    let next = recv(&caller_phone).await;
+    assert_eq!(seq_gap(first.seq, next.seq), 1);
 }

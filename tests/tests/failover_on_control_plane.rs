@@ -135,11 +135,21 @@ async fn calls_survive(death: Death) -> Result<()> {
         ensure!(status.success(), "kill -TERM {}: {status}", a.pid());
     }
     if death == Death::KilledWhileDraining {
-        wait_for(WAIT, "B active after A handed the Lease over", || async {
-            role_is(&b, "active").await.then_some(())
+        let handed_over = wait_for(WAIT, "B active after A handed the Lease over", || async {
+            role_is(&b, "active").await.then(|| killed.elapsed())
         })
         .await
         .with_context(|| format!("A:\n{}\nB:\n{}", a.log(), b.log()))?;
+        // Told on the replication stream, B took the Lease at once rather than at its next try.
+        ensure!(
+            b.log().contains("the active handed its Lease over"),
+            "B was not told of the handover:\n{}",
+            b.log()
+        );
+        eprintln!(
+            "takeover ({death:?}): A handed the Lease over, B active {:.2} s after A's SIGTERM",
+            handed_over.as_secs_f64()
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     if death == Death::KilledRightAfterSigterm {

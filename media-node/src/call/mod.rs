@@ -372,6 +372,14 @@ impl CallEngine {
         &self.relay_stats
     }
 
+    /// What a new call's relay shares with the node's other calls.
+    pub(crate) fn node_media(&self) -> relay::NodeMedia {
+        relay::NodeMedia {
+            stats: Arc::clone(&self.relay_stats),
+            serving: self.serving.get().cloned(),
+        }
+    }
+
     pub fn counters(&self) -> &CallCounters {
         &self.counters
     }

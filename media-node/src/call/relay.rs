@@ -199,6 +199,29 @@ pub struct RelayStats {
     pub playback_packets: AtomicU64,
     /// Packets of the other leg not relayed because a playback was playing into the leg.
     pub replaced_by_playback: AtomicU64,
+    /// Playback packets not sent because the node does not serve ([`NodeMedia`]).
+    pub playback_withheld: AtomicU64,
+}
+
+/// What the relays of all calls on a node share: the node-wide counters, and whether the
+/// node serves. A standby, or an active fenced off the API server, plays nothing into its
+/// calls (music on hold, prompts): the node that holds the Lease took them over, or will, and
+/// plays its own; a caller would hear both. The playback keeps time meanwhile, and is heard
+/// again if this node serves again. Relayed audio still flows: it only goes where the phones
+/// send it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeMedia {
+    pub stats: Arc<RelayStats>,
+    /// `None`: always serving (a node on its own).
+    pub serving: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl NodeMedia {
+    fn serving(&self) -> bool {
+        self.serving
+            .as_ref()
+            .is_none_or(|s| s.load(Ordering::Relaxed))
+    }
 }
 
 impl RelayStats {
@@ -384,16 +407,16 @@ pub struct MediaSession {
 }
 
 impl MediaSession {
-    /// Starts relaying between the two legs. `stats` are this call's counters; `node_stats`
-    /// the node-wide totals.
+    /// Starts relaying between the two legs. `stats` are this call's counters; `node` what
+    /// the node's calls share.
     pub fn start(
         caller: MediaLeg,
         callee: MediaLeg,
         stats: Arc<RelayStats>,
-        node_stats: Arc<RelayStats>,
+        node: NodeMedia,
         metrics: Option<RelayMetrics>,
     ) -> MediaSession {
-        Self::launch(caller, Some(callee), stats, node_stats, metrics)
+        Self::launch(caller, Some(callee), stats, node, metrics)
     }
 
     /// Starts the media of a call that has only the caller leg so far (IVR, queue): key
@@ -401,17 +424,17 @@ impl MediaSession {
     pub fn start_caller_only(
         caller: MediaLeg,
         stats: Arc<RelayStats>,
-        node_stats: Arc<RelayStats>,
+        node: NodeMedia,
         metrics: Option<RelayMetrics>,
     ) -> MediaSession {
-        Self::launch(caller, None, stats, node_stats, metrics)
+        Self::launch(caller, None, stats, node, metrics)
     }
 
     fn launch(
         caller: MediaLeg,
         callee: Option<MediaLeg>,
         stats: Arc<RelayStats>,
-        node_stats: Arc<RelayStats>,
+        node: NodeMedia,
         metrics: Option<RelayMetrics>,
     ) -> MediaSession {
         let state = Arc::new(Mutex::new(PeerState::default()));
@@ -440,7 +463,7 @@ impl MediaSession {
             state: Arc::clone(&state),
             recorder: Arc::clone(&recorder),
             stats,
-            node_stats,
+            node,
             metrics,
             detectors: [DtmfDetector::new(), DtmfDetector::new()],
             streams: [OutStream::new(), OutStream::new()],
@@ -758,7 +781,7 @@ struct Relay {
     state: Arc<Mutex<PeerState>>,
     recorder: Arc<Mutex<Option<CallRecorder>>>,
     stats: Arc<RelayStats>,
-    node_stats: Arc<RelayStats>,
+    node: NodeMedia,
     metrics: Option<RelayMetrics>,
     detectors: [DtmfDetector; 2],
     /// The node's stream into each leg.
@@ -874,7 +897,7 @@ impl Relay {
             match (sent, &forward) {
                 (Ok(_), Forward::Rtp(bytes, _)) => {
                     self.stats.relayed(leg).fetch_add(1, Ordering::Relaxed);
-                    self.node_stats.relayed(leg).fetch_add(1, Ordering::Relaxed);
+                    self.node.stats.relayed(leg).fetch_add(1, Ordering::Relaxed);
                     if let Some(m) = &self.metrics {
                         m.packets[leg.index()].inc();
                         m.bytes[leg.index()].inc_by(bytes.len() as u64);
@@ -896,7 +919,7 @@ impl Relay {
 
     fn count(&self, which: impl Fn(&RelayStats) -> &AtomicU64) {
         which(&self.stats).fetch_add(1, Ordering::Relaxed);
-        which(&self.node_stats).fetch_add(1, Ordering::Relaxed);
+        which(&self.node.stats).fetch_add(1, Ordering::Relaxed);
     }
 
     fn count_dropped(&self) {
@@ -970,6 +993,10 @@ impl Relay {
                 self.end_playback(leg, PlaybackEnd::Finished);
                 continue;
             };
+            if !self.node.serving() {
+                self.count(|s| &s.playback_withheld);
+                continue;
+            }
             let first = !active.sent_any;
             // The playback keeps time even while the leg cannot be reached yet.
             let peer = self.state.lock().peers[i].clone();
@@ -1238,7 +1265,7 @@ mod tests {
         let caller_phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let callee_phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let stats = Arc::new(RelayStats::default());
-        let node = Arc::new(RelayStats::default());
+        let node = NodeMedia::default();
         let registry = prometheus::Registry::new();
         let sip_metrics = crate::sip::SipMetrics::new(&registry).unwrap();
         let session = MediaSession::start(

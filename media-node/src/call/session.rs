@@ -637,7 +637,7 @@ impl CallEngine {
             caller_media,
             callee_media,
             Arc::clone(&stats),
-            Arc::clone(&self.relay_stats),
+            self.node_media(),
             self.metrics.as_ref().map(RelayMetrics::from_sip),
         );
         if let Some(n) = &negotiated {

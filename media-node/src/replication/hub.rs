@@ -75,6 +75,8 @@ pub struct ReplicationHub {
     clock: WallClock,
     /// The term the node serves in (the Lease's transitions when it became active).
     term: AtomicI64,
+    /// Whether this node, draining, gave its Lease up (told to every follower).
+    handed_over: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for ReplicationHub {
@@ -90,6 +92,7 @@ impl ReplicationHub {
             deltas: broadcast::channel(FOLLOWER_BACKLOG).0,
             clock: WallClock::now(),
             term: AtomicI64::new(0),
+            handed_over: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -125,6 +128,16 @@ impl ReplicationHub {
     pub fn open(&self) -> (Snapshot, broadcast::Receiver<Delta>) {
         let journal = self.journal.lock();
         (journal.snapshot(), self.deltas.subscribe())
+    }
+
+    /// This node gave its Lease up (a drain): every follower hears it at once.
+    pub fn hand_over(&self) {
+        self.handed_over.send_replace(true);
+    }
+
+    /// Whether this node handed its Lease over, and when it does.
+    pub fn handed_over(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.handed_over.subscribe()
     }
 
     /// Standbys following now.

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use prost::Message;
 use switchboard_proto::replication::v1::{
-    AgentRecord, AgentState, CallRecord, Delta, Dialog, Heartbeat, Media, Registration,
+    AgentRecord, AgentState, CallRecord, Delta, Dialog, HandedOver, Heartbeat, Media, Registration,
     RegistrationKey, ReplicationMessage, Snapshot, Transport, delta, replication_message,
 };
 
@@ -307,6 +307,13 @@ impl FollowerStream {
         )
     }
 
+    pub fn handed_over(&mut self, now_unix_ms: i64) -> ReplicationMessage {
+        self.message(
+            replication_message::Body::HandedOver(HandedOver {}),
+            now_unix_ms,
+        )
+    }
+
     fn message(&mut self, body: replication_message::Body, now_unix_ms: i64) -> ReplicationMessage {
         self.sent += 1;
         ReplicationMessage {
@@ -423,7 +430,7 @@ impl Follower {
                 };
                 state.apply(change)?;
             }
-            replication_message::Body::Heartbeat(_) => {}
+            replication_message::Body::Heartbeat(_) | replication_message::Body::HandedOver(_) => {}
         }
         self.seen_term = message.term;
         self.next_sequence += 1;

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use prometheus::{Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use switchboard_proto::replication::v1::replication_client::ReplicationClient;
 use switchboard_proto::replication::v1::replication_server::Replication;
-use switchboard_proto::replication::v1::{FollowRequest, ReplicationMessage};
+use switchboard_proto::replication::v1::{FollowRequest, ReplicationMessage, replication_message};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -133,19 +133,29 @@ impl Replication for ReplicationService {
         let mut role = self.role.clone();
         let drain = self.drain.clone();
         let followers = self.metrics.followers.clone();
+        let mut handed_over = self.hub.handed_over();
         info!(standby, "standby following");
         tokio::spawn(async move {
             followers.inc();
             let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
             heartbeat.reset();
             let mut next = Some(first);
+            // A standby that connects after the handover hears of it right after the snapshot.
+            let mut tell_handover = *handed_over.borrow_and_update();
             let end = loop {
                 if let Some(message) = next.take()
                     && tx.send(Ok(message)).await.is_err()
                 {
                     break "the standby went away".to_string();
                 }
+                if std::mem::take(&mut tell_handover) {
+                    next = Some(stream.handed_over(unix_now_ms()));
+                    continue;
+                }
                 tokio::select! {
+                    Ok(()) = handed_over.changed() => {
+                        tell_handover = *handed_over.borrow_and_update();
+                    }
                     delta = deltas.recv() => match delta {
                         Ok(d) => next = Some(stream.delta(d, unix_now_ms())),
                         Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -178,7 +188,8 @@ impl Replication for ReplicationService {
 /// `active` names (none: nothing to follow, e.g. while this node is the active one),
 /// reconnecting for a fresh snapshot when the stream breaks or the active changes, and keeps
 /// `follower` current and the readiness and lag metrics true. `stream_lost` hears of every
-/// stream that ended or could not be opened, before the reconnection.
+/// stream that ended or could not be opened, before the reconnection; `lease_handed_over` of
+/// the active giving its Lease up (a drain).
 pub async fn follow(
     mut active: watch::Receiver<Option<String>>,
     me: String,
@@ -186,6 +197,7 @@ pub async fn follow(
     metrics: ReplicationMetrics,
     standby_ready: IntGauge,
     stream_lost: impl Fn() + Send + 'static,
+    lease_handed_over: impl Fn() + Send + Sync + 'static,
 ) {
     {
         let follower = Arc::clone(&follower);
@@ -208,7 +220,7 @@ pub async fn follow(
             continue;
         };
         tokio::select! {
-            result = follow_once(&endpoint, &me, &follower, &metrics) => {
+            result = follow_once(&endpoint, &me, &follower, &metrics, &lease_handed_over) => {
                 let reason = result.err().unwrap_or("disconnected");
                 metrics.resyncs.with_label_values(&[reason]).inc();
                 stream_lost();
@@ -230,6 +242,7 @@ async fn follow_once(
     me: &str,
     follower: &Mutex<Follower>,
     metrics: &ReplicationMetrics,
+    lease_handed_over: &(dyn Fn() + Send + Sync),
 ) -> Result<(), &'static str> {
     let channel = match tonic::transport::Endpoint::from_shared(endpoint.to_string()) {
         Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).connect().await,
@@ -278,6 +291,10 @@ async fn follow_once(
                     warn!(%error, "replication message refused: resynchronising");
                     f.resync(error.to_string());
                     return Err("refused");
+                }
+                if matches!(message.body, Some(replication_message::Body::HandedOver(_))) {
+                    info!(endpoint, "the active handed its Lease over");
+                    lease_handed_over();
                 }
                 if let Some(state) = f.state() {
                     let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);

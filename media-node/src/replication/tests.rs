@@ -326,8 +326,14 @@ fn lag_and_readiness_follow_the_last_message() {
     let (mut stream, first) = FollowerStream::open(journal.snapshot(), 1, 1_000);
     follower.receive(&first).expect("snapshot");
     follower
-        .receive(&stream.heartbeat(2_000))
+        .receive(&stream.heartbeat(1_900))
         .expect("heartbeat");
+    // A handover notice is taken in order like a heartbeat; the state stays.
+    let state = follower.state().cloned();
+    follower
+        .receive(&stream.handed_over(2_000))
+        .expect("handed over");
+    assert_eq!(follower.state().cloned(), state);
     assert_eq!(follower.lag(2_500), Some(Duration::from_millis(500)));
     assert_eq!(
         follower.lag(1_000),

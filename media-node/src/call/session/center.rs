@@ -399,7 +399,7 @@ impl CallEngine {
         let media = MediaSession::start_caller_only(
             caller_media,
             Arc::clone(&stats),
-            Arc::clone(&self.relay_stats),
+            self.node_media(),
             self.metrics.as_ref().map(RelayMetrics::from_sip),
         );
         if let Some(n) = &negotiated {

@@ -264,7 +264,7 @@ impl CallEngine {
                     caller_leg,
                     leg,
                     Arc::clone(&stats),
-                    Arc::clone(&self.relay_stats),
+                    self.node_media(),
                     metrics,
                 );
                 media.set_peer(Leg::Callee, callee_media.peer());
@@ -274,7 +274,7 @@ impl CallEngine {
                 let media = MediaSession::start_caller_only(
                     caller_leg,
                     Arc::clone(&stats),
-                    Arc::clone(&self.relay_stats),
+                    self.node_media(),
                     metrics,
                 );
                 let b = DialogSide::placeholder(caller_dialog.destination, caller_dialog.transport);
