@@ -20,6 +20,7 @@ use kube::{Api, Client, Config, Discovery, ResourceExt};
 pub mod cluster;
 pub mod names;
 pub mod node_process;
+pub mod queued;
 pub mod rtp;
 pub mod webhook;
 

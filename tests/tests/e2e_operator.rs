@@ -901,11 +901,7 @@ async fn campus(
             "{new_active} relayed {relayed:?} RTP packets {direction}"
         );
     }
-    let ordinal: usize = new_active
-        .rsplit('-')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .context("the new active's ordinal")?;
+    let ordinal = pod_ordinal(&new_active)?;
     let mut linked = 0;
     for entry in std::fs::read_dir(dirs[ordinal].path())? {
         let path = entry?.path();
@@ -1100,13 +1096,7 @@ async fn campus(
         "the drained pod back as the standby in sync",
         || async {
             let status = centers.get(CAMPUS).await.ok()?.status?;
-            (status.active_node.as_deref() == Some(successor.as_str())
-                && status.standby_node.as_deref() == Some(drained.as_str())
-                && status
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == "StandbyReady" && c.status == "True"))
-            .then_some(())
+            pair_in_sync(&status, &successor, &drained).then_some(())
         },
     )
     .await?;
@@ -1297,6 +1287,28 @@ async fn node_metrics(pods: &Api<Pod>, name: &str) -> Option<String> {
     switchboard_tests::cluster::scrape_metrics(SocketAddr::new(ip, 9090))
         .await
         .ok()
+}
+
+/// Whether the status shows `active` serving and `standby` in sync with it.
+fn pair_in_sync(
+    status: &switchboard_crds::callcenter::CallCenterStatus,
+    active: &str,
+    standby: &str,
+) -> bool {
+    status.active_node.as_deref() == Some(active)
+        && status.standby_node.as_deref() == Some(standby)
+        && status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "StandbyReady" && c.status == "True")
+}
+
+/// A StatefulSet pod's ordinal (`campus-media-1` is 1).
+fn pod_ordinal(pod: &str) -> Result<usize> {
+    pod.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no ordinal in the pod name {pod}"))
 }
 
 /// A seat's password from the campus example's Secret.
@@ -1602,59 +1614,18 @@ async fn queued_callers_across_a_failover(
 
     // The new active's CDRs: answered in the order they called, each wait counted from the
     // first enqueue (before the kill).
-    let ordinal: usize = taking_over
-        .rsplit('-')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .context("the new active's ordinal")?;
-    // A call's record is written once its last transaction ended, just after the caller's
-    // phone saw the end.
-    let cdr_file = campus.dirs[ordinal].path().join("cdr.jsonl");
-    let (cdrs, mut answered) = wait_for(NODE_LIMIT, "the queued callers' call records", || async {
-        let cdrs = std::fs::read_to_string(&cdr_file).ok()?;
-        let answered: Vec<(String, String, f64)> = cdrs
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|c| {
-                c["callId"]
-                    .as_str()
-                    .is_some_and(|id| id.starts_with("caller"))
-            })
-            .map(|c| {
-                (
-                    c["answeredAt"].as_str().unwrap_or_default().to_string(),
-                    c["callId"].as_str().unwrap_or_default().to_string(),
-                    c["waitSeconds"].as_f64().unwrap_or_default(),
-                )
-            })
-            .collect();
-        (answered.len() == CALLERS).then_some((cdrs, answered))
-    })
+    let waits = switchboard_tests::queued::answered_in_order(
+        &campus.dirs[pod_ordinal(taking_over)?]
+            .path()
+            .join("cdr.jsonl"),
+        &queued_at,
+        killed,
+        NODE_LIMIT,
+    )
     .await?;
-    answered.sort_by(|x, y| x.0.cmp(&y.0));
-    let order: Vec<&str> = answered
-        .iter()
-        .map(|(_, id, _)| id.split('-').next().unwrap_or_default())
-        .collect();
-    ensure!(
-        order == ["caller0", "caller1", "caller2"],
-        "answered in the order {order:?}:\n{cdrs}"
-    );
-    for ((at, id, wait), queued) in answered.iter().zip(&queued_at) {
-        let before_kill = killed.duration_since(*queued).as_secs_f64();
-        ensure!(
-            !at.is_empty() && *wait >= before_kill,
-            "{id} waited {wait} s by {taking_over}'s count, {before_kill:.1} s of it before the \
-             kill:\n{cdrs}"
-        );
-    }
     eprintln!(
         "campus: the queued callers answered by agent 2003 on {taking_over} in the order they \
-         called, waits {:?} s",
-        answered
-            .iter()
-            .map(|(_, _, w)| (w * 10.0).round() / 10.0)
-            .collect::<Vec<_>>()
+         called, waits {waits:?} s"
     );
     // The agent logs out; the deleted pod is back as the standby, in sync; the operator
     // counted the second failover.
@@ -1664,14 +1635,8 @@ async fn queued_callers_across_a_failover(
         "the restarted pod back as the standby in sync, two failovers counted",
         || async {
             let status = campus.centers.get(CAMPUS).await.ok()?.status?;
-            (status.failover_count == 2
-                && status.active_node.as_deref() == Some(taking_over)
-                && status.standby_node.as_deref() == Some(serving)
-                && status
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == "StandbyReady" && c.status == "True"))
-            .then_some(())
+            (status.failover_count == 2 && pair_in_sync(&status, taking_over, serving))
+                .then_some(())
         },
     )
     .await?;

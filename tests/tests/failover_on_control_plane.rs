@@ -378,46 +378,14 @@ async fn queued_callers_keep_their_order_across_a_takeover() -> Result<()> {
 
     // B's CDRs: answered in the order they called, each wait counted from its first
     // enqueue on A (before the kill).
-    let cdrs = std::fs::read_to_string(b.recordings().join("cdr.jsonl"))?;
-    let mut answered: Vec<(String, String, f64)> = cdrs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|c| {
-            c["callId"]
-                .as_str()
-                .is_some_and(|id| id.starts_with("caller"))
-        })
-        .map(|c| {
-            (
-                c["answeredAt"].as_str().unwrap_or_default().to_string(),
-                c["callId"].as_str().unwrap_or_default().to_string(),
-                c["waitSeconds"].as_f64().unwrap_or_default(),
-            )
-        })
-        .collect();
-    answered.sort_by(|x, y| x.0.cmp(&y.0));
-    let order: Vec<String> = answered
-        .iter()
-        .map(|(_, id, _)| id.split('-').next().unwrap_or_default().to_string())
-        .collect();
-    ensure!(
-        order == ["caller0", "caller1", "caller2"],
-        "answered in the order {order:?}:\n{cdrs}"
-    );
-    for ((at, id, wait), queued) in answered.iter().zip(&queued_at) {
-        let before_kill = killed.duration_since(*queued).as_secs_f64();
-        ensure!(
-            !at.is_empty() && *wait >= before_kill,
-            "{id} waited {wait} s by B's count, {before_kill:.1} s of it before the kill:\n{cdrs}"
-        );
-    }
-    eprintln!(
-        "takeover of queued callers: answered in their order, waits {:?} s",
-        answered
-            .iter()
-            .map(|(_, _, w)| (w * 10.0).round() / 10.0)
-            .collect::<Vec<_>>()
-    );
+    let waits = switchboard_tests::queued::answered_in_order(
+        &b.recordings().join("cdr.jsonl"),
+        &queued_at,
+        killed,
+        WAIT,
+    )
+    .await?;
+    eprintln!("takeover of queued callers: answered in their order, waits {waits:?} s");
     drop(b);
     ns.delete().await?;
     Ok(())
