@@ -181,6 +181,32 @@ pub async fn try_acquire(
 /// know which was which.
 pub const FAILOVERS_ANNOTATION: &str = "switchboard.dev/failovers";
 
+/// The Lease annotation that names the pod of the holder before the current one: the one a
+/// failover took the Lease from, or the one that handed it over. The Lease's spec forgets it.
+pub const PREVIOUS_HOLDER_ANNOTATION: &str = "switchboard.dev/previous-holder";
+
+/// The pod of the Lease's previous holder ([`PREVIOUS_HOLDER_ANNOTATION`]), if known.
+pub fn previous_holder(lease: &Lease) -> Option<&str> {
+    lease
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(PREVIOUS_HOLDER_ANNOTATION)
+        .map(String::as_str)
+        .filter(|p| !p.is_empty())
+}
+
+fn set_previous_holder(lease: &mut Lease, identity: &str) {
+    lease
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            PREVIOUS_HOLDER_ANNOTATION.to_string(),
+            holder_pod(identity).to_string(),
+        );
+}
+
 /// The Lease's failover count ([`FAILOVERS_ANNOTATION`]); 0 when absent or unreadable.
 pub fn failovers(lease: &Lease) -> u32 {
     lease
@@ -206,8 +232,9 @@ fn add_failover(lease: &mut Lease) {
 /// A takeover from another holder counts as a failover. Pure.
 fn claimed(mut lease: Lease, spec: LeaseSpec, me: &str) -> (Lease, Holding) {
     let held = holding(lease.spec.as_ref(), &spec, me);
-    if held.taken_from.is_some() {
+    if let Some(previous) = &held.taken_from {
         add_failover(&mut lease);
+        set_previous_holder(&mut lease, previous);
     }
     lease.spec = Some(spec);
     (lease, held)
@@ -315,6 +342,7 @@ pub async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kub
     // The moment it was given up: a node starting now sees that a standby may be about to
     // take it ([`in_use`]).
     spec.renew_time = Some(MicroTime(Timestamp::now()));
+    set_previous_holder(&mut lease, me);
     // Compare-and-swap on the resourceVersion, like a renewal.
     match api.replace(name, &PostParams::default(), &lease).await {
         Ok(_) => Ok(true),
@@ -625,6 +653,7 @@ mod tests {
         let (back, held) = claimed(renewed, spec, "a");
         assert_eq!(held.taken_from.as_deref(), Some("b"));
         assert_eq!(failovers(&back), 2);
+        assert_eq!(previous_holder(&back), Some("b"));
         // a hands it over (released: no holder); b takes it: a handover, no failover.
         let mut released = back;
         if let Some(spec) = released.spec.as_mut() {

@@ -643,7 +643,9 @@ fn active_node_change(
         .as_deref()
         .map(switchboard_lease::holder_pod)
         .filter(|h| !h.is_empty());
-    let previous = status.active_node.as_deref();
+    // The Lease names the node it was last taken from or handed over by; the status's active
+    // node is often gone already when the operator looks.
+    let previous = switchboard_lease::previous_holder(lease).or(status.active_node.as_deref());
     let since = |n: u32, what: &str| {
         if n > 1 {
             format!(" ({n} {what} since the last look)")
@@ -1175,14 +1177,23 @@ mod tests {
             handed.handover.as_deref(),
             Some("media node campus-media-1 handed the active role over to campus-media-0")
         );
-        // A draining node that died after handing over: one change, one failover.
-        let died = change(
-            Some((3, Some(1))),
-            None,
-            lease(4, Some(2), "campus-media-0_0badf00d"),
-        )
-        .expect("a failover");
+        // A draining node that died after handing over: one change, one failover; the Lease
+        // names the node it came from when the status no longer does.
+        let mut handed_by_1 = lease(4, Some(2), "campus-media-0_0badf00d");
+        handed_by_1
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                switchboard_lease::PREVIOUS_HOLDER_ANNOTATION.to_string(),
+                "campus-media-1".to_string(),
+            );
+        let died = change(Some((3, Some(1))), None, handed_by_1).expect("a failover");
         assert_eq!((died.failovers, died.handover.as_deref()), (1, None));
+        assert_eq!(
+            died.failover.as_deref(),
+            Some("media node campus-media-0 took over from campus-media-1, which failed")
+        );
         // Its calls taken over after the handover was seen: a failover without a new holder.
         let calls = change(
             Some((4, Some(1))),

@@ -1,17 +1,21 @@
 //! Fencing on the real control plane: two media-node processes of a HotStandby center elect
 //! through a real Lease. The active one reaches the API server through a TCP proxy this test
 //! owns; cutting the proxy cuts it off. It must stop serving (standby, 503 to a REGISTER)
-//! before the other node can hold the Lease — two actives never serve at once. The order is
-//! what is checked; the times are printed.
+//! before the other node can hold the Lease — two actives never serve at once — and, once the
+//! other node took over a caller waiting in a queue, play it no more music on hold (only the
+//! new active's is heard). The order is what is checked; the times are printed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use std::sync::Mutex;
+use switchboard_tests::cluster::free_udp_port;
 use switchboard_tests::node_process::{
-    MINIMAL_LEASE, NodeProcess, create_node_pod, hot_standby_config, prepare_hot_standby, role_is,
+    MINIMAL_LEASE, NodeProcess, create_node_pod, hot_standby_config, minimal_seat_1002_calls,
+    prepare_hot_standby, role_is, sample,
 };
+use switchboard_tests::rtp::RtpEar;
 use switchboard_tests::{TestNamespace, control_plane, control_plane_kubeconfig, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -104,8 +108,12 @@ async fn an_active_cut_off_from_the_api_server_stops_serving_before_the_standby_
             ("POD_NAME".into(), pod.into()),
         ]
     };
+    // Each node on its own address, as pods are, so the music a caller hears tells them apart.
     let start = |kubeconfig: &std::path::Path, pod: &str| {
-        let env = env(kubeconfig, pod);
+        let mut env = env(kubeconfig, pod);
+        if pod.ends_with("-1") {
+            env.push(("POD_IP".into(), "127.0.0.2".into()));
+        }
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         NodeProcess::start_with_env(&yaml, pod, &env)
     };
@@ -136,6 +144,31 @@ async fn an_active_cut_off_from_the_api_server_stops_serving_before_the_standby_
         role_is(&b, "standby").await.then_some(())
     })
     .await?;
+    // A caller waits in the queue (the agent is logged out), hearing music on hold from A, and
+    // B follows the call.
+    let loopback = "127.0.0.1".parse()?;
+    let ear = RtpEar::bind(loopback, WAIT * 2).await?;
+    let _caller = minimal_seat_1002_calls(
+        a.sip_udp,
+        "takeover-queued-caller.xml",
+        "100",
+        &free_udp_port(loopback)?.to_string(),
+    )
+    .key("rtp_port", &ear.port().to_string())
+    .limit(WAIT * 2)
+    .spawn()
+    .await?;
+    wait_for(
+        WAIT,
+        "the queued caller hearing A, replicated to B",
+        || async {
+            (ear.heard_from(a.sip_udp.ip()).is_some()
+                && sample(&b, "switchboard_replication_records{kind=\"calls\"}").await == Some(1.0))
+            .then_some(())
+        },
+    )
+    .await
+    .with_context(|| a.log())?;
 
     // Cut A off from the API server and watch both, until B serves.
     let cut_at = Instant::now();
@@ -171,6 +204,27 @@ async fn an_active_cut_off_from_the_api_server_stops_serving_before_the_standby_
     ensure!(
         answer.starts_with("SIP/2.0 503"),
         "A answered a REGISTER with {answer}"
+    );
+    // B took the caller over and plays the music now; fenced A plays nothing more (the caller
+    // would hear both): while B sends a second of music, nothing comes from A.
+    let from_b = wait_for(WAIT, "music on hold from B", || async {
+        ear.heard_from(b.sip_udp.ip())
+            .filter(|h| h.packets >= 10)
+            .map(|h| h.packets)
+    })
+    .await
+    .with_context(|| format!("the caller heard {:?}\nB:\n{}", ear.heard(), b.log()))?;
+    let from_a = ear.heard_from(a.sip_udp.ip()).map_or(0, |h| h.packets);
+    wait_for(WAIT, "a second more of music from B", || async {
+        ear.heard_from(b.sip_udp.ip())
+            .is_some_and(|h| h.packets >= from_b + 50)
+            .then_some(())
+    })
+    .await?;
+    let from_a_after = ear.heard_from(a.sip_udp.ip()).map_or(0, |h| h.packets);
+    ensure!(
+        from_a_after == from_a,
+        "fenced A went on playing music on hold: {from_a} packets, then {from_a_after}"
     );
     eprintln!(
         "fencing: A cut off from the API server; A stopped serving after {:.1} s, B active after {:.1} s (Lease 6 s, renew 2 s)",
