@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Endpoints, Event, PersistentVolume, Pod, Service};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams};
@@ -373,7 +374,8 @@ pub fn free_udp_port(ip: IpAddr) -> Result<u16> {
 /// Cluster-scoped objects a test created, deleted by [`clean_up`] pass or fail.
 #[derive(Debug, Default)]
 pub struct Cleanup {
-    /// (kind, name): ClusterRoles and ClusterRoleBindings of the chart.
+    /// (kind, name): ClusterRoles, ClusterRoleBindings and ValidatingWebhookConfigurations of
+    /// the chart.
     pub cluster_scoped: Vec<(String, String)>,
     /// PersistentVolumes.
     pub volumes: Vec<String>,
@@ -394,6 +396,12 @@ pub async fn clean_up(client: &Client, what: &Cleanup) -> Result<()> {
                 .delete(name, &dp)
                 .await
                 .map(|_| ()),
+            "ValidatingWebhookConfiguration" => {
+                Api::<ValidatingWebhookConfiguration>::all(client.clone())
+                    .delete(name, &dp)
+                    .await
+                    .map(|_| ())
+            }
             other => {
                 errors.push(format!("no clean-up for cluster-scoped {other} {name}"));
                 continue;

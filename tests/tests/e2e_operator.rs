@@ -947,16 +947,10 @@ async fn campus(
         "the failover in the campus status, with its Event",
         || async {
             let status = centers.get(CAMPUS).await.ok()?.status?;
-            let event = events
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
+            let event = campus_events(&events, switchboard_operator::controller::FAILOVER)
+                .await?
                 .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some(switchboard_operator::controller::FAILOVER)
-                        && e.involved_object.name.as_deref() == Some(CAMPUS)
-                })?;
+                .next()?;
             (status.failover_count == 1
                 && status.last_failover_time.is_some()
                 && status.active_node.as_deref() == Some(new_active.as_str()))
@@ -1058,11 +1052,8 @@ async fn campus(
     // no grace, may have handed over before it died: only an Event since the drain counts),
     // the failover count unchanged.
     let handover = wait_for(NODE_LIMIT, "the handover's Event", || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
+        campus_events(&events, switchboard_operator::controller::HANDOVER)
+            .await?
             .into_iter()
             .find(|e| {
                 let last_seen = e
@@ -1071,9 +1062,7 @@ async fn campus(
                     .and_then(|s| s.last_observed_time.as_ref())
                     .or(e.event_time.as_ref())
                     .map(|t| t.0);
-                e.reason.as_deref() == Some(switchboard_operator::controller::HANDOVER)
-                    && e.involved_object.name.as_deref() == Some(CAMPUS)
-                    && last_seen.is_some_and(|t| t >= drained_wall)
+                last_seen.is_some_and(|t| t >= drained_wall)
             })
             .map(|e| e.message.unwrap_or_default())
     })
@@ -1301,6 +1290,23 @@ fn pair_in_sync(
             .conditions
             .iter()
             .any(|c| c.type_ == "StandbyReady" && c.status == "True")
+}
+
+/// The Events with `reason` about the campus CallCenter; `None` while they cannot be listed.
+async fn campus_events(
+    events: &Api<k8s_openapi::api::core::v1::Event>,
+    reason: &str,
+) -> Option<Vec<k8s_openapi::api::core::v1::Event>> {
+    let list = events.list(&ListParams::default()).await.ok()?;
+    Some(
+        list.items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.involved_object.name.as_deref() == Some(CAMPUS)
+            })
+            .collect(),
+    )
 }
 
 /// A StatefulSet pod's ordinal (`campus-media-1` is 1).

@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use base64::Engine as _;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::{Api, Client, Config, Discovery};
@@ -1866,41 +1864,6 @@ async fn install_monitoring_stand_ins(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Deletes the cluster-scoped objects a release created (ignoring ones already gone).
-async fn delete_cluster_scoped(client: &Client, objects: &[(String, String)]) -> Result<()> {
-    let mut errors = Vec::new();
-    for (kind, name) in objects {
-        let dp = DeleteParams::default();
-        let result = match kind.as_str() {
-            "ClusterRole" => Api::<ClusterRole>::all(client.clone())
-                .delete(name, &dp)
-                .await
-                .map(|_| ()),
-            "ClusterRoleBinding" => Api::<ClusterRoleBinding>::all(client.clone())
-                .delete(name, &dp)
-                .await
-                .map(|_| ()),
-            "ValidatingWebhookConfiguration" => {
-                Api::<ValidatingWebhookConfiguration>::all(client.clone())
-                    .delete(name, &dp)
-                    .await
-                    .map(|_| ())
-            }
-            other => {
-                errors.push(format!("no clean-up for cluster-scoped {other} {name}"));
-                continue;
-            }
-        };
-        match result {
-            Ok(()) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => errors.push(format!("deleting {kind} {name}: {e}")),
-        }
-    }
-    ensure!(errors.is_empty(), "{}", errors.join("\n"));
-    Ok(())
-}
-
 fn apply_params() -> PatchParams {
     PatchParams::apply(TEST_FIELD_MANAGER).force()
 }
@@ -2079,7 +2042,14 @@ async fn rendered_chart_is_accepted_by_a_real_api_server() -> Result<()> {
             check_operator_rbac(&ns.name, &fullname).await
         }
         .await;
-        let cleaned = delete_cluster_scoped(&client, &cluster_scoped).await;
+        let cleaned = switchboard_tests::cluster::clean_up(
+            &client,
+            &switchboard_tests::cluster::Cleanup {
+                cluster_scoped,
+                volumes: Vec::new(),
+            },
+        )
+        .await;
         result.and(cleaned)
     }
     .await;
