@@ -984,7 +984,8 @@ async fn campus(
         killed_at.elapsed().as_secs_f64()
     );
 
-    // Failovers repeat: the node that took over is killed in turn, with callers queued.
+    // Failovers repeat: the node that took over has its container killed in turn, with callers
+    // queued.
     let campus = Campus {
         pods: pods.clone(),
         centers: centers.clone(),
@@ -1380,6 +1381,53 @@ impl Campus<'_> {
         .await
     }
 
+    /// Kills the media-node process in pod `name`'s container with SIGKILL, as the kernel's
+    /// OOM killer would: the kubelet restarts the container in the same pod, at the same
+    /// address. The process is found on this machine (the cluster's only node) by its
+    /// container's ID in `/proc/<pid>/cgroup`.
+    async fn kill_container(&self, name: &str) -> Result<u32> {
+        use switchboard_operator::builders::stateful_set::CONTAINER_NAME;
+        let pod = self.pods.get(name).await?;
+        let id = pod
+            .status
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.name == CONTAINER_NAME)
+            .and_then(|c| c.container_id)
+            .with_context(|| format!("pod {name} has no running {CONTAINER_NAME} container"))?;
+        let id = id.rsplit("://").next().unwrap_or_default().to_string();
+        ensure!(!id.is_empty(), "pod {name}: an empty container ID");
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // The image's binary (`tests/images/build`).
+            let media_node = std::fs::read_link(entry.path().join("exe"))
+                .is_ok_and(|exe| exe.ends_with("switchboard-media-node"));
+            if media_node
+                && std::fs::read_to_string(entry.path().join("cgroup"))
+                    .is_ok_and(|c| c.contains(&id))
+            {
+                found.push(pid);
+            }
+        }
+        let [pid] = found[..] else {
+            bail!("media-node processes of container {id} (pod {name}): {found:?}");
+        };
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        ensure!(status.success(), "kill -KILL {pid}: {status}");
+        Ok(pid)
+    }
+
     async fn pod_ip(&self, name: &str) -> Result<IpAddr> {
         self.pods
             .get(name)
@@ -1394,12 +1442,13 @@ impl Campus<'_> {
 
 /// A second failover, the other way round, with callers waiting in a queue: agent 2003 of
 /// student services is logged in but on a break, so three callers wait, in turn, hearing
-/// music on hold from `serving`. Its pod is deleted with no grace. `taking_over` takes the
-/// Lease, re-INVITEs each caller and plays them music on hold again; the agent's state and
-/// phone registration are its too. When the agent is ready again (dialed from the phone,
-/// through the Service, now to `taking_over`), the callers are answered one after the other
-/// in the order they called, each wait counted from its first enqueue. `serving` comes back
-/// as the standby.
+/// music on hold from `serving`. Its container is killed (SIGKILL, no drain): `taking_over`,
+/// whose stream from it broke and whose probe of its control port is refused (proof of
+/// death), takes the Lease, re-INVITEs each caller and plays them music on hold again; the
+/// agent's state and phone registration are its too. When the agent is ready again (dialed
+/// from the phone, through the Service, now to `taking_over`), the callers are answered one
+/// after the other in the order they called, each wait counted from its first enqueue. The
+/// container restarted in the same pod comes back as the standby.
 async fn queued_callers_across_a_failover(
     campus: &Campus<'_>,
     serving: &str,
@@ -1517,16 +1566,7 @@ async fn queued_callers_across_a_failover(
         campus.pod_ip(taking_over).await?,
     );
     let killed = Instant::now();
-    campus
-        .pods
-        .delete(
-            serving,
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..DeleteParams::default()
-            },
-        )
-        .await?;
+    campus.kill_container(serving).await?;
     // Restarted fresh after the first failover, this is its first.
     campus
         .until_metric(taking_over, "switchboard_failovers_total", "", 1.0)
@@ -1565,7 +1605,7 @@ async fn queued_callers_across_a_failover(
         )
         .await?;
     eprintln!(
-        "campus: {serving} deleted with {CALLERS} callers queued: {taking_over} active after \
+        "campus: {serving}'s container killed with {CALLERS} callers queued: {taking_over} active after \
          {:.1} s, every caller re-INVITEd and hearing music on hold from it {:.1} s after the kill",
         took_over.as_secs_f64(),
         killed.elapsed().as_secs_f64()
@@ -1647,7 +1687,8 @@ async fn queued_callers_across_a_failover(
     )
     .await?;
     eprintln!(
-        "campus: {serving} back as the standby, in sync {:.1} s after it was deleted",
+        "campus: {serving} restarted in place, back as the standby in sync (seen {:.1} s after \
+         the kill, once the callers were served)",
         killed.elapsed().as_secs_f64()
     );
     Ok(())
