@@ -814,15 +814,25 @@ async fn campus(
     };
 
     // Failover: with 50 calls up (seat 2002 calling seat 2001, audio both ways, recorded),
-    // the active pod is deleted with no grace (its container killed). The standby takes the
-    // Lease and moves every call to itself (re-INVITE on both legs): both phones complete
-    // every call, the caller's BYE going to the new node; it relays audio both ways and
-    // records each call on in a segment linked to the dead node's. It becomes the SIP
-    // Service's endpoint and rings seat 2001 at the contact it registered with the old active
-    // (it does not register again); the deleted pod comes back as the standby and follows the
-    // new active.
+    // the active node's container is killed (SIGKILL, no drain). The standby, whose stream
+    // broke and whose probe of the dead node's control port is refused, takes the Lease and
+    // moves every call to itself (re-INVITE on both legs): both phones complete every call,
+    // the caller's BYE going to the new node; it relays audio both ways and records each call
+    // on in a segment linked to the dead node's. It becomes the SIP Service's endpoint and
+    // rings seat 2001 at the contact it registered with the old active (it does not register
+    // again); the container, restarted in the same pod, comes back as the standby and follows
+    // the new active.
     const CALLS: u32 = 50;
     let target = SocketAddr::new(sip, SIP_PORT);
+    let campus = Campus {
+        pods: pods.clone(),
+        centers: centers.clone(),
+        target,
+        host,
+        yaml: &yaml,
+        dirs: &dirs,
+        caller: &seat_2002,
+    };
     let phones = CampusPhones {
         target,
         host,
@@ -849,14 +859,7 @@ async fn campus(
     })
     .await?;
     let killed_at = Instant::now();
-    pods.delete(
-        &active,
-        &DeleteParams {
-            grace_period_seconds: Some(0),
-            ..DeleteParams::default()
-        },
-    )
-    .await?;
+    campus.kill_container(&active).await?;
     let new_active = standby.clone();
     wait_for(NODE_LIMIT, "the campus standby taking over", || {
         let fetch = pod_metrics(new_active.clone());
@@ -923,7 +926,7 @@ async fn campus(
         "{linked} recordings on {new_active} continue one of {active}'s ({CALLS} calls)"
     );
     eprintln!(
-        "campus: {CALLS} calls up when {active} was deleted: every one moved to {new_active} \
+        "campus: {CALLS} calls up when {active}'s container was killed: every one moved to {new_active} \
          (re-INVITEs answered, audio both ways, recordings linked) and ended normally {:.1} s \
          after the kill",
         moved.as_secs_f64()
@@ -935,7 +938,7 @@ async fn campus(
     .await?;
     let attempts = call_2001("after the failover").await?;
     eprintln!(
-        "campus: {active} deleted; {new_active} active after {:.1} s, seat 2001 (registered with \
+        "campus: {active} killed; {new_active} active after {:.1} s, seat 2001 (registered with \
          {active} only) answered a call through it after {:.1} s ({attempts} attempt(s))",
         took_over.as_secs_f64(),
         killed_at.elapsed().as_secs_f64()
@@ -980,21 +983,13 @@ async fn campus(
     )
     .await?;
     eprintln!(
-        "campus: {active} back as the standby, resynchronised {:.1} s after it was deleted",
+        "campus: {active} restarted in place, back as the standby, resynchronised {:.1} s after \
+         the kill",
         killed_at.elapsed().as_secs_f64()
     );
 
-    // Failovers repeat: the node that took over has its container killed in turn, with callers
-    // queued.
-    let campus = Campus {
-        pods: pods.clone(),
-        centers: centers.clone(),
-        target,
-        host,
-        yaml: &yaml,
-        dirs: &dirs,
-        caller: &seat_2002,
-    };
+    // Failovers repeat: the node that took over has its pod deleted with no grace in turn,
+    // with callers queued.
     queued_callers_across_a_failover(&campus, &new_active, &active).await?;
 
     // A rolling update's stop: the active pod is deleted with its grace period (SIGTERM).
@@ -1442,13 +1437,13 @@ impl Campus<'_> {
 
 /// A second failover, the other way round, with callers waiting in a queue: agent 2003 of
 /// student services is logged in but on a break, so three callers wait, in turn, hearing
-/// music on hold from `serving`. Its container is killed (SIGKILL, no drain): `taking_over`,
-/// whose stream from it broke and whose probe of its control port is refused (proof of
-/// death), takes the Lease, re-INVITEs each caller and plays them music on hold again; the
-/// agent's state and phone registration are its too. When the agent is ready again (dialed
-/// from the phone, through the Service, now to `taking_over`), the callers are answered one
-/// after the other in the order they called, each wait counted from its first enqueue. The
-/// container restarted in the same pod comes back as the standby.
+/// music on hold from `serving`. Its pod is deleted with no grace: the kubelet's SIGTERM makes
+/// it hand the Lease over to `taking_over`, which takes its calls over when it is killed a
+/// moment later: it re-INVITEs each caller and plays them music on hold again; the agent's
+/// state and phone registration are its too. When the agent is ready again (dialed from the
+/// phone, through the Service, now to `taking_over`), the callers are answered one after the
+/// other in the order they called, each wait counted from its first enqueue. The pod, created
+/// again, comes back as the standby.
 async fn queued_callers_across_a_failover(
     campus: &Campus<'_>,
     serving: &str,
@@ -1566,7 +1561,16 @@ async fn queued_callers_across_a_failover(
         campus.pod_ip(taking_over).await?,
     );
     let killed = Instant::now();
-    campus.kill_container(serving).await?;
+    campus
+        .pods
+        .delete(
+            serving,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+        )
+        .await?;
     // Restarted fresh after the first failover, this is its first.
     campus
         .until_metric(taking_over, "switchboard_failovers_total", "", 1.0)
@@ -1605,7 +1609,7 @@ async fn queued_callers_across_a_failover(
         )
         .await?;
     eprintln!(
-        "campus: {serving}'s container killed with {CALLERS} callers queued: {taking_over} active after \
+        "campus: {serving} deleted with {CALLERS} callers queued: {taking_over} active after \
          {:.1} s, every caller re-INVITEd and hearing music on hold from it {:.1} s after the kill",
         took_over.as_secs_f64(),
         killed.elapsed().as_secs_f64()
@@ -1687,8 +1691,8 @@ async fn queued_callers_across_a_failover(
     )
     .await?;
     eprintln!(
-        "campus: {serving} restarted in place, back as the standby in sync (seen {:.1} s after \
-         the kill, once the callers were served)",
+        "campus: {serving} created again, back as the standby in sync (seen {:.1} s after the \
+         deletion, once the callers were served)",
         killed.elapsed().as_secs_f64()
     );
     Ok(())
