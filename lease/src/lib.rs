@@ -251,9 +251,19 @@ async fn write_claim(
     me: &str,
 ) -> Result<Option<Holding>, kube::Error> {
     let (lease, held) = claimed(lease, spec, me);
-    match api.replace(name, &PostParams::default(), &lease).await {
-        Ok(_) => Ok(Some(held)),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+    Ok(write_if_unchanged(api, name, &lease).await?.then_some(held))
+}
+
+/// Writes `lease` back over the one it was read from: a compare-and-swap on its
+/// resourceVersion. `Ok(false)` when someone wrote the Lease since (409).
+async fn write_if_unchanged(
+    api: &Api<Lease>,
+    name: &str,
+    lease: &Lease,
+) -> Result<bool, kube::Error> {
+    match api.replace(name, &PostParams::default(), lease).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -343,12 +353,7 @@ pub async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kub
     // take it ([`in_use`]).
     spec.renew_time = Some(MicroTime(Timestamp::now()));
     set_previous_holder(&mut lease, me);
-    // Compare-and-swap on the resourceVersion, like a renewal.
-    match api.replace(name, &PostParams::default(), &lease).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(e) => Err(e),
-    }
+    write_if_unchanged(api, name, &lease).await
 }
 
 /// Counts a failover the Lease's change of holder did not show: `me`, which took the Lease
@@ -370,10 +375,8 @@ pub async fn count_failover(api: &Api<Lease>, name: &str, me: &str) -> Result<bo
             return Ok(false);
         }
         add_failover(&mut lease);
-        match api.replace(name, &PostParams::default(), &lease).await {
-            Ok(_) => return Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => continue,
-            Err(e) => return Err(e),
+        if write_if_unchanged(api, name, &lease).await? {
+            return Ok(true);
         }
     }
     Ok(false)

@@ -848,16 +848,15 @@ async fn campus(
             &["-l", &CALLS.to_string(), "-r", "25", "-d", "3000"],
         )
         .await?;
-    wait_for(NODE_LIMIT, "the standby holding every call", || {
-        let fetch = pod_metrics(standby.clone());
-        async move {
-            let text = fetch.await?;
-            (metric_value(&text, "switchboard_replication_records", "kind=\"calls\"")
-                == Some(f64::from(CALLS)))
-            .then_some(())
-        }
-    })
-    .await?;
+    // The standby holds every call.
+    campus
+        .until_metric(
+            &standby,
+            "switchboard_replication_records",
+            "kind=\"calls\"",
+            f64::from(CALLS),
+        )
+        .await?;
     let killed_at = Instant::now();
     campus.kill_container(&active).await?;
     let new_active = standby.clone();
@@ -1006,29 +1005,17 @@ async fn campus(
         Some(8_000),
     )
     .await?;
-    let calls_on = |pod: String| {
-        let fetch = pod_metrics(pod);
-        async move {
-            let text = fetch.await?;
-            (metric_value(&text, "switchboard_calls_active", "") == Some(1.0)).then_some(())
-        }
-    };
-    wait_for(NODE_LIMIT, "the long call up on the active node", || {
-        calls_on(drained.clone())
-    })
-    .await?;
+    // The long call is up on the active node.
+    campus
+        .until_metric(&drained, "switchboard_calls_active", "", 1.0)
+        .await?;
     let drained_at = Instant::now();
     let drained_wall = k8s_openapi::jiff::Timestamp::now();
     pods.delete(&drained, &DeleteParams::default()).await?;
-    wait_for(NODE_LIMIT, "the Lease handed over to the standby", || {
-        let fetch = pod_metrics(successor.clone());
-        async move {
-            let text = fetch.await?;
-            (metric_value(&text, "switchboard_node_role", "role=\"active\"") == Some(1.0))
-                .then_some(())
-        }
-    })
-    .await?;
+    // The Lease handed over to the standby.
+    campus
+        .until_metric(&successor, "switchboard_node_role", "role=\"active\"", 1.0)
+        .await?;
     let handed_over = drained_at.elapsed();
     finish_call(answering, calling, &seat_2002, &seat_2001)
         .await
