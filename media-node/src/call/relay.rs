@@ -50,8 +50,6 @@ use crate::media::tone::{ToneGenerator, ToneSpec};
 use crate::media::wav::{FRAME_SAMPLES, Prompt, SAMPLE_RATE};
 use crate::recording::wav_writer::{CallRecorder, RecordingSummary, Side};
 
-/// How many leases to try when a port of the range is taken by another program.
-const BIND_ATTEMPTS: usize = 8;
 /// Largest media datagram read (G.711 20 ms frames are 172 bytes).
 const MAX_DATAGRAM: usize = 2048;
 /// Playback packet interval: one 20 ms G.711 frame per packet.
@@ -116,14 +114,27 @@ pub struct MediaLeg {
 impl MediaLeg {
     /// Leases a port pair and binds both sockets on `address`. A pair that cannot be bound
     /// (another program holds it) stays leased until a working one is found, so it is not
-    /// handed straight back.
+    /// handed straight back; every free pair of the range is tried before giving up (another
+    /// program may hold a long run of them).
     /// Synchronous (no await) so a call is set up, or refused, within the handling of its
     /// INVITE; needs a tokio runtime.
     pub fn bind(ports: &PortAllocator, address: IpAddr) -> Result<MediaLeg, MediaError> {
         let mut held = Vec::new();
         let mut last_error = None;
-        for _ in 0..BIND_ATTEMPTS {
-            let lease = ports.allocate()?;
+        loop {
+            let lease = match ports.allocate() {
+                Ok(lease) => lease,
+                Err(exhausted) => match last_error {
+                    None => return Err(exhausted.into()),
+                    Some(source) => {
+                        return Err(MediaError::Bind {
+                            address,
+                            attempts: held.len(),
+                            source,
+                        });
+                    }
+                },
+            };
             let rtp = bind_udp(SocketAddr::new(address, lease.rtp_port()));
             let rtcp = bind_udp(SocketAddr::new(address, lease.rtcp_port()));
             match (rtp, rtcp) {
@@ -135,11 +146,6 @@ impl MediaLeg {
                 }
             }
         }
-        Err(MediaError::Bind {
-            address,
-            attempts: BIND_ATTEMPTS,
-            source: last_error.unwrap_or_else(|| io::Error::other("no attempt made")),
-        })
     }
 
     pub fn rtp_port(&self) -> u16 {
