@@ -20,6 +20,7 @@ use kube::{Api, Client};
 use switchboard_crds::callcenter::{NodeConfigState, NodeStatus};
 use switchboard_crds::{CallCenter, Seat};
 use switchboard_operator::builders::CONFIG_FILE;
+use switchboard_operator::node_config::NodeConfig;
 use switchboard_tests::node_process::{NodeProcess, create_node_pod};
 use switchboard_tests::{
     TestNamespace, apply_yaml, control_plane, install_crds, repo_root, start_controller, wait_for,
@@ -68,8 +69,11 @@ async fn node_line(centers: &Api<CallCenter>) -> Option<(Option<i64>, NodeStatus
     Some((status.config_generation, node))
 }
 
-/// Changes the Queue so the operator computes (and pushes) a new generation.
-async fn bump_queue(client: &Client, ns: &str, wrap_up: u32) -> Result<()> {
+/// Changes the Queue so the operator computes (and pushes) a new generation, and returns that
+/// generation: the one of the first ConfigMap that carries the change. (Waiting for "the node
+/// runs the center's current generation" alone could match the generation before the change,
+/// when the controller has not seen the patch yet.)
+async fn bump_queue(client: &Client, ns: &str, wrap_up: u32) -> Result<i64> {
     let queues: Api<switchboard_crds::Queue> = Api::namespaced(client.clone(), ns);
     queues
         .patch(
@@ -78,7 +82,18 @@ async fn bump_queue(client: &Client, ns: &str, wrap_up: u32) -> Result<()> {
             &Patch::Merge(serde_json::json!({"spec": {"wrapUpSeconds": wrap_up}})),
         )
         .await?;
-    Ok(())
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        WAIT,
+        &format!("a node config with wrap-up {wrap_up} s"),
+        || async {
+            let cm = config_maps.get_opt("minimal-node-config").await.ok()??;
+            let config: NodeConfig = serde_yaml::from_str(cm.data?.get(CONFIG_FILE)?).ok()?;
+            let support = config.queues.iter().find(|q| q.name == "support")?;
+            (support.spec.wrap_up_seconds == wrap_up).then_some(config.generation)
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -104,15 +119,17 @@ async fn every_generation_is_pushed_and_acknowledged_and_an_absent_node_is_shown
     create_node_pod(&client, &ns.name, "minimal", POD, node.control.port()).await?;
 
     // A Queue change: a new generation, pushed, acknowledged, and running on the node.
-    bump_queue(&client, &ns.name, 20).await?;
+    let generation = bump_queue(&client, &ns.name, 20).await?;
     let centers: Api<CallCenter> = Api::namespaced(client.clone(), &ns.name);
-    let (generation, line) = wait_for(
+    let line = wait_for(
         WAIT,
-        "the node acknowledging the new generation",
+        &format!("the node acknowledging generation {generation}"),
         || async {
-            let (generation, line) = node_line(&centers).await?;
-            (line.config == NodeConfigState::Current && line.config_generation == generation)
-                .then_some((generation?, line))
+            let (current, line) = node_line(&centers).await?;
+            (line.config == NodeConfigState::Current
+                && current == Some(generation)
+                && line.config_generation == Some(generation))
+                .then_some(line)
         },
     )
     .await
@@ -155,13 +172,13 @@ async fn every_generation_is_pushed_and_acknowledged_and_an_absent_node_is_shown
 
     // The node goes away: the next generation cannot be delivered, and status says so.
     node.kill();
-    bump_queue(&client, &ns.name, 25).await?;
-    let (missed, line) = wait_for(WAIT, "the node shown as unreachable", || async {
-        let (generation, line) = node_line(&centers).await?;
-        (line.config == NodeConfigState::Unreachable).then_some((generation?, line))
+    let missed = bump_queue(&client, &ns.name, 25).await?;
+    assert!(missed > generation);
+    let line = wait_for(WAIT, "the node shown as unreachable", || async {
+        let (current, line) = node_line(&centers).await?;
+        (line.config == NodeConfigState::Unreachable && current == Some(missed)).then_some(line)
     })
     .await?;
-    assert!(missed > generation);
     assert_eq!(
         line.config_generation,
         Some(generation),
