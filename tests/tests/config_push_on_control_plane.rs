@@ -129,7 +129,7 @@ async fn every_generation_is_pushed_and_acknowledged_and_an_absent_node_is_shown
             (line.config == NodeConfigState::Current
                 && current == Some(generation)
                 && line.config_generation == Some(generation))
-                .then_some(line)
+            .then_some(line)
         },
     )
     .await
