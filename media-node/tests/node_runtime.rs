@@ -1174,7 +1174,7 @@ async fn seat_call(node: &Node, scenario: &str, extra: &[&str]) -> SeatCall {
         Some(callee_media),
         &["-key", "ext", "1002", "-rtp_echo"],
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let callee = tokio::task::block_in_place(|| callee.listening());
     let caller_port = support::free_port();
     let caller_media = support::free_media_port("127.0.0.1");
     let mut args = vec!["-s", "1002"];

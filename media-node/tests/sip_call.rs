@@ -12,7 +12,6 @@ mod support;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use media_node::call::CallSettings;
 
@@ -75,8 +74,9 @@ fn caller_cancels_before_answer_and_hears_487() {
     let (node, recordings) = start(true);
     let callee_port = free_port();
     node.register_callee(callee_port);
-    let callee = node.seat("call-uas-ring.xml", callee_port, None, &[]);
-    std::thread::sleep(Duration::from_millis(300));
+    let callee = node
+        .seat("call-uas-ring.xml", callee_port, None, &[])
+        .listening();
     let caller = node.seat("call-uac-cancel.xml", free_port(), None, &["-s", "1002"]);
     caller.assert_ok("caller 1001 cancels");
     callee.assert_ok("callee 1002 cancelled");

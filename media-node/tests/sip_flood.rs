@@ -86,14 +86,15 @@ impl FloodNode {
         let callee_port = self.callee_port;
         self.register_callee(callee_port);
         let calls = CALLS.to_string();
-        let callee = self.seat(
-            "call-uas-answer.xml",
-            callee_port,
-            Some(free_media_port("127.0.0.1")),
-            &["-rtp_echo", "-m", &calls],
-        );
-        // The callee listens before the caller dials.
-        std::thread::sleep(Duration::from_millis(300));
+        let callee = self
+            .seat(
+                "call-uas-answer.xml",
+                callee_port,
+                Some(free_media_port("127.0.0.1")),
+                &["-rtp_echo", "-m", &calls],
+            )
+            // The callee listens before the caller dials.
+            .listening();
         self.seat(
             "call-uac-bye.xml",
             free_port(),

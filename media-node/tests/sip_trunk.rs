@@ -238,9 +238,9 @@ impl TrunkNode {
             )
         } else {
             self.seat(seat, callee_port, None, &[])
-        };
+        }
         // The seat listens before the carrier dials.
-        std::thread::sleep(Duration::from_millis(300));
+        .listening();
         let mut args = vec!["-s", FRONT_DESK];
         args.extend_from_slice(extra);
         let media_port = media.then(|| free_media_port(TRUNK_IP));
@@ -259,8 +259,9 @@ impl TrunkNode {
             args.push("-rtp_echo");
             free_media_port(TRUNK_IP)
         });
-        let listening = self.carrier(carrier, trunk_port, media_port, &args);
-        std::thread::sleep(Duration::from_millis(300));
+        let listening = self
+            .carrier(carrier, trunk_port, media_port, &args)
+            .listening();
         let seat_media = media.then(|| free_media_port("127.0.0.1"));
         self.seat(seat, free_port(), seat_media, &["-s", "0301234567"])
             .assert_ok(&format!("seat 1001 plays {seat}"));
@@ -371,13 +372,14 @@ fn channel_limit_blocks_the_second_trunk_call_with_503() {
     assert_eq!(node.metric("switchboard_trunk_channel_limit"), Some(1.0));
     let callee_port = free_port();
     node.register_callee(callee_port);
-    let callee = node.seat(
-        "call-uas-answer.xml",
-        callee_port,
-        Some(free_media_port("127.0.0.1")),
-        &["-rtp_echo"],
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let callee = node
+        .seat(
+            "call-uas-answer.xml",
+            callee_port,
+            Some(free_media_port("127.0.0.1")),
+            &["-rtp_echo"],
+        )
+        .listening();
     // The first call holds the only channel for 5 s after the answer.
     let first = node.carrier(
         "trunk-uac-inbound.xml",

@@ -534,6 +534,9 @@ pub struct SippStats {
     pub failed: u64,
     /// The non-zero `Failed…` counters by reason (`TimeoutOnRecv`, `MaxUDPRetrans`, …).
     pub failed_by: BTreeMap<String, u64>,
+    /// SIPp's error log (`-trace_err`: which message of which call timed out or was
+    /// unexpected), empty when no call failed.
+    pub errors: String,
 }
 
 impl SippRun {
@@ -546,6 +549,28 @@ impl SippRun {
         }
         let output = self.output().await;
         bail!("{} failed with {status}:\n{output}", self.what)
+    }
+
+    /// Waits (bounded) until SIPp's UDP socket on `sip` is bound, so that a phone answering
+    /// calls listens before anyone dials it (the kernel's socket table, `/proc/net/udp`).
+    pub async fn listening(mut self, sip: SocketAddr) -> Result<Self> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !udp_bound(sip)? {
+            if let Some(status) = self.child.try_wait()? {
+                let output = self.output().await;
+                bail!(
+                    "{} exited with {status} before it listened:\n{output}",
+                    self.what
+                );
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{} did not bind {sip} within 30 s",
+                self.what
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(self)
     }
 
     /// Makes SIPp place no new call and exit once the calls up have ended (SIGUSR1, its soft
@@ -577,7 +602,12 @@ impl SippRun {
             .with_context(|| format!("reading {}", path.display()))
             .and_then(|text| parse_sipp_stats(&text))
         {
-            Ok(stats) => Ok(stats),
+            Ok(mut stats) => {
+                if stats.failed > 0 {
+                    stats.errors = self.error_log();
+                }
+                Ok(stats)
+            }
             Err(e) => {
                 let output = self.output().await;
                 Err(e.context(format!("{}:\n{output}", self.what)))
@@ -598,6 +628,22 @@ impl SippRun {
                 );
             }
         }
+    }
+
+    /// The text of SIPp's `-trace_err` files (`<scenario>_<pid>_errors.log`).
+    fn error_log(&self) -> String {
+        let Ok(entries) = std::fs::read_dir(self.work.path()) else {
+            return String::new();
+        };
+        let mut log = String::new();
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().ends_with("_errors.log")
+                && let Ok(text) = std::fs::read_to_string(entry.path())
+            {
+                log.push_str(&text);
+            }
+        }
+        log
     }
 
     /// What SIPp wrote to stderr and to its log files (the statistics file is summarised).
@@ -624,6 +670,24 @@ impl SippRun {
         }
         output
     }
+}
+
+/// Whether a UDP socket is bound to `addr` (or to its port on every address), from
+/// `/proc/net/udp`: `local_address` is `HEXIP:HEXPORT`, the IPv4 address in the kernel's byte
+/// order (little-endian here).
+fn udp_bound(addr: SocketAddr) -> Result<bool> {
+    let IpAddr::V4(ip) = addr.ip() else {
+        bail!("{addr}: only IPv4 is looked up");
+    };
+    let port = addr.port();
+    let local = format!("{:08X}:{port:04X}", u32::from_le_bytes(ip.octets()));
+    let any = format!("00000000:{port:04X}");
+    let table = std::fs::read_to_string("/proc/net/udp").context("reading /proc/net/udp")?;
+    Ok(table.lines().skip(1).any(|line| {
+        line.split_whitespace()
+            .nth(1)
+            .is_some_and(|address| address == local || address == any)
+    }))
 }
 
 /// The last line of a SIPp `-trace_stat` file, against its header line (`;`-separated).

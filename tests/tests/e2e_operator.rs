@@ -159,8 +159,9 @@ impl CampusPhones<'_> {
                 ],
             ))
             .spawn()
+            .await?
+            .listening(SocketAddr::new(self.host, self.phone_2001))
             .await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
         let call = Sipp::new(self.target, calling)
             .calls(calls)
             .limit(limit)
@@ -273,8 +274,10 @@ async fn start_call(
             "-rtp_echo",
         ],
     );
-    let answering = sipp(sip, domain, "seat-uas-answer.xml", &answer).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answering = sipp(sip, domain, "seat-uas-answer.xml", &answer)
+        .await?
+        .listening(SocketAddr::new(host, callee_port.parse()?))
+        .await?;
     let hold = hold_ms.map(|ms| ms.to_string());
     let mut more = vec![
         "-i",
@@ -1132,7 +1135,16 @@ async fn campus(
             && placed.failed == 0
             && answered.failed == 0
             && answered.successful == placed.successful,
-        "calls across the rolling update: placed {placed:?}, answered {answered:?}"
+        "calls across the rolling update: placed {} successful, {} failed {:?}, answered {} \
+         successful, {} failed {:?}\ncalling phone's errors:\n{}\nanswering phone's errors:\n{}",
+        placed.successful,
+        placed.failed,
+        placed.failed_by,
+        answered.successful,
+        answered.failed,
+        answered.failed_by,
+        placed.errors,
+        answered.errors,
     );
     let status = wait_for(
         NODE_LIMIT,

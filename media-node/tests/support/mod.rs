@@ -108,11 +108,40 @@ pub fn rand_u16() -> u16 {
     (mixed % 65_521) as u16
 }
 
+/// Whether a socket is bound to `ip:port` (UDP, or a listening TCP socket), from
+/// `/proc/net/{udp,tcp}`: columns `local_address` as `HEXIP:HEXPORT` (the IPv4 address in the
+/// kernel's byte order, little-endian here) and `st` (`0A` is LISTEN for TCP).
+pub fn bound(ip: &str, port: u16, tcp: bool) -> bool {
+    let Ok(ip) = ip.parse::<std::net::Ipv4Addr>() else {
+        return false;
+    };
+    let local = format!("{:08X}:{port:04X}", u32::from_le_bytes(ip.octets()));
+    let any = format!("00000000:{port:04X}");
+    let table = if tcp {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/udp"
+    };
+    std::fs::read_to_string(table).is_ok_and(|text| {
+        text.lines().skip(1).any(|line| {
+            let mut columns = line.split_whitespace().skip(1);
+            let (Some(address), Some(_remote), Some(state)) =
+                (columns.next(), columns.next(), columns.next())
+            else {
+                return false;
+            };
+            (address == local || address == any) && (!tcp || state == "0A")
+        })
+    })
+}
+
 /// One SIPp process, killed when dropped.
 pub struct Sipp {
     child: Option<Child>,
     work: tempfile::TempDir,
     scenario: String,
+    /// Where its SIP socket listens (`-i`, `-p`) and whether over TCP.
+    sip: (String, u16, bool),
 }
 
 impl Sipp {
@@ -148,11 +177,41 @@ impl Sipp {
             command.args(["-mi", ip, "-mp", &mp.to_string()]);
         }
         let child = command.spawn().expect("start sipp");
+        let tcp = extra
+            .windows(2)
+            .any(|w| w[0] == "-t" && w[1].starts_with('t'));
         Sipp {
             child: Some(child),
             work,
             scenario: scenario.to_string(),
+            sip: (ip.to_string(), port, tcp),
         }
+    }
+
+    /// Waits (bounded) until SIPp's SIP socket is bound, so that a phone answering calls
+    /// listens before anyone dials it: the kernel's socket table says so, without touching
+    /// the port.
+    pub fn listening(mut self) -> Sipp {
+        let (ip, port, tcp) = self.sip.clone();
+        let deadline = Instant::now() + SIPP_LIMIT;
+        while !bound(&ip, port, tcp) {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let (_, output) = self.exited(status);
+                panic!(
+                    "sipp {} exited with {status} before it listened:{output}",
+                    self.scenario
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sipp {} did not bind {ip}:{port} within {SIPP_LIMIT:?}",
+                self.scenario
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self
     }
 
     /// Waits (bounded) for SIPp to exit; returns its status and everything it logged.
@@ -169,6 +228,12 @@ impl Sipp {
                 None => std::thread::sleep(Duration::from_millis(50)),
             }
         };
+        self.exited(status)
+    }
+
+    /// The status of a SIPp that has exited, and everything it logged.
+    fn exited(&mut self, status: ExitStatus) -> (ExitStatus, String) {
+        self.child = None;
         let mut output = String::new();
         if let Ok(entries) = std::fs::read_dir(self.work.path()) {
             for entry in entries.flatten() {
@@ -324,14 +389,15 @@ impl TestNode {
     pub fn seat_call(&self, uas: &str, uac: &str, caller_tcp: bool) {
         let callee_port = free_port();
         self.register_callee(callee_port);
-        let callee = self.seat(
-            uas,
-            callee_port,
-            Some(free_media_port("127.0.0.1")),
-            &["-rtp_echo"],
-        );
-        // The callee listens before the caller dials.
-        std::thread::sleep(Duration::from_millis(300));
+        let callee = self
+            .seat(
+                uas,
+                callee_port,
+                Some(free_media_port("127.0.0.1")),
+                &["-rtp_echo"],
+            )
+            // The callee listens before the caller dials.
+            .listening();
         let media = Some(free_media_port("127.0.0.1"));
         let caller = if caller_tcp {
             self.seat_tcp(uac, free_port(), media, &["-s", "1002"])
