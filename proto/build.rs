@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     let descriptors = protox::compile(protos, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        // Snapshot carries the nonce key: its Debug (in lib.rs) leaves it out.
+        .skip_debug([".switchboard.replication.v1.Snapshot"])
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -528,6 +528,10 @@ fn take_over(
         };
         let clock = replication::WallClock::now();
         let now = std::time::Instant::now();
+        // First the key: a phone challenged by the previous active answers that challenge here.
+        if let Some(key) = state.nonce_key {
+            sip.adopt_nonce_key(key);
+        }
         let records: Vec<_> = state.registrations.values().cloned().collect();
         let registrations = sip.restore_registrations(&records, clock, now);
         let agents: Vec<_> = state.agents.values().cloned().collect();

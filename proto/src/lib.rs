@@ -31,6 +31,22 @@ pub mod replication {
     #[allow(clippy::large_enum_variant)]
     pub mod v1 {
         tonic::include_proto!("switchboard.replication.v1");
+
+        /// Everything but the nonce key, which is a secret.
+        impl std::fmt::Debug for Snapshot {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("Snapshot")
+                    .field("config_generation", &self.config_generation)
+                    .field("registrations", &self.registrations)
+                    .field("agents", &self.agents)
+                    .field("calls", &self.calls)
+                    .field(
+                        "nonce_key",
+                        &format_args!("({} bytes)", self.nonce_key.len()),
+                    )
+                    .finish()
+            }
+        }
     }
 }
 

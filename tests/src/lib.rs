@@ -18,6 +18,7 @@ use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use kube::{Api, Client, Config, Discovery, ResourceExt};
 
 pub mod cluster;
+pub mod digest_phone;
 pub mod names;
 pub mod node_process;
 pub mod queued;

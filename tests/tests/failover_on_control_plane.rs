@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use switchboard_crds::callcenter::{HaMode, HighAvailabilitySpec, RecordingMode};
 use switchboard_tests::cluster::free_udp_port;
+use switchboard_tests::digest_phone::ChallengedPhone;
 use switchboard_tests::node_process::{
     NodeProcess, hot_standby_config, minimal_seat_1001, minimal_seat_1002_calls,
     prepare_hot_standby, role_is, sample, start_hot_standby_pair,
@@ -109,8 +110,9 @@ async fn calls_survive(death: Death) -> Result<()> {
             "-rtp_echo",
         ])
         .spawn()
+        .await?
+        .listening(SocketAddr::new(loopback, phone.parse()?))
         .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let caller_media = free_udp_port(loopback)?.to_string();
     let calling =
         minimal_seat_1002_calls(a.sip_udp, "takeover-seat-uac.xml", "1001", &caller_media)
@@ -127,6 +129,11 @@ async fn calls_survive(death: Death) -> Result<()> {
     })
     .await
     .with_context(|| format!("A:\n{}\nB:\n{}", a.log(), b.log()))?;
+    // Seat 1002's phone is challenged by A; its answer will reach B.
+    let challenged =
+        ChallengedPhone::challenged_by(a.sip_udp, "1002", "practice-1002", "localhost")
+            .await
+            .with_context(|| a.log())?;
     let killed = Instant::now();
     if death != Death::Killed {
         let status = std::process::Command::new("kill")
@@ -172,6 +179,14 @@ async fn calls_survive(death: Death) -> Result<()> {
     })
     .await
     .with_context(|| b.log())?;
+    // B took A's nonce key with the rest of A's state: the phone's answer to A's challenge
+    // is good at B (a fresh challenge instead lost a caller in a rolling update).
+    let (status, answer) = challenged.answer_at(b.sip_udp).await?;
+    ensure!(
+        status == 200,
+        "seat 1002's answer to A's challenge, at B: {answer}\nB:\n{}",
+        b.log()
+    );
     let rtp_after = (
         metric(
             &b,
@@ -204,7 +219,13 @@ async fn calls_survive(death: Death) -> Result<()> {
         rtp_after.0 > 0.0 && rtp_after.1 > 0.0,
         "B relayed {rtp_after:?} RTP packets (caller to callee, callee to caller)"
     );
-    let answered = metric(&b, "switchboard_calls_total{outcome=\"answered\"}").await;
+    // The phones are done once their BYEs are answered; B counts each call a moment later.
+    let answered = wait_for(WAIT, "B to count every call it ended", || async {
+        let answered = metric(&b, "switchboard_calls_total{outcome=\"answered\"}").await;
+        (answered >= f64::from(CALLS)).then_some(answered)
+    })
+    .await
+    .with_context(|| format!("B:\n{}", b.log()))?;
     ensure!(
         answered == f64::from(CALLS),
         "B ended {answered} answered calls of {CALLS}"

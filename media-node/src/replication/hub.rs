@@ -112,6 +112,11 @@ impl ReplicationHub {
         self.journal.lock().set_config_generation(generation);
     }
 
+    /// The key the node's digest nonces are issued with: streams opened from now on carry it.
+    pub fn set_nonce_key(&self, key: crate::sip::digest::NonceKey) {
+        self.journal.lock().set_nonce_key(key);
+    }
+
     /// Takes a change into the journal and sends it to the followers.
     pub fn record(&self, change: delta::Change) {
         let mut journal = self.journal.lock();

@@ -21,6 +21,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use prost::Message;
+
+use crate::sip::digest::NonceKey;
 use switchboard_proto::replication::v1::{
     AgentRecord, AgentState, CallRecord, Delta, Dialog, HandedOver, Heartbeat, Media, Registration,
     RegistrationKey, ReplicationMessage, Snapshot, Transport, delta, replication_message,
@@ -68,6 +70,8 @@ pub struct ReplicatedState {
     pub agents: BTreeMap<String, AgentRecord>,
     /// By call id (the caller leg's Call-ID).
     pub calls: BTreeMap<String, CallRecord>,
+    /// The key of the center's digest nonces, when the active shares it.
+    pub nonce_key: Option<NonceKey>,
 }
 
 impl ReplicatedState {
@@ -77,13 +81,24 @@ impl ReplicatedState {
             registrations: self.registrations.values().cloned().collect(),
             agents: self.agents.values().cloned().collect(),
             calls: self.calls.values().cloned().collect(),
+            nonce_key: self.nonce_key.map(|k| k.0.to_vec()).unwrap_or_default(),
         }
     }
 
     /// The state a snapshot describes, or why it cannot be used (nothing is half-built).
     fn from_snapshot(snapshot: &Snapshot) -> Result<Self, ReplicationError> {
+        let nonce_key = match snapshot.nonce_key.as_slice() {
+            [] => None,
+            bytes => Some(NonceKey::from_slice(bytes).ok_or_else(|| {
+                invalid(
+                    "snapshot",
+                    format!("nonce key of {} bytes, not 64", bytes.len()),
+                )
+            })?),
+        };
         let mut state = Self {
             config_generation: snapshot.config_generation,
+            nonce_key,
             ..Self::default()
         };
         for r in &snapshot.registrations {
@@ -259,6 +274,11 @@ impl Journal {
 
     pub fn set_config_generation(&mut self, generation: i64) {
         self.state.config_generation = generation;
+    }
+
+    /// The nonce key the node issues with, for the next snapshots.
+    pub fn set_nonce_key(&mut self, key: NonceKey) {
+        self.state.nonce_key = Some(key);
     }
 
     /// Takes a change into the journal; returns the delta to send the followers, or `None`

@@ -384,6 +384,7 @@ fn a_snapshot_with_a_duplicate_or_bad_record_is_refused_whole() {
             agent(1, AgentState::Busy, 0),
         ],
         calls: vec![],
+        nonce_key: vec![],
     };
     let message = ReplicationMessage {
         sequence: 1,
@@ -408,4 +409,51 @@ fn a_snapshot_with_a_duplicate_or_bad_record_is_refused_whole() {
     };
     assert!(follower.receive(&message).is_err());
     assert_eq!(follower.state(), None);
+}
+
+#[test]
+fn the_snapshot_carries_the_nonce_key_and_a_key_of_the_wrong_size_is_refused() {
+    let key = crate::sip::digest::NonceKey([0x5a; 64]);
+    let mut journal = Journal::default();
+    let without = journal.snapshot();
+    assert!(without.nonce_key.is_empty(), "none set: none sent");
+    journal.set_nonce_key(key);
+    let snapshot = journal.snapshot();
+    assert_eq!(snapshot.nonce_key, vec![0x5a; 64]);
+    // The key is a secret: the snapshot's Debug names its size only.
+    let shown = format!("{snapshot:?}");
+    assert!(shown.contains("nonce_key: (64 bytes)"), "{shown}");
+    assert!(!shown.contains("90, 90"), "{shown}");
+    assert!(!format!("{:?}", journal.state()).contains("90, 90"));
+
+    let opening = |snapshot: Snapshot| ReplicationMessage {
+        sequence: 1,
+        term: 1,
+        sent_at_unix_ms: 0,
+        body: Some(replication_message::Body::Snapshot(snapshot)),
+    };
+    let mut follower = Follower::new();
+    follower
+        .receive(&opening(snapshot))
+        .expect("a good snapshot");
+    assert_eq!(follower.state().and_then(|s| s.nonce_key), Some(key));
+    // A sender that does not share its key: the follower has none.
+    let mut older = Follower::new();
+    older.receive(&opening(without)).expect("a good snapshot");
+    assert_eq!(older.state().and_then(|s| s.nonce_key), None);
+    for size in [1, 63, 65] {
+        let mut follower = Follower::new();
+        let bad = Snapshot {
+            nonce_key: vec![1; size],
+            ..Snapshot::default()
+        };
+        assert!(
+            matches!(
+                follower.receive(&opening(bad)),
+                Err(ReplicationError::Invalid { .. })
+            ),
+            "{size} bytes"
+        );
+        assert_eq!(follower.state(), None);
+    }
 }

@@ -368,27 +368,83 @@ pub enum NonceStatus {
     Forged,
 }
 
-/// Issues and checks stateless nonces: `hex(issued_secs ‖ salt ‖ HMAC-MD5(secret, issued ‖ salt))`.
+/// The key that authenticates nonces. The nodes of a center share one (a standby takes the
+/// active's from the replication stream and uses it once it takes over), so that a phone
+/// challenged by one node completes its authentication at the other: a caller challenged by
+/// a node that then hands over or fails would otherwise be challenged again by the next one,
+/// which many phones (and SIPp) take for a retransmission of the first challenge, and the
+/// call is lost. Its `Debug` never shows the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct NonceKey(pub [u8; 64]);
+
+impl NonceKey {
+    /// A fresh random key.
+    pub fn random() -> Self {
+        let mut key = [0u8; 64];
+        rand::rng().fill_bytes(&mut key);
+        Self(key)
+    }
+
+    /// The key as replicated bytes are read: exactly 64 bytes, else `None`.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+}
+
+impl std::fmt::Debug for NonceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NonceKey(..)")
+    }
+}
+
+/// How far in the future a nonce's issue time may lie: another node of the center issued it
+/// and its clock is a little ahead of ours.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
+
+/// The current key, and the one before it: nonces this node issued before it took the
+/// center's key stay good until they expire.
+struct NonceKeys {
+    current: NonceKey,
+    previous: Option<NonceKey>,
+}
+
+/// Issues and checks stateless nonces: `hex(issued ‖ salt ‖ HMAC-MD5(key, issued ‖ salt))`,
+/// `issued` in seconds since the Unix epoch so that every node of a center reads the same age.
 pub struct NonceIssuer {
-    secret: [u8; 64],
-    /// Issue times are seconds since this instant (a monotonic clock: immune to wall-clock jumps).
+    keys: parking_lot::RwLock<NonceKeys>,
+    /// The wall-clock time of `epoch`, taken once: issue times and ages follow the monotonic
+    /// clock from there (a wall-clock jump does not age or rejuvenate a nonce), and agree
+    /// with another node's as far as the clocks agreed when each process started.
     epoch: Instant,
+    epoch_unix_secs: u64,
     lifetime: Duration,
 }
 
 impl NonceIssuer {
-    /// A new issuer with a random per-process secret.
+    /// A new issuer with a random key.
     pub fn new(epoch: Instant, lifetime: Duration) -> Self {
-        let mut secret = [0u8; 64];
-        rand::rng().fill_bytes(&mut secret);
-        Self::with_secret(secret, epoch, lifetime)
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        // `epoch` may lie in the past: read the wall clock at `epoch`, not now.
+        let unix = unix.saturating_sub(Instant::now().saturating_duration_since(epoch).as_secs());
+        Self::with_key(NonceKey::random(), epoch, unix, lifetime)
     }
 
-    /// An issuer with a given secret (tests; or several workers sharing one secret).
-    pub fn with_secret(secret: [u8; 64], epoch: Instant, lifetime: Duration) -> Self {
+    /// An issuer with a given key whose `epoch` is `epoch_unix_secs` on the wall clock.
+    pub fn with_key(
+        key: NonceKey,
+        epoch: Instant,
+        epoch_unix_secs: u64,
+        lifetime: Duration,
+    ) -> Self {
         Self {
-            secret,
+            keys: parking_lot::RwLock::new(NonceKeys {
+                current: key,
+                previous: None,
+            }),
             epoch,
+            epoch_unix_secs,
             lifetime,
         }
     }
@@ -397,13 +453,32 @@ impl NonceIssuer {
         self.lifetime
     }
 
+    /// The key new nonces are issued with (what the standby replicates).
+    pub fn key(&self) -> NonceKey {
+        self.keys.read().current
+    }
+
+    /// Issues new nonces with `key` from now on (the center's, taken over from the node that
+    /// was active), still accepting those issued with the key used until now.
+    pub fn adopt(&self, key: NonceKey) {
+        let mut keys = self.keys.write();
+        if keys.current != key {
+            keys.previous = Some(keys.current);
+            keys.current = key;
+        }
+    }
+
+    fn unix_secs(&self, now: Instant) -> u64 {
+        self.epoch_unix_secs
+            .saturating_add(now.saturating_duration_since(self.epoch).as_secs())
+    }
+
     /// A fresh nonce issued at `now`.
     pub fn issue(&self, now: Instant) -> String {
-        let issued = now.saturating_duration_since(self.epoch).as_secs();
+        let issued_bytes = self.unix_secs(now).to_be_bytes();
         let mut salt = [0u8; NONCE_SALT_LEN];
         rand::rng().fill_bytes(&mut salt);
-        let issued_bytes = issued.to_be_bytes();
-        let mac = hmac_md5(&self.secret, &[&issued_bytes, &salt]);
+        let mac = hmac_md5(&self.keys.read().current.0, &[&issued_bytes, &salt]);
         let mut nonce = String::with_capacity(NONCE_HEX_LEN);
         for byte in issued_bytes.iter().chain(&salt).chain(&mac) {
             let _ = write!(nonce, "{byte:02x}");
@@ -421,19 +496,27 @@ impl NonceIssuer {
         };
         let (issued_bytes, rest) = bytes.split_at(8);
         let (salt, mac) = rest.split_at(NONCE_SALT_LEN);
-        let expected = hmac_md5(&self.secret, &[issued_bytes, salt]);
-        if !constant_time_eq(&expected, mac) {
+        let authentic = {
+            let keys = self.keys.read();
+            std::iter::once(keys.current)
+                .chain(keys.previous)
+                .any(|key| constant_time_eq(&hmac_md5(&key.0, &[issued_bytes, salt]), mac))
+        };
+        if !authentic {
             return NonceStatus::Forged;
         }
         let mut issued = [0u8; 8];
         issued.copy_from_slice(issued_bytes);
-        let issued = Duration::from_secs(u64::from_be_bytes(issued));
-        let age_now = now.saturating_duration_since(self.epoch);
-        match age_now.checked_sub(issued) {
-            // A nonce "from the future" can only come from a clock we do not have: refuse.
-            None => NonceStatus::Forged,
-            Some(age) if age > self.lifetime => NonceStatus::Stale,
-            Some(_) => NonceStatus::Valid,
+        let issued = u64::from_be_bytes(issued);
+        let now = self.unix_secs(now);
+        if issued > now.saturating_add(MAX_CLOCK_SKEW.as_secs()) {
+            // Further "in the future" than clocks disagree: not a time we ever issued at.
+            return NonceStatus::Forged;
+        }
+        if Duration::from_secs(now.saturating_sub(issued)) > self.lifetime {
+            NonceStatus::Stale
+        } else {
+            NonceStatus::Valid
         }
     }
 }
@@ -660,8 +743,16 @@ mod tests {
         assert_eq!(parse_authorization(&long), Err(TooLong));
     }
 
+    /// The wall clock at `epoch` in these tests.
+    const EPOCH_UNIX: u64 = 1_800_000_000;
+
     fn issuer(epoch: Instant) -> NonceIssuer {
-        NonceIssuer::with_secret([7u8; 64], epoch, Duration::from_secs(300))
+        NonceIssuer::with_key(
+            NonceKey([7u8; 64]),
+            epoch,
+            EPOCH_UNIX,
+            Duration::from_secs(300),
+        )
     }
 
     #[test]
@@ -688,6 +779,67 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_took_the_centers_key_accepts_the_other_nodes_nonces() {
+        // Two processes started 40 s apart (each anchors its monotonic clock to the wall
+        // clock), the second taking the first one's key from the replication stream.
+        let first_epoch = Instant::now();
+        let first = issuer(first_epoch);
+        let second_epoch = first_epoch + Duration::from_secs(40);
+        let second = NonceIssuer::with_key(
+            NonceKey([9u8; 64]),
+            second_epoch,
+            EPOCH_UNIX + 40,
+            Duration::from_secs(300),
+        );
+        let issued_at = first_epoch + Duration::from_secs(100);
+        let nonce = first.issue(issued_at);
+        assert_eq!(second.check(&nonce, issued_at), NonceStatus::Forged);
+        let own = second.issue(issued_at);
+        second.adopt(first.key());
+        assert_eq!(second.key(), first.key());
+        assert_eq!(second.check(&nonce, issued_at), NonceStatus::Valid);
+        // The age is the same on both: stale at both after the lifetime.
+        let later = issued_at + Duration::from_secs(301);
+        assert_eq!(first.check(&nonce, later), NonceStatus::Stale);
+        assert_eq!(second.check(&nonce, later), NonceStatus::Stale);
+        // What it issued with its own key until then stays good; new nonces are the center's.
+        assert_eq!(second.check(&own, issued_at), NonceStatus::Valid);
+        assert_eq!(
+            first.check(&second.issue(issued_at), issued_at),
+            NonceStatus::Valid
+        );
+        // Taking the same key again forgets nothing.
+        second.adopt(first.key());
+        assert_eq!(second.check(&own, issued_at), NonceStatus::Valid);
+    }
+
+    #[test]
+    fn a_clock_a_little_ahead_is_tolerated_a_time_far_ahead_is_not() {
+        let epoch = Instant::now();
+        let issuer = issuer(epoch);
+        let ahead = |secs: u64| {
+            NonceIssuer::with_key(
+                NonceKey([7u8; 64]),
+                epoch,
+                EPOCH_UNIX + secs,
+                Duration::from_secs(300),
+            )
+            .issue(epoch)
+        };
+        assert_eq!(issuer.check(&ahead(30), epoch), NonceStatus::Valid);
+        assert_eq!(issuer.check(&ahead(31), epoch), NonceStatus::Forged);
+    }
+
+    #[test]
+    fn a_nonce_key_is_never_shown() {
+        let key = NonceKey([0xab; 64]);
+        assert_eq!(format!("{key:?}"), "NonceKey(..)");
+        assert_eq!(NonceKey::from_slice(&[0xab; 64]), Some(key));
+        assert_eq!(NonceKey::from_slice(&[0xab; 63]), None);
+        assert_eq!(NonceKey::from_slice(&[]), None);
+    }
+
+    #[test]
     fn nonces_are_unique() {
         let epoch = Instant::now();
         let issuer = issuer(epoch);
@@ -700,7 +852,12 @@ mod tests {
         let issuer = issuer(epoch);
         let nonce = issuer.issue(epoch);
         // Another process (another secret) issued it.
-        let other = NonceIssuer::with_secret([8u8; 64], epoch, Duration::from_secs(300));
+        let other = NonceIssuer::with_key(
+            NonceKey([8u8; 64]),
+            epoch,
+            EPOCH_UNIX,
+            Duration::from_secs(300),
+        );
         assert_eq!(other.check(&nonce, epoch), NonceStatus::Forged);
         // Moving the issue time forward to extend its life breaks the MAC.
         let mut tampered = nonce.clone().into_bytes();

@@ -361,9 +361,20 @@ impl SipServer {
         self.serving.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Replicates registration changes to `hub` from now on.
+    /// Replicates registration changes (and the nonce key) to `hub` from now on.
     pub fn attach_replication(&self, hub: Arc<crate::replication::ReplicationHub>) {
+        hub.set_nonce_key(self.nonces.key());
         let _ = self.replication.set(hub);
+    }
+
+    /// Issues and accepts digest nonces with the center's key from now on (a node taking
+    /// over adopts its predecessor's, so phones challenged there authenticate here), still
+    /// accepting its own earlier ones; its own standby is given the key too.
+    pub fn adopt_nonce_key(&self, key: digest::NonceKey) {
+        self.nonces.adopt(key);
+        if let Some(hub) = self.replication.get() {
+            hub.set_nonce_key(key);
+        }
     }
 
     /// Installs the registrations the previous active node held (hot-standby takeover), so

@@ -233,6 +233,35 @@ fn register_challenge_then_success_lists_contacts() {
 }
 
 #[test]
+fn a_challenge_from_the_previous_active_is_answered_at_the_node_that_took_over() {
+    // The active challenges the phone, then hands over (or fails) before the phone's answer
+    // arrives; the answer reaches the other node, which took the active's nonce key.
+    let active = harness();
+    let next = harness();
+    let now = active.epoch + Duration::from_secs(10);
+    let nonce = nonce_of(&send(&active, &Register::default().text(), now));
+    let answer = |branch| {
+        Register {
+            branch,
+            cseq: 2,
+            authorization: Some(authorization("1001", "practice-1001", &nonce, 1)),
+            ..Default::default()
+        }
+        .text()
+    };
+    // Without the key the answer is challenged again: a phone (or SIPp) that takes the new
+    // challenge for a retransmission of the first never gets through.
+    assert_eq!(status(&send(&next, &answer("z9hG4bK-2"), now)), 401);
+    next.server.adopt_nonce_key(active.server.nonces.key());
+    let ok = send(&next, &answer("z9hG4bK-3"), now);
+    assert_eq!(status(&ok), 200, "{ok}");
+    assert_eq!(
+        next.server.contacts("1001", now),
+        vec!["sip:1001@192.0.2.10:5062"]
+    );
+}
+
+#[test]
 fn credentials_for_our_realm_are_picked_among_several() {
     let h = harness();
     let nonce = challenge(&h, h.epoch);
