@@ -1,11 +1,12 @@
 //! HTTP digest authentication for SIP (RFC 2617, RFC 7616, RFC 3261 §22), MD5 only, for a
 //! registrar that never holds a password: seats' credentials reach the node as HA1 hashes.
 //!
-//! Nonces are stateless: a nonce carries its issue time and a random salt, authenticated with
-//! HMAC-MD5 under a per-process secret. The node therefore keeps no table of issued nonces (a
-//! flood of unauthenticated REGISTERs costs no memory), a forged nonce is refused, and an expired
-//! one is answered with a fresh challenge marked `stale=true` so the phone retries silently
-//! instead of prompting for a password. Replay of a `qop=auth` response is refused by tracking
+//! Nonces are stateless: a nonce carries its issue time (wall-clock seconds) and a random salt,
+//! authenticated with HMAC-MD5 under a key the nodes of a center share ([`NonceKey`], replicated
+//! to the standby). The node therefore keeps no table of issued nonces (a flood of
+//! unauthenticated REGISTERs costs no memory), a forged nonce is refused, and an expired one is
+//! answered with a fresh challenge marked `stale=true` so the phone retries silently instead of
+//! prompting for a password. Replay of a `qop=auth` response is refused by tracking
 //! the highest nonce-count accepted per nonce ([`NonceCounts`]); only nonces that already passed
 //! a full digest check are tracked, so that table is bounded by genuine registrations.
 
