@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use md5::{Digest, Md5};
+use switchboard_proto::node_config::digest_ha1;
 use tokio::net::UdpSocket;
 
 /// How long a node may take to answer one REGISTER.
@@ -52,10 +53,7 @@ impl ChallengedPhone {
     pub async fn answer_at(&self, node: SocketAddr) -> Result<(u16, String)> {
         let uri = format!("sip:{}", self.realm);
         let cnonce = format!("{:016x}", rand::random::<u64>());
-        let ha1 = md5_hex(&format!(
-            "{}:{}:{}",
-            self.extension, self.realm, self.password
-        ));
+        let ha1 = digest_ha1(&self.extension, &self.realm, self.password.as_bytes());
         let ha2 = md5_hex(&format!("REGISTER:{uri}"));
         let response = md5_hex(&format!(
             "{ha1}:{}:00000001:{cnonce}:auth:{ha2}",
